@@ -1,0 +1,211 @@
+"""The one boundary with ``nn.Module``: capture, forward pass, and back to a module.
+
+``torch.func.functional_call`` wants a plain ``dict`` (it checks
+``isinstance(x, dict)``) and temporarily swaps tensors into a module; this is
+the only place that builds that dict and calls it. Each thread other than the
+main one gets its own copy of a species' skeleton, so forward passes from
+several threads never swap tensors into the same module object at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import weakref
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from . import _skeleton as sk
+from ._errors import NotAPopulationError, UnknownNameError, describe
+from ._particle import Particle, _population_size
+from ._species import Species, capture
+
+_local = threading.local()
+
+
+def particle(module: nn.Module, *, copy: bool = True) -> Particle:
+    """Capture any ``nn.Module`` as the first particle of a new species.
+
+    The module is not changed and needs no subclassing. Tied weights (one
+    Parameter at two paths) become one entry under its first path.
+
+    Args:
+        module: the model.
+        copy: hold copies of the parameters and buffers (default), so later
+            in-place changes to the module (an optimiser step) do not reach
+            the particle; ``copy=False`` shares storage, for callers who
+            promise not to mutate either side.
+
+    Returns:
+        A single particle (tensors detached, ``requires_grad=False``; the
+        species remembers each Parameter's ``requires_grad`` for ``to_module``).
+
+    Example:
+        >>> p = particle(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+        >>> p.species.names
+        ('0.weight', '0.bias', '2.weight', '2.bias')
+    """
+    species, leaves = capture(module, copy=copy)
+    return Particle._make(species, leaves)
+
+
+def skeleton_for(species: Species, training: bool | None = None) -> nn.Module:
+    """The species' skeleton in the requested mode, private to the calling thread."""
+    base = species.skeleton
+    if training is not None and training != base.training:
+        key = ("skeleton", training)
+        moded = species._cache.get(key)
+        if moded is None:
+            moded = copy.deepcopy(base).train(training)
+            species._cache[key] = moded
+        base = moded
+    if threading.current_thread() is threading.main_thread():
+        return base
+    mine = getattr(_local, "skeletons", None)
+    if mine is None:
+        mine = _local.skeletons = weakref.WeakKeyDictionary()
+    own = mine.get(base)
+    if own is None:
+        own = mine[base] = copy.deepcopy(base)
+    return own
+
+
+def _check_single(p: Any, where: str) -> Particle:
+    if not isinstance(p, Particle):
+        raise TypeError(f"{where}: expected a Particle, got {describe(p)}")
+    if _population_size(p) is not None:
+        raise NotAPopulationError(
+            f"{where}: expected a single particle, got a population of {_population_size(p)} "
+            "(use vmap_apply / to_modules for populations)"
+        )
+    return p
+
+
+def _buffer_copies(species: Species, buffers: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+    if buffers is None:
+        source: Mapping[str, Any] = species.buffers
+    else:
+        if not isinstance(buffers, Mapping):
+            raise TypeError(f"buffers: expected a mapping name -> tensor, got {describe(buffers)}")
+        unknown = [n for n in buffers if n not in species.buffers]
+        if unknown:
+            raise UnknownNameError(
+                f"buffers: expected names among {list(species.buffer_names)}, got unknown {unknown}"
+            )
+        source = {**species.buffers, **buffers}
+    copies = {}
+    for n in species.buffer_names:
+        b = source[n]
+        if b is not None:
+            copies[n] = b.clone()
+    return copies
+
+
+def call(
+    species: Species,
+    tensors: dict[str, torch.Tensor],
+    args: tuple,
+    kwargs: dict | None,
+    *,
+    training: bool | None = None,
+) -> Any:
+    """``functional_call`` on the species' skeleton with a plain dict of every tensor."""
+    return torch.func.functional_call(skeleton_for(species, training), tensors, tuple(args), kwargs or {})
+
+
+def apply(particle: Particle, *args: Any, **kwargs: Any) -> Any:
+    """The forward pass of ``particle`` on ``args``/``kwargs``.
+
+    Runs ``torch.func.functional_call`` on the species' skeleton, in the
+    train/eval mode the module had when captured, with copies of the
+    species' buffers: the species is never written to (a training-mode
+    BatchNorm updates the copies, which are dropped; use
+    ``apply_with_buffers`` to get them back).
+
+    Example:
+        >>> y = apply(p, torch.randn(16, 4))
+    """
+    p = _check_single(particle, "apply")
+    sp = p.species
+    tensors = dict(zip(sp.names, p.tensors))
+    if sp.buffers:
+        tensors.update(_buffer_copies(sp, None))
+    return call(sp, tensors, args, kwargs)
+
+
+def apply_with_buffers(
+    particle: Particle,
+    buffers: Mapping[str, torch.Tensor] | None = None,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    training: bool | None = None,
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """The forward pass with explicit buffers in and updated buffers out.
+
+    This is how training-mode running statistics come back: the call works
+    on copies of ``buffers`` (default: the species' buffers), and returns them
+    after the forward pass has updated them. Nothing passed in is modified.
+
+    Args:
+        particle: a single particle.
+        buffers: name -> tensor for some or all buffers; the rest come from
+            the species.
+        args, kwargs: the forward pass's arguments (a tuple and a dict).
+        training: run the module in training (True) or eval (False) mode;
+            None keeps the mode it was captured in.
+
+    Returns:
+        ``(output, new_buffers)`` with ``new_buffers`` a dict of every buffer.
+
+    Example:
+        >>> out, stats = apply_with_buffers(p, None, (x,), training=True)
+        >>> out2, stats = apply_with_buffers(p, stats, (x2,), training=True)
+    """
+    p = _check_single(particle, "apply_with_buffers")
+    sp = p.species
+    if not isinstance(args, tuple):
+        raise TypeError(f"apply_with_buffers: args expects a tuple, got {describe(args)}")
+    new_buffers = _buffer_copies(sp, buffers)
+    tensors = dict(zip(sp.names, p.tensors))
+    tensors.update(new_buffers)
+    out = call(sp, tensors, args, dict(kwargs or {}), training=training)
+    return out, new_buffers
+
+
+def to_module(particle: Particle) -> nn.Module:
+    """A real, independent ``nn.Module`` holding ``particle``'s values.
+
+    Its parameters are fresh ``nn.Parameter`` copies (no storage shared with
+    the particle) with the ``requires_grad`` each had when captured; tied
+    weights are tied again; buffers are copies of the species' buffers.
+
+    Example:
+        >>> net = to_module(p)
+        >>> torch.optim.SGD(net.parameters(), lr=0.1)
+    """
+    p = _check_single(particle, "to_module")
+    sp = p.species
+    module = copy.deepcopy(sp.skeleton)
+    made: dict[str, torch.Tensor | None] = {}
+    for name, t in zip(sp.names, p.tensors):
+        prefix, leaf = sk.split(name)
+        param = nn.Parameter(t.detach().clone(), requires_grad=sp.requires_grad[name])
+        setattr(sk.get_module(module, prefix), leaf, param)
+        made[name] = param
+    for name in sp.buffer_names:
+        prefix, leaf = sk.split(name)
+        b = sp.buffers[name]
+        b = None if b is None else b.detach().clone()
+        sk.get_module(module, prefix)._buffers[leaf] = b
+        made[name] = b
+    for alias, canonical in sp.tied.items():
+        prefix, leaf = sk.split(alias)
+        owner = sk.get_module(module, prefix)
+        if leaf in owner._parameters:
+            setattr(owner, leaf, made[canonical])
+        else:
+            owner._buffers[leaf] = made[canonical]
+    return module
