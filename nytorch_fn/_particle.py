@@ -358,7 +358,7 @@ def _population_size(p: Particle) -> int | None:
     sp = p.species
     if not sp.names:
         return None
-    t = p.tensors[0]
+    t = (p._t if p._t is not None else p._lazy[1]._t)[0]
     return t.shape[0] if t.dim() == plan(sp).ndim0 + 1 else None
 
 
