@@ -499,7 +499,11 @@ def _scalar_op(p: Particle, op: str, y: Any) -> tuple[torch.Tensor, ...]:
     pl = plan(sp)
     leaves = p.tensors
     xs = list(leaves) if pl.all_op else [leaves[i] for i in pl.op]
-    foreach = not transforms_active() and (type(y) in _foreach_ok_types or op != "rpow")
+    # ``torch._foreach_*`` only with a Python number: with a 0-d tensor it
+    # either converts it to a number (``sub``/``pow``: the gradient to ``y`` is
+    # lost, or refused when ``y`` requires grad) or has a broken backward
+    # (``add``/``mul``/``div``: "inconsistent range for TensorList output").
+    foreach = not transforms_active() and type(y) in _foreach_ok_types
     results = _ops(op, xs, y, foreach=foreach)
     if pl.nonfloat or isinstance(y, torch.Tensor):
         results = _restore_dtypes(sp, results)
