@@ -21,6 +21,21 @@ from ._module import apply_with_buffers as apply_with_buffers
 from ._module import particle as particle
 from ._module import to_module as to_module
 from ._particle import Particle as Particle
+from ._particle import donate as donate
+from ._population import best as best
+from ._population import concat as concat
+from ._population import init_population as init_population
+from ._population import mean as mean
+from ._population import random_population as random_population
+from ._population import stack as stack
+from ._population import stack_buffers as stack_buffers
+from ._population import stack_modules as stack_modules
+from ._population import to_modules as to_modules
+from ._population import top_k as top_k
+from ._population import unstack as unstack
+from ._population import vmap_apply as vmap_apply
+from ._population import vmap_apply_with as vmap_apply_with
+from ._population import weighted_mean as weighted_mean
 from ._species import AddBuffer as AddBuffer
 from ._species import AddModule as AddModule
 from ._species import AddParam as AddParam
@@ -50,7 +65,22 @@ __all__ = [
     "UnknownNameError",
     "apply",
     "apply_with_buffers",
+    "best",
+    "concat",
+    "donate",
+    "init_population",
+    "mean",
     "migrate",
     "particle",
+    "random_population",
+    "stack",
+    "stack_buffers",
+    "stack_modules",
     "to_module",
+    "to_modules",
+    "top_k",
+    "unstack",
+    "vmap_apply",
+    "vmap_apply_with",
+    "weighted_mean",
 ]

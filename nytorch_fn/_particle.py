@@ -106,7 +106,7 @@ class Particle:
         >>> apply(mid, x).shape
     """
 
-    __slots__ = ("species", "_t", "_lazy", "__weakref__")
+    __slots__ = ("species", "_t", "_lazy", "_donated", "__weakref__")
 
     species: Species
 
@@ -142,6 +142,7 @@ class Particle:
         object.__setattr__(self, "species", species)
         object.__setattr__(self, "_t", leaves)
         object.__setattr__(self, "_lazy", None)
+        object.__setattr__(self, "_donated", False)
 
     @classmethod
     def _make(cls, species: Species, leaves: Sequence[torch.Tensor]) -> "Particle":
@@ -149,6 +150,7 @@ class Particle:
         object.__setattr__(self, "species", species)
         object.__setattr__(self, "_t", tuple(leaves))
         object.__setattr__(self, "_lazy", None)
+        object.__setattr__(self, "_donated", False)
         return self
 
     @classmethod
@@ -157,6 +159,7 @@ class Particle:
         object.__setattr__(self, "species", base.species)
         object.__setattr__(self, "_t", None)
         object.__setattr__(self, "_lazy", (coef, base))
+        object.__setattr__(self, "_donated", False)
         return self
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -345,6 +348,44 @@ class Particle:
     __hash__ = object.__hash__
 
 
+def donate(particle: Particle) -> Particle:
+    """Hand ``particle``'s storage to the next arithmetic operation, which may overwrite it.
+
+    Fresh allocation of large stacked tensors costs several times an
+    in-place pass over the same memory. ``donate`` lets a long-running loop
+    reuse its population's storage, as JAX's ``donate_argnums`` does::
+
+        pop = 0.5 * donate(pop) + 0.5 * best      # lerp in place into pop's tensors
+        params = donate(params) - lr * grads      # SGD step in place
+
+    The donated particle (and every particle sharing its tensors, such as
+    ``pop`` above and views like ``pop[3]`` taken before) must not be used
+    afterwards. Donation is a hint: where writing in place would be wrong
+    or impossible (inside ``torch.func`` transforms, tensors that require
+    grad, a result of another shape, operands sharing the storage) the
+    operation allocates as usual. Supported: ``+``/``-`` between particles
+    (with scalar factors, fused) and ``* / + -`` with a number.
+    """
+    if not isinstance(particle, Particle):
+        raise TypeError(f"donate: expected a Particle, got {describe(particle)}")
+    out = Particle._make(particle.species, particle.tensors)
+    object.__setattr__(out, "_donated", True)
+    return out
+
+
+def _can_write(xs: list[torch.Tensor], ys: list[torch.Tensor] | None) -> bool:
+    """In-place into ``xs`` is safe: no grad, no transforms, no storage shared with ``ys``."""
+    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+        return False
+    if ys is not None:
+        for x, y in zip(xs, ys):
+            if y.requires_grad or x.shape != torch.broadcast_shapes(x.shape, y.shape):
+                return False
+            if x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
+                return False
+    return True
+
+
 def _rebuild(species: Species, leaves: tuple) -> Particle:
     return Particle._make(species, leaves)
 
@@ -482,6 +523,15 @@ _FOREACH: dict[str, Callable[[list, Any], list]] = {
 }
 
 
+_FOREACH_INPLACE: dict[str, Callable[[list, Any], None]] = {
+    "add": torch._foreach_add_,
+    "radd": torch._foreach_add_,
+    "sub": torch._foreach_sub_,
+    "mul": torch._foreach_mul_,
+    "div": torch._foreach_div_,
+}
+
+
 def _ops(op: str, xs: list[torch.Tensor], y: Any, *, foreach: bool) -> list[torch.Tensor]:
     if not xs:
         return []
@@ -583,6 +633,8 @@ def _binary(p: Particle, other: Any, op: str) -> Particle:
     if op == "mul" and type(y) in _foreach_ok_types and not transforms_active():
         base = p if p._t is not None else Particle._make(p.species, p.tensors)
         return Particle._scaled(y, base)
+    if p._lazy is not None and p._lazy[1]._donated:
+        p = _materialise_donated(p)
     return Particle._make(p.species, _scalar_op(p, op, y))
 
 
@@ -599,6 +651,14 @@ def _particle_op(a: Particle, b: Particle, op: str) -> Particle:
     if pl.nonfloat:
         results = _restore_dtypes(sp, results)
     return Particle._make(sp, _assemble(sp, la, results, population))
+
+
+def _materialise_donated(p: Particle) -> Particle:
+    """``c * donate(q)`` used other than in ``+``/``-``: scale in place, stay donated."""
+    coef, base = p._lazy
+    out = Particle._make(base.species, _scalar_op(base, "mul", coef))
+    object.__setattr__(out, "_donated", True)
+    return out
 
 
 def _decompose(p: Particle) -> tuple[float, Particle]:
@@ -633,6 +693,15 @@ def _lincomb(a: Particle, b: Particle, sign: int) -> Particle:
             results = [torch.add(x, y, alpha=cb) for x, y in zip(xs, ys)]
         else:
             results = [torch.add(x * ca, y, alpha=cb) for x, y in zip(xs, ys)]
+    elif P._donated and not pl.nonfloat and _can_write(xs, ys):
+        if ca == 1:
+            torch._foreach_add_(xs, ys, alpha=cb)
+        elif ca + cb == 1 and cb != 0:
+            torch._foreach_lerp_(xs, ys, cb)
+        else:
+            torch._foreach_mul_(xs, ca)
+            torch._foreach_add_(xs, ys, alpha=cb)
+        results = xs
     else:
         big_q = _population_size(P) is None and _population_size(Q) is not None
         if ca == 1 and cb in (1, -1):

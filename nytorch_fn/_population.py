@@ -1,0 +1,429 @@
+"""Populations: many particles of one species as one stacked particle.
+
+A population is a ``Particle`` whose every tensor has a leading population
+dimension ``N``. Everything here is one stacked tensor op or one
+``torch.func.vmap`` call, never a Python loop over members (building a
+population from separately initialised modules is the one exception, since
+each layer type initialises itself).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+from ._errors import (
+    NotAPopulationError,
+    PopulationSizeError,
+    SpeciesMismatchError,
+    describe,
+)
+from ._module import _buffer_copies, call, particle, to_module
+from ._particle import Particle, _assemble, _population_size, align, plan
+from ._species import Species
+
+
+def _require_population(pop: Any, where: str) -> int:
+    if not isinstance(pop, Particle):
+        raise TypeError(f"{where}: expected a population (Particle), got {describe(pop)}")
+    n = _population_size(pop)
+    if n is None:
+        raise NotAPopulationError(
+            f"{where}: expected a population (tensors with a leading population dimension), got a single particle"
+        )
+    return n
+
+
+def _newest(particles: Sequence[Particle], where: str) -> list[Particle]:
+    """Bring particles of several versions of one species to the newest of them."""
+    first = particles[0]
+    out = [first]
+    for p in particles[1:]:
+        if not isinstance(p, Particle):
+            raise TypeError(f"{where}: expected Particles, got {describe(p)}")
+        a, b = align(first, p)
+        if a is not first:  # the newcomer is newer: move everything seen so far
+            out = [align(q, b)[0] for q in out]
+            first = out[0]
+        out.append(b)
+    return out
+
+
+def stack(particles: Sequence[Particle]) -> Particle:
+    """A population of the given single particles (new storage, ``[N, ...]`` per tensor).
+
+    Particles of older versions of the species are migrated to the newest.
+
+    Raises:
+        ValueError: ``particles`` is empty.
+        TypeError: an element is not a single particle.
+        SpeciesMismatchError: they are of different species.
+
+    Example:
+        >>> pop = stack([p.randn() for _ in range(8)])
+        >>> len(pop)
+        8
+    """
+    particles = list(particles)
+    if not particles:
+        raise ValueError("stack: expected at least one particle, got an empty sequence")
+    if not isinstance(particles[0], Particle):
+        raise TypeError(f"stack: expected Particles, got {describe(particles[0])}")
+    particles = _newest(particles, "stack")
+    for i, p in enumerate(particles):
+        if _population_size(p) is not None:
+            raise TypeError(f"stack: element {i} is a population of {len(p)}; use concat() to join populations")
+    sp = particles[0].species
+    columns = zip(*(p.tensors for p in particles))
+    return Particle._make(sp, [torch.stack(col) for col in columns])
+
+
+def unstack(population: Particle) -> list[Particle]:
+    """The members of a population as single particles (views into its storage)."""
+    n = _require_population(population, "unstack")
+    sp = population.species
+    if not sp.names:
+        return []
+    rows = zip(*(t.unbind(0) for t in population.tensors))
+    out = [Particle._make(sp, row) for row in rows]
+    assert len(out) == n
+    return out
+
+
+def concat(populations: Sequence[Particle]) -> Particle:
+    """One population from several (a single particle counts as a population of one)."""
+    pops = list(populations)
+    if not pops:
+        raise ValueError("concat: expected at least one population, got an empty sequence")
+    if not isinstance(pops[0], Particle):
+        raise TypeError(f"concat: expected Particles, got {describe(pops[0])}")
+    pops = _newest(pops, "concat")
+    parts = []
+    for p in pops:
+        if _population_size(p) is None:
+            parts.append([t.unsqueeze(0) for t in p.tensors])
+        else:
+            parts.append(list(p.tensors))
+    return Particle._make(pops[0].species, [torch.cat(col) for col in zip(*parts)])
+
+
+def random_population(
+    template: Particle,
+    n: int,
+    *,
+    generator: torch.Generator | None = None,
+    distribution: str = "randn",
+) -> Particle:
+    """A population of ``n`` members with fresh random values (``randn`` or ``rand``).
+
+    Non-operational parameters follow their config: copies of the
+    template's value (``clone=True``) or one shared tensor broadcast over
+    members (``clone=False``, a view).
+    """
+    _check_size(n, "random_population")
+    if not isinstance(template, Particle):
+        raise TypeError(f"random_population: expected a Particle template, got {describe(template)}")
+    if _population_size(template) is not None:
+        raise TypeError("random_population: expected a single particle as template, got a population")
+    draw = {"randn": torch.randn, "rand": torch.rand}.get(distribution)
+    if draw is None:
+        raise ValueError(f"random_population: distribution expects 'randn' or 'rand', got {distribution!r}")
+    sp = template.species
+    pl = plan(sp)
+    leaves = template.tensors
+    results = []
+    for i in pl.op:
+        t = leaves[i]
+        if not t.is_floating_point():
+            raise TypeError(f"random_population: cannot draw {t.dtype} values for {sp.names[i]!r}; mark it non-operational")
+        results.append(draw((n, *t.shape), generator=generator, dtype=t.dtype, device=t.device))
+    return Particle._make(sp, _assemble(sp, leaves, results, n))
+
+
+def _check_size(n: Any, where: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{where}: expected a population size >= 1, got {n!r}")
+
+
+def init_population(module: nn.Module, n: int, *, generator: torch.Generator | None = None) -> Particle:
+    """A population of ``n`` members, each initialised as its layer types initialise themselves.
+
+    Every member is an independent run of each submodule's own
+    ``reset_parameters()`` (``nn.Linear``'s Kaiming uniform, ``nn.Embedding``'s
+    normal, ...) on a copy of ``module``; parameters of modules without
+    ``reset_parameters`` keep ``module``'s values. ``module`` is not changed
+    and its species is the population's. With ``generator`` the draws are
+    reproducible and torch's global RNG is left as it was.
+
+    Example:
+        >>> pop = init_population(nn.Linear(4, 2), 16, generator=torch.Generator().manual_seed(0))
+    """
+    _check_size(n, "init_population")
+    if not isinstance(module, nn.Module):
+        raise TypeError(f"init_population: expected an nn.Module, got {describe(module)}")
+    template = particle(module)
+    members = []
+    for _ in range(n):
+        copy = to_module(template)
+        if generator is not None:
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                _reset(copy)
+        else:
+            _reset(copy)
+        members.append(copy)
+    return stack_modules(members, species=template.species)
+
+
+def _reset(module: nn.Module) -> None:
+    with torch.no_grad():
+        for sub in module.modules():
+            reset = getattr(sub, "reset_parameters", None)
+            if callable(reset):
+                reset()
+
+
+def stack_modules(modules: Sequence[nn.Module], *, species: Species | None = None) -> Particle:
+    """One population from separately built modules of the same architecture.
+
+    The species is captured from the first module (or ``species`` if
+    given); every module must have the same parameter names, shapes and
+    dtypes. Values are copied. Buffers come from the species (use
+    ``stack_buffers`` for per-member buffers).
+
+    Raises:
+        ValueError: ``modules`` is empty.
+        SpeciesMismatchError: a module's parameters differ from the first's.
+    """
+    modules = list(modules)
+    if not modules:
+        raise ValueError("stack_modules: expected at least one module, got an empty sequence")
+    for i, m in enumerate(modules):
+        if not isinstance(m, nn.Module):
+            raise TypeError(f"stack_modules: element {i} expected an nn.Module, got {describe(m)}")
+    sp = species if species is not None else particle(modules[0], copy=False).species
+    columns: list[list[torch.Tensor]] = [[] for _ in sp.names]
+    for i, m in enumerate(modules):
+        params = dict(m.named_parameters())
+        if set(params) != set(sp.names):
+            raise SpeciesMismatchError(
+                f"stack_modules: module {i} has parameters {sorted(params)}, expected the species' {sorted(sp.names)}"
+            )
+        for col, name in zip(columns, sp.names):
+            t = params[name]
+            if t.shape != sp.shapes[name] or t.dtype != sp.dtypes[name]:
+                raise SpeciesMismatchError(
+                    f"stack_modules: module {i} parameter {name!r} is {tuple(t.shape)} {t.dtype}, "
+                    f"expected {tuple(sp.shapes[name])} {sp.dtypes[name]}"
+                )
+            col.append(t.detach())
+    return Particle._make(sp, [torch.stack(col) for col in columns])
+
+
+def stack_buffers(species: Species, n: int, buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Per-member copies of the species' buffers (or of ``buffers``), stacked to ``[n, ...]``."""
+    _check_size(n, "stack_buffers")
+    copies = _buffer_copies(species, buffers)
+    return {k: v.unsqueeze(0).expand(n, *v.shape).clone() for k, v in copies.items()}
+
+
+def to_modules(population: Particle) -> list[nn.Module]:
+    """``N`` independent modules, one per member (copies; no storage shared)."""
+    _require_population(population, "to_modules")
+    return [to_module(m) for m in unstack(population)]
+
+
+# ---------------------------------------------------------------------------
+# forward passes
+# ---------------------------------------------------------------------------
+
+
+def _in_dims_for(args: tuple, in_dims: Any) -> tuple:
+    if in_dims is None or isinstance(in_dims, int):
+        return tuple(in_dims for _ in args)
+    if not isinstance(in_dims, tuple) or len(in_dims) != len(args):
+        raise ValueError(f"in_dims: expected None, 0 or a tuple of {len(args)} entries (one per arg), got {in_dims!r}")
+    return in_dims
+
+
+def vmap_apply(population: Particle, *args: Any, **kwargs: Any) -> Any:
+    """Every member's forward pass on the same inputs, in one ``torch.func.vmap`` call.
+
+    Outputs get a leading population dimension. Buffers are the species'
+    (copies; never written). A module captured in training mode with
+    buffers (BatchNorm) runs on per-member copies, which are dropped: use
+    ``vmap_apply_with`` to keep them or to pass per-member inputs.
+
+    Example:
+        >>> y = vmap_apply(pop, x)        # x: [B, in] -> y: [N, B, out]
+    """
+    out, _ = vmap_apply_with(population, args, kwargs)
+    return out
+
+
+def vmap_apply_with(
+    population: Particle,
+    args: tuple = (),
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    in_dims: Any = None,
+    buffers: Mapping[str, torch.Tensor] | None = None,
+    training: bool | None = None,
+    chunk_size: int | None = None,
+    randomness: str = "error",
+) -> tuple[Any, dict[str, torch.Tensor]]:
+    """Every member's forward pass in one ``torch.func.vmap`` call, with every option.
+
+    Args:
+        population: ``N`` members.
+        args: positional inputs (a tuple).
+        kwargs: keyword inputs, shared by all members.
+        in_dims: None (every arg shared by all members), 0 (every arg has a
+            leading ``N``: one input per member) or a tuple with one entry
+            per arg.
+        buffers: per-member stacked buffers ``[N, ...]`` (e.g. from
+            ``stack_buffers`` or a previous call); None: the species'
+            buffers, shared (or per-member copies when training).
+        training: run in training (True) or eval (False) mode; None keeps
+            the captured mode.
+        chunk_size: evaluate members in chunks of this size to bound memory
+            (``torch.func.vmap``'s ``chunk_size``).
+        randomness: ``torch.func.vmap``'s policy for random ops inside the
+            forward pass (dropout): ``"error"``, ``"different"`` or ``"same"``.
+
+    Returns:
+        ``(outputs, buffers)``: outputs with a leading ``N``; buffers after
+        the pass (``[N, ...]`` when per-member, else the shared copies).
+    """
+    n = _require_population(population, "vmap_apply")
+    sp = population.species
+    if not isinstance(args, tuple):
+        raise TypeError(f"vmap_apply_with: args expects a tuple, got {describe(args)}")
+    dims = _in_dims_for(args, in_dims)
+    for a, d in zip(args, dims):
+        if d is not None and isinstance(a, torch.Tensor) and a.shape[d] != n:
+            raise PopulationSizeError(
+                f"vmap_apply: a per-member input has {a.shape[d]} entries along dim {d}, "
+                f"expected {n} (the population size)"
+            )
+    effective_training = sp.skeleton.training if training is None else training
+    if buffers is not None:
+        unknown = [k for k in buffers if k not in sp.buffers]
+        if unknown:
+            from ._errors import UnknownNameError
+
+            raise UnknownNameError(f"buffers: expected names among {list(sp.buffer_names)}, got unknown {unknown}")
+        for k, v in buffers.items():
+            if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != n:
+                raise PopulationSizeError(
+                    f"buffers[{k!r}]: expected a per-member tensor with leading dimension {n}, got {describe(v)}"
+                )
+        state = {k: v.clone() for k, v in buffers.items()}
+        state_dims: Any = 0
+    elif effective_training and any(b is not None for b in sp.buffers.values()):
+        state, state_dims = stack_buffers(sp, n), 0
+    else:
+        state, state_dims = _buffer_copies(sp, None), None
+    names = sp.names
+    kw = dict(kwargs or {})
+
+    def member(leaves: list, member_buffers: dict, member_args: tuple) -> tuple:
+        tensors = dict(zip(names, leaves))
+        tensors.update(member_buffers)
+        out = call(sp, tensors, member_args, kw, training=training)
+        return out, member_buffers
+
+    mapped = torch.func.vmap(
+        member,
+        in_dims=(0, state_dims, dims),
+        out_dims=(0, state_dims),
+        chunk_size=chunk_size,
+        randomness=randomness,
+    )
+    out, new_state = mapped(list(population.tensors), state, args)
+    return out, new_state
+
+
+# ---------------------------------------------------------------------------
+# reductions and selection
+# ---------------------------------------------------------------------------
+
+
+def _vector(values: Any, n: int, what: str) -> torch.Tensor:
+    if isinstance(values, (list, tuple)):
+        values = torch.as_tensor(values)
+    if not isinstance(values, torch.Tensor):
+        raise TypeError(f"{what}: expected a tensor of shape ({n},), got {describe(values)}")
+    if values.shape != (n,):
+        raise PopulationSizeError(f"{what}: expected shape ({n},) for a population of {n}, got {tuple(values.shape)}")
+    if values.dtype == torch.bool or values.is_complex():
+        raise TypeError(f"{what}: expected a real dtype, got {values.dtype}")
+    return values
+
+
+def fitness_order(fitness: torch.Tensor, *, maximize: bool = True) -> torch.Tensor:
+    """Fitness with NaN made the worst possible value (the documented NaN policy)."""
+    f = fitness if fitness.is_floating_point() else fitness.double()
+    if torch.isnan(f).all():
+        raise ValueError("fitness: every value is NaN; expected at least one number")
+    worst = float("-inf") if maximize else float("inf")
+    return torch.where(torch.isnan(f), torch.full_like(f, worst), f)
+
+
+def best(population: Particle, fitness: Any, *, maximize: bool = True) -> Particle:
+    """The member with the best fitness (highest, or lowest with ``maximize=False``).
+
+    NaN fitness counts as the worst; all-NaN is a ``ValueError``. Ties go
+    to the lowest index.
+    """
+    n = _require_population(population, "best")
+    f = fitness_order(_vector(fitness, n, "best: fitness"), maximize=maximize)
+    index = int(torch.argmax(f) if maximize else torch.argmin(f))
+    return population[index]
+
+
+def top_k(population: Particle, fitness: Any, k: int, *, maximize: bool = True) -> Particle:
+    """The ``k`` best members, best first, as a population (NaN counts as worst)."""
+    n = _require_population(population, "top_k")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
+        raise ValueError(f"top_k: expected 1 <= k <= {n} (the population size), got {k!r}")
+    f = fitness_order(_vector(fitness, n, "top_k: fitness"), maximize=maximize)
+    index = torch.topk(f, k, largest=maximize, sorted=True).indices
+    return population[index]
+
+
+def mean(population: Particle) -> Particle:
+    """The average member (operational parameters; the others from member 0 per config)."""
+    _require_population(population, "mean")
+    return _reduce(population, lambda t: t.mean(0))
+
+
+def weighted_mean(population: Particle, weights: Any) -> Particle:
+    """``sum_i w_i p_i / sum_i w_i`` over members, for a ``[N]`` weight vector."""
+    n = _require_population(population, "weighted_mean")
+    w = _vector(weights, n, "weighted_mean: weights")
+    total = w.sum()
+    if float(total) == 0.0:
+        raise ValueError("weighted_mean: the weights sum to zero")
+
+    def reduce(t: torch.Tensor) -> torch.Tensor:
+        ww = (w / total).to(t.dtype).view(n, *([1] * (t.dim() - 1)))
+        return (t * ww).sum(0)
+
+    return _reduce(population, reduce)
+
+
+def _reduce(population: Particle, fn: Callable[[torch.Tensor], torch.Tensor]) -> Particle:
+    sp = population.species
+    pl = plan(sp)
+    leaves = population.tensors
+    results = []
+    for i in pl.op:
+        t = leaves[i]
+        r = fn(t if t.is_floating_point() else t.double())
+        results.append(r.to(t.dtype))
+    first = [t[0] for t in leaves]
+    return Particle._make(sp, _assemble(sp, first, results, None))
