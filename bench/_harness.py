@@ -18,11 +18,14 @@ from typing import Callable
 HERE = Path(__file__).resolve().parent
 
 
-def calls_for(fn: Callable[[], object], budget: float = 0.05) -> int:
+def calls_for(fn: Callable[[], object], budget: float = 0.05, sync: Callable[[], object] | None = None) -> int:
     """How many calls fit in about ``budget`` seconds (at least 1)."""
+    sync = sync or (lambda: None)
     fn()
+    sync()
     start = time.perf_counter()
     fn()
+    sync()
     once = max(time.perf_counter() - start, 1e-7)
     return max(1, int(budget / once))
 
@@ -33,11 +36,13 @@ def compare(
     repeat: int = 7,
     budget: float = 0.05,
     threads: dict[str, int] | None = None,
+    sync: Callable[[], object] | None = None,
 ) -> dict[str, float]:
     """Seconds per call of each case, measured side by side.
 
     ``threads`` gives a case its own torch thread count (default: the
-    current one), set before each of its timed batches.
+    current one), set before each of its timed batches. ``sync`` (e.g.
+    ``torch.cuda.synchronize``) runs after each batch, inside the timing.
     """
     import torch
 
@@ -46,7 +51,7 @@ def compare(
     numbers = {}
     for name, fn in cases.items():
         torch.set_num_threads(threads.get(name, default))
-        numbers[name] = calls_for(fn, budget)
+        numbers[name] = calls_for(fn, budget, sync)
     best = {name: float("inf") for name in cases}
     for _ in range(repeat):
         for name, fn in cases.items():
@@ -55,14 +60,20 @@ def compare(
             start = time.perf_counter()
             for _ in range(n):
                 fn()
+            if sync is not None:
+                sync()
             best[name] = min(best[name], (time.perf_counter() - start) / n)
     torch.set_num_threads(default)
     return best
 
 
 def legacy(case: str, **params: object) -> dict[str, float] | None:
-    """Run ``bench/legacy_cases.py CASE`` in the legacy nytorch venv; None if it is unavailable."""
-    python = HERE / ".venv-legacy" / "bin" / "python"
+    """Run ``bench/legacy_cases.py CASE`` in the legacy nytorch venv; None if it is unavailable.
+
+    ``NYTORCH_LEGACY_PYTHON`` names another interpreter that has the legacy
+    library (the GPU machine puts it on that interpreter's path instead).
+    """
+    python = Path(os.environ.get("NYTORCH_LEGACY_PYTHON", HERE / ".venv-legacy" / "bin" / "python"))
     if not python.exists():
         setup = subprocess.run(["bash", str(HERE / "legacy_env.sh")], capture_output=True, text=True)
         if setup.returncode != 0:

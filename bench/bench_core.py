@@ -23,9 +23,9 @@ def mlp(sizes):
     return nn.Sequential(*layers[:-1])
 
 
-def blend() -> dict:
+def blend(device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    module = mlp(SIZES)
+    module = mlp(SIZES).to(device)
     p = nf.particle(module)
     q = p.randn()
     P, Q = list(p.tensors), list(q.tensors)
@@ -41,9 +41,10 @@ def blend() -> dict:
             "nytorch_fn 0.5 * p + 0.5 * q": lambda: (0.5 * p + 0.5 * q).tensors,
             "nytorch_fn 0.3 * p + 0.6 * q": lambda: (0.3 * p + 0.6 * q).tensors,
             "nytorch_fn p - 0.01 * q": lambda: (p - 0.01 * q).tensors,
-        }
+        },
+        sync=torch.cuda.synchronize if device.startswith("cuda") else None,
     )
-    old = legacy("blend", sizes=SIZES) or {}
+    old = legacy("blend", sizes=SIZES, device=device) or {}
     rows = list(t.items()) + list(old.items())
     n = sum(x.numel() for x in p.tensors)
     table(f"blend on a {n:,}-parameter MLP {SIZES}", rows, "raw floor (_foreach_mul + _foreach_add_)")

@@ -32,9 +32,13 @@ def mlp(sizes):
     return nn.Sequential(*layers[:-1])
 
 
-def blend_toward_best(n: int = 64, sizes=(64, 64, 64, 10)) -> dict:
+def _sync(device: str):
+    return torch.cuda.synchronize if str(device).startswith("cuda") else None
+
+
+def blend_toward_best(n: int = 64, sizes=(64, 64, 64, 10), device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    pop = nf.init_population(mlp(sizes), n)
+    pop = nf.init_population(mlp(sizes), n).to(device)
     best = pop[0].clone()
     stacked, target = list(pop.tensors), list(best.tensors)
 
@@ -45,9 +49,10 @@ def blend_toward_best(n: int = 64, sizes=(64, 64, 64, 10)) -> dict:
         {
             "raw floor (torch.lerp per stacked tensor)": floor,
             "nytorch_fn 0.5 * pop + 0.5 * best": lambda: (0.5 * pop + 0.5 * best).tensors,
-        }
+        },
+        sync=_sync(device),
     )
-    old = legacy("blend_population", sizes=list(sizes), n=n) or {}
+    old = legacy("blend_population", sizes=list(sizes), n=n, device=device) or {}
     rows = list(t.items()) + list(old.items())
     table(f"blend toward the best, N={n} MLPs {list(sizes)}", rows, "raw floor (torch.lerp per stacked tensor)")
     ours = t["nytorch_fn 0.5 * pop + 0.5 * best"]
@@ -57,11 +62,11 @@ def blend_toward_best(n: int = 64, sizes=(64, 64, 64, 10)) -> dict:
     return out
 
 
-def forward(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128) -> dict:
+def forward(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    modules = [mlp(sizes) for _ in range(n)]
+    modules = [mlp(sizes).to(device) for _ in range(n)]
     pop = nf.stack_modules(modules)
-    x = torch.randn(batch, sizes[0])
+    x = torch.randn(batch, sizes[0], device=device)
     params, buffers = stack_module_state(modules)
     base = copy.deepcopy(modules[0]).to("meta")
 
@@ -82,6 +87,7 @@ def forward(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128) -> dict:
                 "nytorch_fn vmap_apply(pop, x) (1 thread)": lambda: nf.vmap_apply(pop, x),
             },
             threads={"Python loop of modules (1 thread)": 1, "raw torch.func (1 thread)": 1, "nytorch_fn vmap_apply(pop, x) (1 thread)": 1},
+            sync=_sync(device),
         )
     assert torch.allclose(nf.vmap_apply(pop, x), torch.stack([m(x) for m in modules]), atol=1e-5)
     raw_name = f"raw torch.func (stack_module_state+vmap, {ALL} thr)"
@@ -96,12 +102,12 @@ def forward(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128) -> dict:
     }
 
 
-def sgd_step(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128) -> dict:
+def sgd_step(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128, device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    modules = [mlp(sizes) for _ in range(n)]
+    modules = [mlp(sizes).to(device) for _ in range(n)]
     optimisers = [torch.optim.SGD(m.parameters(), lr=0.05) for m in modules]
-    x = torch.randn(batch, sizes[0])
-    y = torch.randint(0, sizes[-1], (batch,))
+    x = torch.randn(batch, sizes[0], device=device)
+    y = torch.randint(0, sizes[-1], (batch,), device=device)
     pop = nf.stack_modules(modules)
     opt = optim.sgd(0.05)
     state = opt.init(pop)
@@ -138,6 +144,7 @@ def sgd_step(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128) -> dict:
         },
         repeat=5,
         threads={"loop of N modules + torch.optim.SGD (1 thread)": 1, "nytorch_fn vmap(grad) + sgd (donated, 1 thr)": 1},
+        sync=_sync(device),
     )
     base = "loop of N modules + torch.optim.SGD (1 thread)"
     table(f"one SGD step over N={n} MLPs {list(sizes)}, batch {batch}", list(t.items()), base)
@@ -148,9 +155,9 @@ def sgd_step(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128) -> dict:
     }
 
 
-def large(n: int = 64, sizes=(784, 256, 256, 10)) -> dict:
+def large(n: int = 64, sizes=(784, 256, 256, 10), device: str = "cpu") -> dict:
     torch.manual_seed(0)
-    pop = nf.init_population(mlp(sizes), n)
+    pop = nf.init_population(mlp(sizes), n).to(device)
     best = pop[0].clone()
     mb = sum(t.numel() * t.element_size() for t in pop.tensors) / 1e6
     stacked, target = [t.clone() for t in pop.tensors], list(best.tensors)
@@ -169,6 +176,7 @@ def large(n: int = 64, sizes=(784, 256, 256, 10)) -> dict:
         },
         repeat=5,
         budget=0.3,
+        sync=_sync(device),
     )
     table(f"large stacked tensors: blend of N={n} x {list(sizes)} ({mb:.0f} MB)", list(t.items()), "raw in place (torch._foreach_lerp_)")
     return {

@@ -31,26 +31,33 @@ class MLP(nyto.NytoModule):
         return self.net(x)
 
 
-def blend(sizes):
+def _sync(device):
+    return torch.cuda.synchronize if str(device).startswith("cuda") else None
+
+
+def blend(sizes, device="cpu"):
     torch.manual_seed(0)
-    a = MLP(sizes)
+    a = MLP(sizes).to(device)
     b = a.randn()
     pa, pb = a.product(), b.product()
     return compare(
         {
             "legacy ParamProduct op": lambda: 0.5 * pa + 0.5 * pb,
             "legacy module op": lambda: 0.5 * a + 0.5 * b,
-        }
+        },
+        sync=_sync(device),
     )
 
 
-def blend_population(sizes, n):
+def blend_population(sizes, n, device="cpu"):
     torch.manual_seed(0)
-    first = MLP(sizes)
+    first = MLP(sizes).to(device)
     members = [first] + [first.randn() for _ in range(n - 1)]
     products = [m.product() for m in members]
     best = products[0]
-    return compare({"legacy loop of ParamProduct ops": lambda: [0.5 * p + 0.5 * best for p in products]})
+    return compare(
+        {"legacy loop of ParamProduct ops": lambda: [0.5 * p + 0.5 * best for p in products]}, sync=_sync(device)
+    )
 
 
 def main() -> None:

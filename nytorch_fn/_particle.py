@@ -379,7 +379,8 @@ def _can_write(xs: list[torch.Tensor], ys: list[torch.Tensor] | None) -> bool:
         return False
     if ys is not None:
         for x, y in zip(xs, ys):
-            if y.requires_grad or x.shape != torch.broadcast_shapes(x.shape, y.shape):
+            # same species: y is x's shape, or x's without the population dimension
+            if y.requires_grad or y.dim() > x.dim():
                 return False
             if x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
                 return False
