@@ -36,6 +36,18 @@ def _require_population(pop: Any, where: str) -> int:
     return n
 
 
+def _as_list(items: Any, where: str) -> list:
+    """``list(items)``, with a clear ``TypeError`` for a non-iterable."""
+    if isinstance(items, (Particle, nn.Module, torch.Tensor)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"{where}: expected a sequence, got {describe(items)}")
+    return list(items)
+
+
+def _check_generator(generator: Any, where: str) -> None:
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"{where}: generator expects a torch.Generator or None, got {describe(generator)}")
+
+
 def _newest(particles: Sequence[Particle], where: str) -> list[Particle]:
     """Bring particles of several versions of one species to the newest of them."""
     first = particles[0]
@@ -66,7 +78,7 @@ def stack(particles: Sequence[Particle]) -> Particle:
         >>> len(pop)
         8
     """
-    particles = list(particles)
+    particles = _as_list(particles, "stack")
     if not particles:
         raise ValueError("stack: expected at least one particle, got an empty sequence")
     if not isinstance(particles[0], Particle):
@@ -94,7 +106,7 @@ def unstack(population: Particle) -> list[Particle]:
 
 def concat(populations: Sequence[Particle]) -> Particle:
     """One population from several (a single particle counts as a population of one)."""
-    pops = list(populations)
+    pops = _as_list(populations, "concat")
     if not pops:
         raise ValueError("concat: expected at least one population, got an empty sequence")
     if not isinstance(pops[0], Particle):
@@ -127,6 +139,7 @@ def random_population(
         raise TypeError(f"random_population: expected a Particle template, got {describe(template)}")
     if _population_size(template) is not None:
         raise TypeError("random_population: expected a single particle as template, got a population")
+    _check_generator(generator, "random_population")
     draw = {"randn": torch.randn, "rand": torch.rand}.get(distribution)
     if draw is None:
         raise ValueError(f"random_population: distribution expects 'randn' or 'rand', got {distribution!r}")
@@ -163,6 +176,7 @@ def init_population(module: nn.Module, n: int, *, generator: torch.Generator | N
     _check_size(n, "init_population")
     if not isinstance(module, nn.Module):
         raise TypeError(f"init_population: expected an nn.Module, got {describe(module)}")
+    _check_generator(generator, "init_population")
     template = particle(module)
     members = []
     for _ in range(n):
@@ -198,12 +212,14 @@ def stack_modules(modules: Sequence[nn.Module], *, species: Species | None = Non
         ValueError: ``modules`` is empty.
         SpeciesMismatchError: a module's parameters differ from the first's.
     """
-    modules = list(modules)
+    modules = _as_list(modules, "stack_modules")
     if not modules:
         raise ValueError("stack_modules: expected at least one module, got an empty sequence")
     for i, m in enumerate(modules):
         if not isinstance(m, nn.Module):
             raise TypeError(f"stack_modules: element {i} expected an nn.Module, got {describe(m)}")
+    if species is not None and not isinstance(species, Species):
+        raise TypeError(f"stack_modules: species expects a Species or None, got {describe(species)}")
     sp = species if species is not None else particle(modules[0], copy=False).species
     columns: list[list[torch.Tensor]] = [[] for _ in sp.names]
     for i, m in enumerate(modules):
@@ -226,6 +242,8 @@ def stack_modules(modules: Sequence[nn.Module], *, species: Species | None = Non
 def stack_buffers(species: Species, n: int, buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Per-member copies of the species' buffers (or of ``buffers``), stacked to ``[n, ...]``."""
     _check_size(n, "stack_buffers")
+    if not isinstance(species, Species):
+        raise TypeError(f"stack_buffers: expected a Species, got {describe(species)}")
     copies = _buffer_copies(species, buffers)
     return {k: v.unsqueeze(0).expand(n, *v.shape).clone() for k, v in copies.items()}
 
@@ -302,8 +320,12 @@ def vmap_apply_with(
     sp = population.species
     if not isinstance(args, tuple):
         raise TypeError(f"vmap_apply_with: args expects a tuple, got {describe(args)}")
+    if randomness not in ("error", "different", "same"):
+        raise ValueError(f"vmap_apply_with: randomness expects 'error', 'different' or 'same', got {randomness!r}")
     dims = _in_dims_for(args, in_dims)
     for a, d in zip(args, dims):
+        if d is not None and isinstance(a, torch.Tensor) and not -a.dim() <= d < a.dim():
+            raise ValueError(f"in_dims: {d} is out of range for an input of shape {tuple(a.shape)}")
         if d is not None and isinstance(a, torch.Tensor) and a.shape[d] != n:
             raise PopulationSizeError(
                 f"vmap_apply: a per-member input has {a.shape[d]} entries along dim {d}, "
@@ -311,6 +333,8 @@ def vmap_apply_with(
             )
     effective_training = sp.skeleton.training if training is None else training
     if buffers is not None:
+        if not isinstance(buffers, Mapping):
+            raise TypeError(f"vmap_apply_with: buffers expects a mapping name -> tensor, got {describe(buffers)}")
         unknown = [k for k in buffers if k not in sp.buffers]
         if unknown:
             from ._errors import UnknownNameError
@@ -354,13 +378,18 @@ def vmap_apply_with(
 
 def _vector(values: Any, n: int, what: str) -> torch.Tensor:
     if isinstance(values, (list, tuple)):
-        values = torch.as_tensor(values)
+        try:
+            values = torch.as_tensor(values)
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError(f"{what}: expected numbers, got {describe(values)}") from None
     if not isinstance(values, torch.Tensor):
         raise TypeError(f"{what}: expected a tensor of shape ({n},), got {describe(values)}")
     if values.shape != (n,):
         raise PopulationSizeError(f"{what}: expected shape ({n},) for a population of {n}, got {tuple(values.shape)}")
     if values.dtype == torch.bool or values.is_complex():
         raise TypeError(f"{what}: expected a real dtype, got {values.dtype}")
+    if values.device.type == "meta":
+        raise ValueError(f"{what}: expected a tensor with values, got one on the meta device")
     return values
 
 
@@ -373,6 +402,11 @@ def fitness_order(fitness: torch.Tensor, *, maximize: bool = True) -> torch.Tens
     return torch.where(torch.isnan(f), torch.full_like(f, worst), f)
 
 
+def _require_members(n: int, where: str) -> None:
+    if n == 0:
+        raise ValueError(f"{where}: expected a population with at least one member, got an empty population")
+
+
 def best(population: Particle, fitness: Any, *, maximize: bool = True) -> Particle:
     """The member with the best fitness (highest, or lowest with ``maximize=False``).
 
@@ -380,6 +414,7 @@ def best(population: Particle, fitness: Any, *, maximize: bool = True) -> Partic
     to the lowest index.
     """
     n = _require_population(population, "best")
+    _require_members(n, "best")
     f = fitness_order(_vector(fitness, n, "best: fitness"), maximize=maximize)
     index = int(torch.argmax(f) if maximize else torch.argmin(f))
     return population[index]
@@ -397,13 +432,14 @@ def top_k(population: Particle, fitness: Any, k: int, *, maximize: bool = True) 
 
 def mean(population: Particle) -> Particle:
     """The average member (operational parameters; the others from member 0 per config)."""
-    _require_population(population, "mean")
+    _require_members(_require_population(population, "mean"), "mean")
     return _reduce(population, lambda t: t.mean(0))
 
 
 def weighted_mean(population: Particle, weights: Any) -> Particle:
     """``sum_i w_i p_i / sum_i w_i`` over members, for a ``[N]`` weight vector."""
     n = _require_population(population, "weighted_mean")
+    _require_members(n, "weighted_mean")
     w = _vector(weights, n, "weighted_mean: weights")
     total = w.sum()
     if float(total) == 0.0:
