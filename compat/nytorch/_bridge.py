@@ -1,0 +1,199 @@
+"""The boundary between the legacy id-keyed world and the functional core.
+
+A legacy species is, for the core, a *flat* species: one parameter named
+``p<id>`` per parameter id (ids are given in registration order, so the
+core's ``names`` order is the id order), plus the buffers registered through
+``NytoModule.register_buffer`` as ``b<module id>_<name>``. The module tree
+lives in the legacy ``ModuleMeta`` records; the core keeps what particles
+share: parameter slots, shapes, dtypes, configs, and the version chain of
+edits that ``migrate`` replays.
+
+A compat particle's core particle is built on demand from its parameter
+objects (the real ``nn.Parameter`` objects of its modules), so in-place
+changes to them (an optimiser step) are always seen.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Any, Iterable, Mapping, Sequence
+
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+from nytorch_fn import ParamConfig as CoreConfig
+from nytorch_fn import Particle, Species, migrate
+from nytorch_fn import particle as capture
+
+from .mtype import ParamConfig
+
+_FIELDS = ("operational", "clone")
+DEFAULT_CORE = CoreConfig()
+
+_specs: "weakref.WeakKeyDictionary[Species, Any]" = weakref.WeakKeyDictionary()
+_pids: "weakref.WeakKeyDictionary[Species, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+
+
+def pname(pid: int) -> str:
+    """The core name of parameter id ``pid``."""
+    return f"p{pid}"
+
+
+def bname(mid: int, attr: str) -> str:
+    """The core name of buffer ``attr`` of module id ``mid``."""
+    return f"b{mid}_{attr}"
+
+
+def pids_of(species: Species) -> tuple[int, ...]:
+    """The parameter ids of ``species``, in its ``names`` order."""
+    ids = _pids.get(species)
+    if ids is None:
+        ids = _pids[species] = tuple(int(n[1:]) for n in species.names)
+    return ids
+
+
+def empty_species() -> Species:
+    """A new root species with no parameters."""
+    return capture(nn.Module()).species
+
+
+def _meta_param(shape: Any, dtype: torch.dtype, requires_grad: bool) -> nn.Parameter:
+    return nn.Parameter(torch.empty(shape, dtype=dtype, device="meta"), requires_grad=requires_grad)
+
+
+def species_from(
+    slots: Iterable[tuple[int, torch.Size, torch.dtype, bool]],
+    configs: Mapping[int, Any],
+    buffers: Sequence[tuple[str, Any, bool]] = (),
+) -> Species:
+    """A new root species with the given parameter slots, configs and buffers.
+
+    Args:
+        slots: ``(id, shape, dtype, requires_grad)`` in id order.
+        configs: id -> core or legacy config (missing ids get the default).
+        buffers: ``(core name, tensor, persistent)``.
+    """
+    flat = nn.Module()
+    for pid, shape, dtype, grad in slots:
+        flat.register_parameter(pname(pid), _meta_param(shape, dtype, grad))
+    species = capture(flat, copy=False).species
+    for pid, cfg in configs.items():
+        core = to_core(cfg)
+        if core != DEFAULT_CORE and pname(pid) in species.config:
+            species = species.with_config(
+                pname(pid), operational=core.operational, clone=core.clone, tags=dict(core.tags)
+            )
+    for name, tensor, persistent in buffers:
+        species = species.add_buffer(name, tensor, persistent, copy=False)
+    return species
+
+
+def fresh_copy(species: Species) -> Species:
+    """A new root species (a new identity, no history) with the same slots, configs and buffers."""
+    slots = [
+        (pid, species.shapes[n], species.dtypes[n], species.requires_grad[n])
+        for pid, n in zip(pids_of(species), species.names)
+    ]
+    configs = {pid: species.config[n] for pid, n in zip(pids_of(species), species.names)}
+    buffers = [(n, species.buffers[n], n not in species.nonpersistent) for n in species.buffer_names]
+    return species_from(slots, configs, buffers)
+
+
+def _spec(species: Species) -> Any:
+    spec = _specs.get(species)
+    if spec is None:
+        metas = {
+            n: torch.empty(species.shapes[n], dtype=species.dtypes[n], device="meta") for n in species.names
+        }
+        spec = _specs[species] = pytree.tree_flatten(Particle(species, metas))[1]
+    return spec
+
+
+def particle_of(species: Species, tensors: Sequence[torch.Tensor]) -> Particle:
+    """The core particle of ``species`` holding exactly ``tensors`` (in id order, no copy).
+
+    Built through the pytree registration, so the tensors are taken as they
+    are (a module converted with ``.double()`` still works).
+
+    Raises:
+        AssertionError: the number of tensors is not the species' number of parameters.
+    """
+    assert len(tensors) == len(species.names), (
+        f"expected {len(species.names)} parameters for this species, got {len(tensors)}"
+    )
+    return pytree.tree_unflatten(list(tensors), _spec(species))
+
+
+def leaves(p: Particle) -> tuple[torch.Tensor, ...]:
+    """The tensors of ``p``, materialised without recording gradients."""
+    with torch.no_grad():
+        return p.tensors
+
+
+def bring_to(p: Particle, species: Species) -> Particle:
+    """``p`` migrated to ``species`` (itself when already there)."""
+    if p.species is species:
+        return p
+    with torch.no_grad():
+        return migrate(p, species)
+
+
+# -- configs ---------------------------------------------------------------
+
+
+def to_core(cfg: Any) -> CoreConfig:
+    """A core config from a legacy one (user attributes become tags)."""
+    if isinstance(cfg, CoreConfig):
+        return cfg
+    extras = {k: v for k, v in vars(cfg).items() if k not in _FIELDS}
+    return CoreConfig(operational=bool(cfg.operational), clone=bool(cfg.clone), tags=extras)
+
+
+class BoundConfig(ParamConfig):
+    """A legacy ``ParamConfig`` that writes every change through to its version.
+
+    Setting ``operational``, ``clone`` or a user attribute on it changes the
+    species of the version it came from, so every particle of that version
+    sees the change, as in the legacy library.
+    """
+
+    __slots__ = ("_owner", "_pid")
+
+    def __init__(self, core: CoreConfig, owner: Any, pid: int) -> None:
+        d = self.__dict__
+        d["operational"] = core.operational
+        d["clone"] = core.clone
+        for key, value in core.tags.items():
+            d[key] = value
+        object.__setattr__(self, "_owner", owner)
+        object.__setattr__(self, "_pid", pid)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        object.__setattr__(self, name, value)
+        owner = self._owner
+        if owner is not None:
+            owner._set_config(self._pid, name, value)
+
+    def copy(self) -> ParamConfig:
+        new = ParamConfig(self.operational, self.clone)
+        for key, value in self.__dict__.items():
+            if key not in _FIELDS:
+                object.__setattr__(new, key, value)
+        return new
+
+    def __reduce__(self):
+        return (_plain_config, (dict(self.__dict__),))
+
+
+def _plain_config(state: dict) -> ParamConfig:
+    new = ParamConfig()
+    new.__dict__.update(state)
+    return new
+
+
+def set_config(species: Species, pid: int, name: str, value: Any) -> Species:
+    """``species`` with attribute ``name`` of parameter ``pid``'s config set to ``value``."""
+    if name in _FIELDS:
+        return species.with_config(pname(pid), **{name: bool(value)})
+    return species.with_config(pname(pid), tags={name: value})

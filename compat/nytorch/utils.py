@@ -1,0 +1,91 @@
+"""Helpers on modules and parameters: shallow module copies, wiring, parameter clones."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Mapping, Optional, Set
+
+import torch
+from torch import nn
+
+from .mtype import MetaDict, Module, ModuleDict, ModuleID, ParamDict, ParamType
+
+_PRIVATE_KEYS = ("_nyto_pin",)
+
+
+def copy_module(module: Module) -> Module:
+    """A shallow copy of ``module``: a new object with its own attribute and
+    parameter/buffer/submodule dictionaries, sharing their values.
+
+    Args:
+        module: the module to copy (None gives None).
+    """
+    if module is None:
+        return module
+    clone = module.__new__(type(module))
+    state = module.__dict__.copy()
+    for key in _PRIVATE_KEYS:
+        state.pop(key, None)
+    object.__setattr__(clone, "__dict__", state)
+    state["_parameters"] = state["_parameters"].copy()
+    state["_buffers"] = state["_buffers"].copy()
+    state["_modules"] = state["_modules"].copy()
+    if "_non_persistent_buffers_set" in state:
+        state["_non_persistent_buffers_set"] = set(state["_non_persistent_buffers_set"])
+    return clone
+
+
+def copy_modules(modules: ModuleDict) -> ModuleDict:
+    """Shallow copies (``copy_module``) of every module, under the same ids."""
+    return OrderedDict((mid, copy_module(mod)) for mid, mod in modules.items())
+
+
+def make_modules_ref(
+    modules: ModuleDict,
+    params: ParamDict,
+    metas: MetaDict,
+    targets: Optional[Set[ModuleID]] = None,
+) -> None:
+    """Wire modules to their submodules and parameters as ``metas`` says.
+
+    For every module id in ``targets`` (default: all), the module's
+    ``_modules`` and ``_parameters`` are rebuilt from its ``ModuleMeta``,
+    taking submodules from ``modules`` and parameters from ``params`` by id.
+
+    Raises:
+        KeyError: ``metas`` names an id that ``modules`` or ``params`` lacks.
+        AssertionError: ``modules`` and ``metas`` hold different ids.
+
+    Example:
+        >>> make_modules_ref(modules, params, metas)
+        >>> assert net0.m1 is net1 and net0.p0 is param0
+    """
+    if targets is None:
+        targets = set(modules.keys())
+    assert set(modules.keys()) == set(metas.keys()), (
+        f"modules and metas must hold the same ids, got {sorted(modules)} and {sorted(metas)}"
+    )
+    unknown = set(targets) - set(metas.keys())
+    assert not unknown, f"targets {sorted(unknown)} are not module ids"
+    for mid in targets:
+        module = modules[mid]
+        meta = metas[mid]
+        module._modules = OrderedDict(
+            (name, None if sub is None else modules[sub]) for name, sub in meta.sub_modules.items()
+        )
+        module._parameters = OrderedDict(
+            (name, None if pid is None else params[pid]) for name, pid in meta.sub_params.items()
+        )
+        if hasattr(module, "_flat_weights_names"):  # RNNs cache references to their weights
+            module._init_flat_weights()
+
+
+def clone_param(param: ParamType) -> ParamType:
+    """A new Parameter with a copy of ``param``'s values and its ``requires_grad``."""
+    with torch.no_grad():
+        return nn.Parameter(param.clone(), requires_grad=param.requires_grad)
+
+
+def clone_params(params: Mapping) -> ParamDict:
+    """``clone_param`` of every parameter (None stays None), under the same ids."""
+    return OrderedDict((k, None if v is None else clone_param(v)) for k, v in params.items())
