@@ -68,6 +68,23 @@ def _scale(grads: Particle, lr: Any) -> Particle:
     return -lr * grads if not isinstance(lr, torch.Tensor) else grads * (-lr)
 
 
+def _check_params(params: Any, where: str) -> None:
+    if not isinstance(params, Particle):
+        raise TypeError(f"{where}: expected a Particle, got {describe(params)}")
+    sp = params.species
+    for name in sp.names:
+        if sp.config[name].operational and not sp.dtypes[name].is_floating_point:
+            raise TypeError(
+                f"{where}: parameter {name!r} is {sp.dtypes[name]}; gradient steps need floating parameters "
+                f"(mark it non-operational: species.with_config({name!r}, operational=False))"
+            )
+
+
+def _check_state(state: Any, cls: type, where: str) -> None:
+    if not isinstance(state, cls):
+        raise TypeError(f"{where}: expected the {cls.__name__} made by init, got {describe(state)}")
+
+
 def _zeros_like(p: Particle) -> Particle:
     return p.map(lambda t, cfg: torch.zeros_like(t))
 
@@ -88,13 +105,13 @@ def sgd(lr: Any, *, momentum: float = 0.0, nesterov: bool = False, weight_decay:
         raise ValueError("sgd: nesterov=True expects momentum > 0, got momentum=0")
 
     def init(params: Particle) -> SGDState:
-        if not isinstance(params, Particle):
-            raise TypeError(f"sgd.init: expected a Particle, got {describe(params)}")
+        _check_params(params, "sgd.init")
         return SGDState(_zeros_like(params) if momentum else None)
 
     def update(grads: Particle, state: SGDState, params: Particle | None = None) -> tuple[Particle, SGDState]:
         if not isinstance(grads, Particle):
             raise TypeError(f"sgd.update: expected a Particle of gradients, got {describe(grads)}")
+        _check_state(state, SGDState, "sgd.update")
         g = grads
         if weight_decay:
             if params is None:
@@ -127,8 +144,7 @@ def adam(
     _check_rate(weight_decay, "adam: weight_decay")
 
     def init(params: Particle) -> AdamState:
-        if not isinstance(params, Particle):
-            raise TypeError(f"adam.init: expected a Particle, got {describe(params)}")
+        _check_params(params, "adam.init")
         zeros = _zeros_like(params)
         device = params.tensors[0].device if params.tensors else None
         return AdamState(torch.zeros((), dtype=torch.int64, device=device), zeros, zeros)
@@ -136,6 +152,7 @@ def adam(
     def update(grads: Particle, state: AdamState, params: Particle | None = None) -> tuple[Particle, AdamState]:
         if not isinstance(grads, Particle):
             raise TypeError(f"adam.update: expected a Particle of gradients, got {describe(grads)}")
+        _check_state(state, AdamState, "adam.update")
         g = grads
         if weight_decay:
             if params is None:
@@ -147,8 +164,8 @@ def adam(
         t = count.to(torch.float64)
         bc1 = 1 - torch.pow(torch.tensor(b1, dtype=torch.float64, device=t.device), t)
         bc2 = 1 - torch.pow(torch.tensor(b2, dtype=torch.float64, device=t.device), t)
-        denom = nu.map(lambda v, cfg: (v.sqrt() / bc2.sqrt().to(v.dtype)) + eps)
-        direction = mu.zip_with(denom, lambda m, d, cfg: m / (bc1.to(m.dtype) * d))
+        denom = nu.map(lambda v, cfg: (v.sqrt() / bc2.sqrt().to(v.dtype)) + eps if cfg.operational else v)
+        direction = mu.zip_with(denom, lambda m, d, cfg: m / (bc1.to(m.dtype) * d) if cfg.operational else m)
         return _scale(direction, lr), AdamState(count, mu, nu)
 
     return GradientTransformation(init, update)
