@@ -204,7 +204,23 @@ class Species:
             return "module"
         if name in self.tied:
             return "alias"
+        empty = self._empty_slot(name)
+        if empty is not None:
+            return empty
         raise UnknownNameError(self._unknown(name, "a parameter, buffer or submodule path"))
+
+    def _empty_slot(self, name: object) -> str | None:
+        """``"param"``/``"buffer"``/``"module"`` when ``name`` is a slot set to None in the skeleton."""
+        if not isinstance(name, str) or not name:
+            return None
+        prefix, leaf = sk.split(name)
+        if prefix not in self.modules:
+            return None
+        module = sk.get_module(self.skeleton, prefix)
+        for kind, slots in (("param", module._parameters), ("buffer", module._buffers), ("module", module._modules)):
+            if leaf in slots and slots[leaf] is None:
+                return kind
+        return None
 
     def _unknown(self, name: object, what: str) -> str:
         known = ", ".join(repr(n) for n in self.names[:6])
@@ -360,10 +376,10 @@ class Species:
         if kind == "module":
             dropped = [n for n in self.names if _under(n, name)]
             dropped_buffers = [n for n in self.buffer_names if _under(n, name)]
-        elif kind == "param":
-            dropped, dropped_buffers = [name], []
+        elif kind == "param":  # (an empty slot has nothing to drop)
+            dropped, dropped_buffers = [name] if name in self.config else [], []
         elif kind == "buffer":
-            dropped, dropped_buffers = [], [name]
+            dropped, dropped_buffers = [], [name] if name in self.buffers else []
         else:
             dropped, dropped_buffers = [], []
         for alias, canonical in self.tied.items():
