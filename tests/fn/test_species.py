@@ -270,3 +270,30 @@ def test_bad_values_refused():
         sp.with_config(bogus=True)
     with pytest.raises(TypeError, match="mapping"):
         sp.with_config(tags=["x"])
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda s: s.set_none("0.bias"),
+        lambda s: s.set_none("2"),
+        lambda s: s.add_buffer("m", torch.ones(1)).set_none("m"),
+        lambda s: s.add_module("slot", None),
+    ],
+)
+def test_empty_slot_can_be_removed_or_refilled_as_in_torch(make):
+    sp = make(particle(mlp()).species)
+    name = sp.edit.name
+    kind = sp.kind(name)
+    gone = sp.remove(name)  # torch: ``del module.x`` after ``module.x = None``
+    assert isinstance(gone.edit, nf.Remove) and gone.edit.kind == kind
+    prefix, _, leaf = name.rpartition(".")
+    owner = gone.skeleton.get_submodule(prefix)
+    assert leaf not in owner._parameters and leaf not in owner._buffers and leaf not in owner._modules
+    assert gone.names == sp.names
+    refill = {
+        "param": lambda s: s.add_param(name, torch.ones(2)),
+        "buffer": lambda s: s.add_buffer(name, torch.ones(2)),
+        "module": lambda s: s.add_module(name, nn.Linear(1, 1)),
+    }[kind]
+    assert refill(sp).kind(name) == kind  # torch re-registers an empty slot of the same kind
