@@ -425,9 +425,10 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         if isinstance(value, Module):
             return self.add_module(name, value)
         state = self.__dict__
-        kernel = _get_kernel(self)
-        if kernel is not None and kernel.version.next_version is not None:
-            kernel.particle_update()
+        if not name.startswith("_"):  # catch up first: the name may be one another particle added
+            kernel = _get_kernel(self)
+            if kernel is not None and kernel.version.next_version is not None:
+                kernel.particle_update()
         if name in state.get("_parameters", ()):
             return self.register_parameter(name, value)
         if name in state.get("_modules", ()):

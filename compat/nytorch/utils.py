@@ -70,10 +70,11 @@ def make_modules_ref(
     for mid in targets:
         module = modules[mid]
         meta = metas[mid]
-        module._modules = OrderedDict(
+        state = module.__dict__
+        state["_modules"] = OrderedDict(
             (name, None if sub is None else modules[sub]) for name, sub in meta.sub_modules.items()
         )
-        module._parameters = OrderedDict(
+        state["_parameters"] = OrderedDict(
             (name, None if pid is None else params[pid]) for name, pid in meta.sub_params.items()
         )
         if hasattr(module, "_flat_weights_names"):  # RNNs cache references to their weights
