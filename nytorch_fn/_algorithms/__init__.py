@@ -1,0 +1,1 @@
+"""Population algorithms (private; the public names are in ``nytorch_fn.algorithms``)."""
