@@ -136,7 +136,9 @@ class AddModuleParticleUpdater(_Base):
         if initiator:
             pdata.add_modules(self.add_modules)
             pdata.remove_modules(self.remove_modules)
-            Module.__setattr__(pdata._module(self.module_id), self.attr_name, pdata._module(self.add_module_id))
+            this = pdata._module(self.module_id)
+            _remove_from(this, self.attr_name, "__dict__", "_parameters", "_buffers", "_non_persistent_buffers_set")
+            this._modules[self.attr_name] = pdata._module(self.add_module_id)
         else:
             assert self.next_version_modules_meta is not None, "set_next_version_data() was not called"
             pdata.add_modules(copy_modules(self.add_modules))
