@@ -19,7 +19,9 @@ Conventions shared by all of them:
   replaced; NaN everywhere is a ``ValueError``. A fitness of the wrong shape
   is a ``PopulationSizeError`` (a ``ValueError``) naming both shapes.
 - **Randomness** comes from an explicit ``generator=`` (a ``torch.Generator``;
-  torch's global RNG when None); equal seeds give equal runs.
+  torch's global RNG when None); equal seeds give equal runs. Draws are made
+  on the generator's device and moved to the population's, so a CPU
+  generator drives a CUDA population (with the same draws as on CPU).
 - **Config-aware**: only operational floating-point parameters are moved,
   bred or copied; non-operational ones are left as they are (per their
   ``clone`` setting).

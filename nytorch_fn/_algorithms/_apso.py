@@ -8,11 +8,11 @@ import attrs
 import torch
 
 from .._particle import Particle
-from .._population import random_population
 from ._common import (
     check_bool,
     check_generator,
     check_real,
+    noise_population,
     require_population,
     scores,
     update_best,
@@ -117,7 +117,7 @@ class APSO:
         n = require_population(pop, "APSO.tell")
         f, score = scores(fitness, n, "APSO.tell", maximize=self.maximize)
         best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
-        noise = random_population(best, n, generator=generator)
+        noise = noise_population(best, n, generator=generator)
         alpha_t = self.alpha * self.alpha_decay ** state.generation
         moved = (1.0 - self.beta) * pop + self.beta * best
         if alpha_t:

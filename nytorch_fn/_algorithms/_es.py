@@ -10,12 +10,13 @@ import torch
 from .._errors import describe
 from .._optim import GradientTransformation, adam, apply_updates
 from .._particle import Particle, _assemble, plan
-from .._population import concat, random_population
+from .._population import concat
 from ._common import (
     check_bool,
     check_generator,
     check_int,
     check_real,
+    noise_population,
     member_view,
     require_single,
     scores,
@@ -144,10 +145,10 @@ class OpenAIES:
         check_generator(generator, "OpenAIES.ask")
         n = self.population_size
         if self.antithetic:
-            half = random_population(state.mean, n // 2, generator=generator)
+            half = noise_population(state.mean, n // 2, generator=generator)
             noise = concat([half, -half])
         else:
-            noise = random_population(state.mean, n, generator=generator)
+            noise = noise_population(state.mean, n, generator=generator)
         return state.mean + self.sigma * noise, state._replace(noise=noise)
 
     def tell(self, state: ESState, fitness: Any, *, population: Particle | None = None) -> ESState:
