@@ -356,7 +356,9 @@ def load(path: str | os.PathLike, *, like: Any, configs: str = "check", device: 
     holds a ``Species``, an ``nn.Module`` (its species is captured) or a
     particle (its species; a population template also fixes the population
     size); where a tensor was saved, a tensor of the same shape and dtype;
-    where a number, a number of the same kind; NamedTuples and attrs records
+    where a number, a number of the same kind; where None, None (or a
+    particle of a species matched earlier in the tree, e.g. an optional
+    ``noise`` field that was None in the template state); NamedTuples and attrs records
     of the same class and fields (the class is taken from ``like``, never
     from the file); tuples, lists and dicts with the same lengths and keys.
     Loaded particles belong to ``like``'s species objects, so they combine
@@ -403,6 +405,7 @@ class _Decoder:
         self.device = None if device is None else torch.device(device)
         self._captured: dict[int, Species] = {}
         self._verified: set[tuple[int, int]] = set()
+        self._matched: dict[int, Species] = {}
 
     def fail(self, path: str, message: str) -> CheckpointMismatchError:
         return CheckpointMismatchError(f"{self.where}: checkpoint does not match `like` at {path}: {message}")
@@ -441,6 +444,9 @@ class _Decoder:
             if t.dtype != like.dtype:
                 raise self.fail(path, f"the file has dtype {t.dtype}, `like` {like.dtype}")
             return t.to(self._target(like.device), copy=True)
+        if like is None and kind == "particle" and node.get("species") in self._matched:
+            # an optional field (None in the template, a particle in the file) of a species already matched
+            return self._particle(self._matched[node["species"]], node, kind, path)
         if like is None:
             if kind != "none":
                 raise self.fail(path, f"the file has a {kind}, `like` None")
@@ -534,6 +540,7 @@ class _Decoder:
         if (index, id(sp)) not in self._verified:
             self._check_species(self.species[index], sp, path)
             self._verified.add((index, id(sp)))
+            self._matched.setdefault(index, sp)
         population = node.get("population")
         if population is not None and (not isinstance(population, int) or isinstance(population, bool) or population < 0):
             raise self.corrupt(path, f"population {population!r}")

@@ -333,3 +333,18 @@ def test_a_process_killed_mid_save_leaves_the_previous_checkpoint_loadable(tmp_p
     # the stray temporary file is harmless: the next save replaces the checkpoint
     ck.save(path, {"p": old * 2, "step": 3})
     assert ck.load(path, like={"p": old.species, "step": 0})["step"] == 3
+
+
+def test_algorithm_state_with_an_optional_particle_loads_against_a_fresh_init(tmp_path):
+    from nytorch_fn import algorithms
+
+    p = nf.particle(mlp(0))
+    es = algorithms.OpenAIES(population_size=4, sigma=0.1, optimizer=optim.adam(0.01))
+    state = es.init(p)
+    pop, state = es.ask(state, generator=torch.Generator().manual_seed(0))
+    assert state.noise is not None
+    path = tmp_path / "es.safetensors"
+    ck.save(path, state)
+    out = ck.load(path, like=es.init(p))  # noise is None in the template, a particle in the file
+    assert type(out) is type(state) and tree_equal(out.noise, state.noise) and tree_equal(out.mean, state.mean)
+    assert torch.equal(out.best_fitness, state.best_fitness) and out.generation == state.generation
