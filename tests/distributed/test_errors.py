@@ -1,0 +1,49 @@
+"""Bad input that needs no process group: uneven/too small populations, no group."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import nytorch_fn as nf
+import nytorch_fn.distributed as nfd
+
+from . import _scenarios as sc
+
+
+def test_block_sizes_policy():
+    assert nfd.block_sizes(10, 4) == (3, 3, 2, 2)
+    assert nfd.block_sizes(8, 4) == (2, 2, 2, 2)
+    assert sum(nfd.block_sizes(1001, 64)) == 1001
+    with pytest.raises(nf.PopulationSizeError, match="at least one member per rank"):
+        nfd.block_sizes(3, 4)
+    with pytest.raises(ValueError, match="population size >= 1"):
+        nfd.block_sizes(0, 2)
+
+
+@pytest.mark.parametrize("call", [
+    lambda pop: nfd.world(),
+    lambda pop: nfd.shard(pop),
+    lambda pop: nfd.from_local(pop),
+    lambda pop: nfd.check_species(pop.species),
+    lambda pop: nfd.broadcast(pop),
+    lambda pop: nfd.check_alive(),
+])
+def test_collectives_outside_a_process_group_are_refused(call):
+    assert not nfd.is_initialized()
+    pop = sc.population(sc.template(), 4)
+    with pytest.raises(nfd.NotInitializedError, match="expected an initialised torch.distributed process group"):
+        call(pop)
+
+
+def test_fingerprint_sees_structure_not_values():
+    tpl = sc.template()
+    assert nfd.fingerprint(tpl.species) == nfd.fingerprint(sc.template().species)  # separate captures
+    assert nfd.fingerprint(tpl.species) != nfd.fingerprint(tpl.species.with_config("0", operational=False))
+    assert nfd.fingerprint(tpl.species) != nfd.fingerprint(tpl.species.remove("scale"))
+    assert nfd.fingerprint((tpl * 2).species) == nfd.fingerprint(tpl.species)
+
+
+def test_sharded_refuses_unknown_algorithms():
+    with pytest.raises(TypeError, match="expected APSO, Hybrid"):
+        nfd.sharded(object())
