@@ -1,0 +1,150 @@
+"""Compat layer vs the legacy nytorch 1.1.0, side by side, CPU, 1 thread.
+
+Run with the project venv:  python bench/bench_compat.py
+The legacy half runs in bench/.venv-legacy (built by bench/legacy_env.sh)
+as a subprocess with the very same script (``--worker``), so both import
+``nytorch`` under its own name. Prints a table of times (median of repeats)
+and ratios legacy / ours.
+
+Cases:
+  particle_ops   0.5 * net + 0.5 * other on NytoModules holding a
+                 784-256-256-10 MLP (about 270k parameters); wall clock and
+                 CPU time with gc on, and wall clock with gc off while timing
+                 (what ``timeit`` does: the legacy library's reference cycles
+                 are then never freed and its memory grows)
+  product_ops    (0.5 * net.product() + 0.5 * other.product()).module()
+  touch_100      touch() of 100 particles after one edit (adds a parameter)
+  cycles         for _ in range(1000): net = 0.5 * net + 1, then count the
+                 particles still alive without gc.collect()
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LEGACY_PY = os.path.join(HERE, ".venv-legacy", "bin", "python")
+
+
+def worker() -> dict:
+    import gc
+    import warnings
+    import weakref
+
+    warnings.simplefilter("ignore")
+    import torch
+    from torch import nn
+
+    import nytorch as nyto
+
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+
+    class MLP(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.l1 = nn.Linear(784, 256)
+            self.l2 = nn.Linear(256, 256)
+            self.l3 = nn.Linear(256, 10)
+
+        def forward(self, x):
+            return self.l3(torch.relu(self.l2(torch.relu(self.l1(x)))))
+
+    def timed(fn, number, repeat=7, clock=time.perf_counter, collect=True):
+        """Median seconds per call; ``collect=False`` disables gc while timing (as ``timeit`` does)."""
+        for _ in range(3):
+            fn()
+        gc.collect()
+        runs = []
+        for _ in range(repeat):
+            if not collect:
+                gc.disable()
+            try:
+                t = clock()
+                for _ in range(number):
+                    fn()
+                runs.append((clock() - t) / number)
+            finally:
+                gc.enable()
+                gc.collect()
+        runs.sort()
+        return runs[len(runs) // 2]
+
+    net = MLP()
+    other = net.randn()
+    out = {"params": sum(p.numel() for p in net.parameters())}
+    ops = lambda: 0.5 * net + 0.5 * other  # noqa: E731
+    prods = lambda: (0.5 * net.product() + 0.5 * other.product()).module()  # noqa: E731
+    out["particle_ops"] = timed(ops, 50)
+    out["particle_ops_cpu"] = timed(ops, 50, clock=time.process_time)
+    out["particle_ops_nogc"] = timed(ops, 50, collect=False)
+    out["product_ops"] = timed(prods, 50)
+    out["product_ops_cpu"] = timed(prods, 50, clock=time.process_time)
+
+    def touch_100():
+        base = MLP()
+        particles = [base.clone() for _ in range(100)]
+        base.extra = nn.Parameter(torch.randn(16))
+        t = time.perf_counter()
+        for p in particles:
+            p.touch()
+        return time.perf_counter() - t
+
+    runs = sorted(touch_100() for _ in range(5))
+    out["touch_100"] = runs[2]
+
+    gc.collect()
+    gc.disable()
+    try:
+        x = MLP()
+        refs = []
+        for _ in range(1000):
+            x = 0.5 * x + 1
+            refs.append(weakref.ref(x))
+        out["cycles_alive"] = sum(r() is not None for r in refs)
+    finally:
+        gc.enable()
+    return out
+
+
+def main() -> None:
+    ours = worker()
+    if not os.path.exists(LEGACY_PY):
+        subprocess.run(["bash", os.path.join(HERE, "legacy_env.sh")], check=True)
+    env = dict(os.environ, PYTHONPATH="")
+    proc = subprocess.run(
+        [LEGACY_PY, os.path.abspath(__file__), "--worker"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        env=env,
+        check=True,
+    )
+    legacy = json.loads(proc.stdout.strip().splitlines()[-1])
+    print(f"compat vs legacy nytorch 1.1.0, CPU, 1 thread, MLP 784-256-256-10 ({ours['params']} parameters)")
+    print(f"{'case':<44}{'legacy':>12}{'ours':>12}{'legacy/ours':>14}")
+    rows = [
+        ("0.5*net + 0.5*other  (wall, gc on)", "particle_ops"),
+        ("0.5*net + 0.5*other  (CPU time, gc on)", "particle_ops_cpu"),
+        ("0.5*net + 0.5*other  (wall, gc off: timeit)", "particle_ops_nogc"),
+        ("product ops, .module()  (wall, gc on)", "product_ops"),
+        ("product ops, .module()  (CPU time, gc on)", "product_ops_cpu"),
+        ("touch() of 100 particles after one edit", "touch_100"),
+    ]
+    for label, key in rows:
+        print(f"{label[:43]:<44}{legacy[key] * 1e3:>10.3f}ms{ours[key] * 1e3:>10.3f}ms{legacy[key] / ours[key]:>13.1f}x")
+    print(
+        f"{'particles alive after 1000 x (net=0.5*net+1), no gc':<44}"
+        f"{legacy['cycles_alive']:>12}{ours['cycles_alive']:>12}"
+    )
+
+
+if __name__ == "__main__":
+    if "--worker" in sys.argv:
+        print(json.dumps(worker()))
+    else:
+        main()
