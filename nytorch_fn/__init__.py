@@ -7,6 +7,10 @@ evaluated with ``torch.func.vmap``.
 """
 
 from . import _pytree as _pytree  # registers Particle as a pytree node
+from . import algorithms as algorithms
+from . import checkpoint as checkpoint
+from . import merge as merge
+from . import optim as optim
 from ._config import ParamConfig as ParamConfig
 from ._errors import NotAPopulationError as NotAPopulationError
 from ._errors import OperandError as OperandError
