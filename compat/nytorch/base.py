@@ -132,6 +132,9 @@ _NO_KERNEL = (
 # ---------------------------------------------------------------------------
 
 
+_sorted_keys: dict = {}  # id(pmap) -> (pmap, its keys sorted): metas are read on every particle op
+
+
 class _MetaView(Mapping):
     """module id -> ModuleMeta, in id order (read-only)."""
 
@@ -139,7 +142,13 @@ class _MetaView(Mapping):
 
     def __init__(self, m: PMap) -> None:
         self._map = m
-        self._keys = sorted(m.keys())
+        keys = _sorted_keys.get(id(m))
+        if keys is None or keys[0] is not m:
+            keys = (m, sorted(m.keys()))
+            if len(_sorted_keys) > 256:
+                _sorted_keys.clear()
+            _sorted_keys[id(m)] = keys
+        self._keys = keys[1]
 
     def __getitem__(self, mid: ModuleID) -> ModuleMeta:
         return self._map[mid]
@@ -450,6 +459,17 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
     def modules(self, value: Mapping) -> None:
         self._modules = OrderedDict(value)
         self._root_ref = None
+
+    def __getstate__(self) -> dict:
+        weak = self._root_ref is not None
+        return {"modules": self._resolved(), "params": self.params, "weak_root": weak}
+
+    def __setstate__(self, state: dict) -> None:
+        self._modules = OrderedDict(state["modules"])
+        self._root_ref = None
+        self.params = state["params"]
+        if state.get("weak_root"):
+            self._weaken_root()
 
     def _module(self, mid: ModuleID) -> nn.Module:
         mod = self._modules[mid]

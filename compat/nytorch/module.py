@@ -224,7 +224,6 @@ class ParamProduct(Product[Tmodule]):
                     t = ParamType(t, requires_grad=g)
                 made.append(t)
             params = self._params = OrderedDict(zip(br.pids_of(self._particle.species), made))
-            self._particle = br.particle_of(self._particle.species, made)
         return params
 
     @params.setter

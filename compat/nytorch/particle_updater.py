@@ -56,6 +56,16 @@ class _Base(ParticleUpdater[VersionDataImp, ParticleDataImp]):
     def owner(self, pdata: Optional[ParticleDataImp]) -> None:
         self._owner = None if pdata is None else weakref.ref(pdata)
 
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state["_owner"] = self.owner
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        owner = state.pop("_owner", None)
+        self.__dict__.update(state)
+        self.owner = owner
+
     def set_version_data(self, vdata: VersionDataImp) -> Self:
         self._from = vdata._species
         return self

@@ -61,11 +61,10 @@ def make_modules_ref(
         >>> assert net0.m1 is net1 and net0.p0 is param0
     """
     if targets is None:
-        targets = set(modules.keys())
-    assert set(modules.keys()) == set(metas.keys()), (
-        f"modules and metas must hold the same ids, got {sorted(modules)} and {sorted(metas)}"
-    )
-    unknown = set(targets) - set(metas.keys())
+        targets = modules.keys()
+    if len(modules) != len(metas) or any(mid not in metas for mid in modules):
+        raise AssertionError(f"modules and metas must hold the same ids, got {sorted(modules)} and {sorted(metas)}")
+    unknown = [mid for mid in targets if mid not in metas]
     assert not unknown, f"targets {sorted(unknown)} are not module ids"
     for mid in targets:
         module = modules[mid]
@@ -77,7 +76,7 @@ def make_modules_ref(
         state["_parameters"] = OrderedDict(
             (name, None if pid is None else params[pid]) for name, pid in meta.sub_params.items()
         )
-        if hasattr(module, "_flat_weights_names"):  # RNNs cache references to their weights
+        if "_flat_weights_names" in state:  # RNNs cache references to their weights
             module._init_flat_weights()
 
 

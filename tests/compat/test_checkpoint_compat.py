@@ -66,7 +66,6 @@ def test_load_state_dict_refuses_a_wrong_shape_as_torch_does() -> None:
         net.load_state_dict(bad)
 
 
-@pytest.mark.xfail(strict=True, reason="whole-module torch.save of a NytoModule: compat holds weakrefs (compat engineer)")
 def test_whole_module_torch_save() -> None:
     net = Net()
     buf = io.BytesIO()

@@ -405,3 +405,23 @@ def test_state_dict_and_forward_work():
     copy = Model()
     copy.load_state_dict(m.state_dict())
     assert torch.equal(copy.l1.weight, m.l1.weight)
+
+
+def test_whole_module_pickle_round_trip_keeps_a_working_particle():
+    import io
+
+    a = Deep()
+    b = a.clone()
+    a.added = nn.Parameter(torch.ones(2))  # b is one version behind
+    buf = io.BytesIO()
+    torch.save({"a": a, "b": b}, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    a2, b2 = loaded["a"], loaded["b"]
+    assert a2._version_kernel is not a._version_kernel
+    b2.touch()
+    assert torch.equal(b2.added, torch.ones(2)) and b2.added is not a2.added
+    out = a2 * 2 + b2
+    assert torch.allclose(out.scale, a.scale * 2 + b.scale)
+    a2.more = nn.Parameter(torch.zeros(1))
+    assert hasattr(b2.touch(), "more") and not hasattr(b, "more")
