@@ -47,6 +47,8 @@ def particle(module: nn.Module, *, copy: bool = True) -> Particle:
         >>> p.species.names
         ('0.weight', '0.bias', '2.weight', '2.bias')
     """
+    if not isinstance(copy, bool):
+        raise TypeError(f"particle(): copy expects a bool, got {describe(copy)}")
     species, leaves = capture(module, copy=copy)
     return Particle._make(species, leaves)
 

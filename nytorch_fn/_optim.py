@@ -50,13 +50,13 @@ def _check_rate(value: Any, name: str, *, low: float = 0.0, high: float = math.i
     if isinstance(value, torch.Tensor):
         if value.dim() > 1 or value.is_complex() or value.dtype == torch.bool:
             raise ValueError(f"{name}: expected a number or a [N] real tensor (one per member), got {describe(value)}")
-        if value.numel() and (bool((value < low).any()) or bool(torch.isnan(value).any())):
-            raise ValueError(f"{name}: expected values >= {low}, got {value}")
+        if value.numel() and (bool((value < low).any()) or not bool(torch.isfinite(value).all())):
+            raise ValueError(f"{name}: expected finite values >= {low}, got {value}")
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number or a [N] tensor, got {describe(value)}")
     ok = low <= value and (value <= high if closed_high else value < high)
-    if not ok or math.isnan(value):
+    if not ok or math.isnan(value) or math.isinf(value):
         bracket = "]" if closed_high else ")"
         raise ValueError(f"{name}: expected a value in [{low}, {high}{bracket}, got {value!r}")
 
@@ -134,7 +134,7 @@ def adam(
     Args:
         lr: learning rate, a number > 0 or a ``[N]`` tensor for a population.
         b1, b2: moment decay rates in [0, 1).
-        eps: added to the denominator, > 0.
+        eps: added to the denominator, >= 0 (as torch.optim.Adam).
         weight_decay: L2 penalty added to the gradient (needs ``params`` in ``update``).
     """
     _check_rate(lr, "adam: lr")

@@ -253,6 +253,8 @@ class Particle:
         Example:
             >>> noisy = p.map(lambda t, cfg: t + 0.1 if cfg.operational else t)
         """
+        if not callable(fn):
+            raise TypeError(f"map: expected a callable fn(tensor, config) -> tensor, got {describe(fn)}")
         sp = self.species
         out = []
         for name, t in zip(sp.names, self.tensors):
@@ -270,6 +272,8 @@ class Particle:
         """
         if not isinstance(other, Particle):
             raise OperandError(f"zip_with: expected a Particle of the same species, got {describe(other)}")
+        if not callable(fn):
+            raise TypeError(f"zip_with: expected a callable fn(a, b, config) -> tensor, got {describe(fn)}")
         a, b = align(self, other)
         _result_population(a, b)
         sp = a.species

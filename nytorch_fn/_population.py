@@ -395,6 +395,8 @@ def _vector(values: Any, n: int, what: str) -> torch.Tensor:
 
 def fitness_order(fitness: torch.Tensor, *, maximize: bool = True) -> torch.Tensor:
     """Fitness with NaN made the worst possible value (the documented NaN policy)."""
+    if not isinstance(maximize, bool):
+        raise TypeError(f"maximize expects a bool, got {describe(maximize)}")
     f = fitness if fitness.is_floating_point() else fitness.double()
     if torch.isnan(f).all():
         raise ValueError("fitness: every value is NaN; expected at least one number")

@@ -116,6 +116,29 @@ Edit = AddParam | AddModule | AddBuffer | Remove | SetNone | SetConfig
 # ---------------------------------------------------------------------------
 
 
+def _check_name_type(name: object) -> None:
+    if not isinstance(name, str):
+        raise TypeError(f"expected a dotted path string such as 'layer0.weight', got {describe(name)}")
+
+
+class _taken:
+    """Turns torch's "attribute already exists" ``KeyError`` into a message naming the clash."""
+
+    def __init__(self, name: str, module: nn.Module, leaf: str) -> None:
+        self.name, self.module, self.leaf = name, module, leaf
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
+        if kind is KeyError:
+            raise ValueError(
+                f"expected a new attribute name, but {self.leaf!r} is already an attribute of "
+                f"{type(self.module).__name__} at {self.name.rpartition('.')[0] or 'the root'!r} ({error})"
+            ) from error
+        return False
+
+
 def _under(name: str, prefix: str) -> bool:
     return not prefix or name == prefix or name.startswith(prefix + ".")
 
@@ -195,7 +218,9 @@ class Species:
 
         Raises:
             KeyError: ``name`` is none of them.
+            TypeError: ``name`` is not a string.
         """
+        _check_name_type(name)
         if name in self.config:
             return "param"
         if name in self.buffers:
@@ -299,7 +324,8 @@ class Species:
         if isinstance(value, nn.Parameter):  # pragma: no cover - detach() drops the subclass
             requires_grad = value.requires_grad
         skeleton, module = sk.copy_path(self.skeleton, prefix)
-        module.register_parameter(leaf, nn.Parameter(sk.meta_like(value), requires_grad=requires_grad))
+        with _taken(name, module, leaf):
+            module.register_parameter(leaf, nn.Parameter(sk.meta_like(value), requires_grad=requires_grad))
         return self._derive(
             AddParam(name, value, config),
             names=self.names + (name,),
@@ -323,10 +349,12 @@ class Species:
             raise TypeError(f"add_module({name!r}): expected an nn.Module or None, got {describe(module)}")
         skeleton, parent_module = sk.copy_path(self.skeleton, prefix)
         if module is None:
-            parent_module.add_module(leaf, None)
+            with _taken(name, parent_module, leaf):
+                parent_module.add_module(leaf, None)
             return self._derive(AddModule(name, None), skeleton=skeleton)
         sub = _capture(module, copy=True)
-        parent_module.add_module(leaf, sub.skeleton)
+        with _taken(name, parent_module, leaf):
+            parent_module.add_module(leaf, sub.skeleton)
         full = lambda n: f"{name}.{n}"  # noqa: E731
         names = tuple(full(n) for n in sub.names)
         evolver = {t: getattr(self, t).evolver() for t in ("config", "shapes", "dtypes", "requires_grad", "buffers", "tied")}
@@ -362,7 +390,10 @@ class Species:
         if tensor is not None:
             tensor = tensor.detach().clone() if copy else tensor.detach()
         skeleton, module = sk.copy_path(self.skeleton, prefix)
-        module.register_buffer(leaf, sk.meta_like(tensor), persistent=persistent)
+        if not isinstance(persistent, bool):
+            raise TypeError(f"add_buffer({name!r}): persistent expects a bool, got {describe(persistent)}")
+        with _taken(name, module, leaf):
+            module.register_buffer(leaf, sk.meta_like(tensor), persistent=persistent)
         return self._derive(
             AddBuffer(name, persistent),
             buffers=self.buffers.set(name, tensor),
@@ -469,6 +500,8 @@ class Species:
         tags = changes.get("tags")
         if tags is not None and not isinstance(tags, Mapping):
             raise TypeError(f"with_config: tags expects a mapping, got {describe(tags)}")
+        if name is not None:
+            _check_name_type(name)
         if name is None:
             targets = self.names
         elif name in self.config:
