@@ -96,6 +96,21 @@ def is_initialized() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def launched() -> bool:
+    """True when this process was started by ``torchrun`` (or alike) for more than one rank.
+
+    Reads ``WORLD_SIZE`` (and ``RANK``) from the environment; starts nothing.
+    A program can branch on it to run sharded under ``torchrun`` and as
+    usual otherwise.
+    """
+    import os
+
+    try:
+        return "RANK" in os.environ and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
 def world(group: Any = None) -> World:
     """This process's ``World`` in ``group`` (None: the default group).
 

@@ -38,6 +38,7 @@ from ._distributed import gather_fitness as gather_fitness
 from ._distributed import global_top_k as global_top_k
 from ._distributed import init as init
 from ._distributed import is_initialized as is_initialized
+from ._distributed import launched as launched
 from ._distributed import mean as mean
 from ._distributed import member as member
 from ._distributed import shaped_fitness as shaped_fitness
@@ -82,6 +83,7 @@ __all__ = [
     "global_top_k",
     "init",
     "is_initialized",
+    "launched",
     "mean",
     "member",
     "shaped_fitness",

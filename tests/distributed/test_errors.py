@@ -47,3 +47,13 @@ def test_fingerprint_sees_structure_not_values():
 def test_sharded_refuses_unknown_algorithms():
     with pytest.raises(TypeError, match="expected APSO, Hybrid"):
         nfd.sharded(object())
+
+
+def test_launched_reads_torchrun_environment(monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert not nfd.launched()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not nfd.launched()
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert nfd.launched()
