@@ -14,6 +14,10 @@ Needs the ``demo`` extra (scikit-learn ships the digits, matplotlib draws,
 tqdm shows progress): ``pip install "nytorch-fn[demo]"``.
 ``--compare-legacy`` also runs the same algorithm written with the ``nytorch``
 compat API as a Python loop of modules and prints both times side by side.
+
+It runs unchanged under ``torchrun --nproc-per-node=2 -m nytorch_fn.demo``:
+each rank trains a block of members (``nytorch_fn.distributed``) and rank 0
+reports; the result equals the single-process run.
 """
 
 from __future__ import annotations
@@ -87,8 +91,58 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+class _Run:
+    """One process, or this rank's shard under ``torchrun`` (same seed everywhere)."""
+
+    def __init__(self, hybrid: Hybrid, population: nf.Particle) -> None:
+        from nytorch_fn import distributed as nfd
+
+        self.nfd = nfd if nfd.launched() else None
+        if self.nfd is None:
+            self.rank, self.algo, self.state = 0, hybrid, hybrid.init(population)
+        else:
+            self.nfd.init()
+            self.rank = self.nfd.world().rank
+            self.algo = self.nfd.sharded(hybrid)
+            self.state = self.algo.init(self.nfd.shard(population))
+
+    @property
+    def local(self) -> nf.Particle:
+        """The members this process trains (all of them without torchrun)."""
+        return self.state.population if self.nfd is None else self.state.shard.local
+
+    def rows(self, x: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a value drawn for the whole population."""
+        return x if self.nfd is None else self.state.shard.block(x)
+
+    def everyone(self, local_values: torch.Tensor) -> torch.Tensor:
+        """``[N]`` from each process's ``[n_local]`` (one all_gather under torchrun)."""
+        return local_values if self.nfd is None else self.nfd.gather_fitness(self.state.shard, local_values)
+
+    def step(self, *batch: torch.Tensor, fitness: torch.Tensor, generator: torch.Generator) -> None:
+        if self.nfd is None:
+            self.state, _ = self.algo.step(self.state, member_loss, *batch, fitness=fitness, in_dims=(0, 0), generator=generator)
+        else:
+            self.state, _ = self.algo.step(
+                self.state, member_loss, *batch, local_fitness=self.rows(fitness), in_dims=(0, 0), generator=generator
+            )
+
+    def population(self) -> nf.Particle | None:
+        """The whole trained population (on rank 0; None elsewhere)."""
+        return self.local if self.nfd is None else self.nfd.gather(self.state.shard, dst=0)
+
+    def close(self) -> None:
+        if self.nfd is not None:
+            self.nfd.shutdown()
+
+
 def train(args: argparse.Namespace, data: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """The vectorised hybrid run; returns the trained population and the history."""
+    """The vectorised hybrid run; returns the trained population and the history.
+
+    Under ``torchrun`` each rank trains its block of members; noise and
+    minibatch indices are drawn for the whole population from the same seed
+    on every rank, so the run equals the single-process one.
+    """
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     population = nf.init_population(make_net(args.hidden), args.population, generator=g)
@@ -98,20 +152,18 @@ def train(args: argparse.Namespace, data: dict[str, torch.Tensor]) -> dict[str, 
         subset=max(1, int(args.subset * args.population)),
         alpha=args.alpha,
     )
-    state = hybrid.init(population)
+    run = _Run(hybrid, population)
     x, y = data["x_train"], data["y_train"]
     n_train = len(y)
     steps, history = [], []
-    val_acc = accuracy(state.population, data["x_val"], data["y_val"])
-    progress = _progress(args)
+    val_acc = run.everyone(accuracy(run.local, data["x_val"], data["y_val"]))
+    progress = _progress(args, disable=run.rank != 0)
     start = time.perf_counter()
     for step in range(1, args.steps + 1):
-        idx = torch.randint(0, n_train, (args.population, args.batch_size), generator=g)
-        state, losses = hybrid.step(
-            state, member_loss, x[idx], y[idx], fitness=val_acc, in_dims=(0, 0), generator=g
-        )
+        idx = run.rows(torch.randint(0, n_train, (args.population, args.batch_size), generator=g))
+        run.step(x[idx], y[idx], fitness=val_acc, generator=g)
         if step % args.eval_every == 0 or step == args.steps or step % args.every == args.every - 1:
-            val_acc = accuracy(state.population, data["x_val"], data["y_val"])
+            val_acc = run.everyone(accuracy(run.local, data["x_val"], data["y_val"]))
         if step % args.eval_every == 0 or step == args.steps:
             steps.append(step)
             history.append(val_acc.clone())
@@ -119,15 +171,20 @@ def train(args: argparse.Namespace, data: dict[str, torch.Tensor]) -> dict[str, 
         progress.update(1)
     progress.close()
     seconds = time.perf_counter() - start
-    test_acc = accuracy(state.population, data["x_test"], data["y_test"])
-    return {"population": state.population, "steps": steps, "history": torch.stack(history), "val": val_acc,
-            "test": test_acc, "seconds": seconds}
+    test_acc = run.everyone(accuracy(run.local, data["x_test"], data["y_test"]))
+    trained = run.population()
+    rank = run.rank
+    run.close()
+    return {"population": trained, "steps": steps, "history": torch.stack(history), "val": val_acc,
+            "test": test_acc, "seconds": seconds, "rank": rank}
 
 
-def _progress(args: argparse.Namespace) -> Any:
+def _progress(args: argparse.Namespace, *, disable: bool = False) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=args.steps, desc="hybrid training", unit="step", disable=args.no_progress, file=sys.stderr)
+    return tqdm(
+        total=args.steps, desc="hybrid training", unit="step", disable=args.no_progress or disable, file=sys.stderr
+    )
 
 
 def table(val: torch.Tensor, test: torch.Tensor) -> str:
@@ -167,6 +224,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_digits(args.seed)
     result = train(args, data)
+    if result["rank"] != 0:  # under torchrun only rank 0 reports
+        return {}
     val, test = result["val"], result["test"]
     best = int(torch.argmax(val))
     print(table(val, test))

@@ -64,3 +64,36 @@ def test_demo_refuses_bad_flags(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "expects" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_demo_under_torchrun_equals_the_single_process_run(tmp_path):
+    common = ["--population", "6", "--steps", "40", "--seed", "2", "--no-progress"]
+    single = tmp_path / "single"
+    sharded = tmp_path / "sharded"
+    one = subprocess.run(
+        [sys.executable, "-m", "nytorch_fn.demo", "--out", str(single), *common],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2",
+            "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+            "-m", "nytorch_fn.demo", "--out", str(sharded), *common,
+        ],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = json.loads((single / "summary.json").read_text())
+    b = json.loads((sharded / "summary.json").read_text())
+    for key in ("best_member", "best_val_accuracy", "best_test_accuracy", "mean_test_accuracy"):
+        assert a[key] == b[key], key
+    assert two.stdout.count("<- best") == 1  # only rank 0 reports
