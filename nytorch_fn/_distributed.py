@@ -37,9 +37,9 @@ import attrs
 import torch
 import torch.distributed as dist
 
-from ._errors import NotAPopulationError, PopulationSizeError, SpeciesMismatchError, describe
+from ._errors import PopulationSizeError, SpeciesMismatchError, describe
 from ._particle import Particle, _assemble, _population_size, plan
-from ._population import fitness_order
+from ._population import _require_population, fitness_order
 from ._species import Species
 
 # ---------------------------------------------------------------------------
@@ -509,7 +509,7 @@ class Shard:
 
     def replace(self, local: Particle) -> "Shard":
         """The same layout with new local members (e.g. after an optimiser step)."""
-        n = _require_pop(local, "Shard.replace")
+        n = _require_population(local, "Shard.replace")
         if n != self.sizes[self.world.rank]:
             raise PopulationSizeError(
                 f"Shard.replace: expected {self.sizes[self.world.rank]} local members, got {n}"
@@ -520,15 +520,6 @@ class Shard:
 
     def __repr__(self) -> str:
         return f"Shard(rank={self.world.rank}/{self.world.size}, local={self.sizes[self.world.rank]} of {self.size}, {self.species!r})"
-
-
-def _require_pop(p: Any, where: str) -> int:
-    if not isinstance(p, Particle):
-        raise TypeError(f"{where}: expected a population (Particle), got {describe(p)}")
-    n = _population_size(p)
-    if n is None:
-        raise NotAPopulationError(f"{where}: expected a population, got a single particle")
-    return n
 
 
 def shard(population: Particle, *, group: Any = None) -> Shard:
@@ -548,7 +539,7 @@ def shard(population: Particle, *, group: Any = None) -> Shard:
         >>> len(sh.local)          # 32 on each of 2 ranks
     """
     _require_initialized("shard")
-    n = _require_pop(population, "shard")
+    n = _require_population(population, "shard")
     w = world(group)
     sizes = block_sizes(n, w.size)
     seen = _exchange_header(w, population.species, n, "shard")
@@ -569,7 +560,7 @@ def from_local(local: Particle, *, group: Any = None) -> Shard:
         SpeciesMismatchError: the species differs across ranks.
     """
     _require_initialized("from_local")
-    n = _require_pop(local, "from_local")
+    n = _require_population(local, "from_local")
     w = world(group)
     sizes = tuple(_exchange_header(w, local.species, n, "from_local"))
     return Shard(local, sizes, w)

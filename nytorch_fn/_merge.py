@@ -24,7 +24,7 @@ import torch
 from ._errors import PopulationSizeError, describe
 from ._particle import Particle, _assemble, _population_size, plan
 from ._migrate import migrate
-from ._population import concat
+from ._population import _check_generator, concat
 
 
 # ---------------------------------------------------------------------------
@@ -298,8 +298,7 @@ def dare(
     Example:
         >>> merged = dare(base, [ft_a, ft_b], density=0.3, generator=torch.Generator().manual_seed(0))
     """
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"dare: generator expects a torch.Generator or None, got {describe(generator)}")
+    _check_generator(generator, "dare")
     stacked, first = _gather(finetuned, "dare", lead=base)
     k = len(stacked) - 1
     w = _weights(weights, k, "dare")

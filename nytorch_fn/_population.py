@@ -26,12 +26,16 @@ from ._species import Species
 
 
 def _require_population(pop: Any, where: str) -> int:
+    """``N`` for a population; a clear error for anything else (the one population check)."""
     if not isinstance(pop, Particle):
-        raise TypeError(f"{where}: expected a population (Particle), got {describe(pop)}")
+        raise TypeError(
+            f"{where}: expected a population (a Particle with a leading population dimension), got {describe(pop)}"
+        )
     n = _population_size(pop)
     if n is None:
         raise NotAPopulationError(
-            f"{where}: expected a population (tensors with a leading population dimension), got a single particle"
+            f"{where}: expected a population (tensors with a leading population dimension, e.g. from stack()), "
+            "got a single particle"
         )
     return n
 

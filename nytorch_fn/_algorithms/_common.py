@@ -17,21 +17,9 @@ import torch
 
 from .._errors import PopulationSizeError, describe
 from .._particle import Particle, _assemble, _population_size, plan
+from .._population import _check_generator as check_generator
+from .._population import _require_population as require_population
 from .._population import fitness_order
-
-
-def require_population(pop: Any, where: str) -> int:
-    if not isinstance(pop, Particle):
-        raise TypeError(f"{where}: expected a population (a Particle with a leading population dimension), got {describe(pop)}")
-    n = _population_size(pop)
-    if n is None:
-        from .._errors import NotAPopulationError
-
-        raise NotAPopulationError(
-            f"{where}: expected a population (tensors with a leading population dimension, e.g. from stack()), "
-            "got a single particle"
-        )
-    return n
 
 
 def require_single(p: Any, where: str) -> Particle:
@@ -40,11 +28,6 @@ def require_single(p: Any, where: str) -> Particle:
     if _population_size(p) is not None:
         raise TypeError(f"{where}: expected a single particle, got a population of {len(p)}")
     return p
-
-
-def check_generator(generator: Any, where: str) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{where}: generator expects a torch.Generator or None, got {describe(generator)}")
 
 
 def check_real(
