@@ -79,6 +79,11 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--subset", type=float, default=0.25, help="fraction of members blended each time")
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of the best in the blend")
     ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: these small batched ops run faster on one thread, "
+        "and a busy machine makes extra threads much slower)",
+    )
     ap.add_argument("--no-progress", action="store_true", help="no progress bar")
     ap.add_argument("--compare-legacy", action="store_true", help="also time the nytorch (compat) loop of modules")
     args = ap.parse_args(argv)
@@ -86,6 +91,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error(f"--population expects at least 2 members, got {args.population}")
     if args.steps < 1:
         ap.error(f"--steps expects at least 1, got {args.steps}")
+    if args.threads < 1:
+        ap.error(f"--threads expects at least 1, got {args.threads}")
     if not 0 < args.subset <= 1:
         ap.error(f"--subset expects a fraction in (0, 1], got {args.subset}")
     return args
@@ -221,7 +228,7 @@ def plot(path: Path, steps: list[int], history: torch.Tensor) -> None:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads)
     data = load_digits(args.seed)
     result = train(args, data)
     if result["rank"] != 0:  # under torchrun only rank 0 reports
