@@ -140,6 +140,9 @@ class _Run:
 
     def close(self) -> None:
         if self.nfd is not None:
+            # every rank must be done with the gather before any tears its group down
+            # (gloo aborts a process whose peer destroys the group mid-transfer)
+            self.nfd.check_alive(timeout=120)
             self.nfd.shutdown()
 
 
