@@ -33,6 +33,7 @@ DEFAULT_CORE = CoreConfig()
 
 _specs: "weakref.WeakKeyDictionary[Species, Any]" = weakref.WeakKeyDictionary()
 _pids: "weakref.WeakKeyDictionary[Species, tuple[int, ...]]" = weakref.WeakKeyDictionary()
+_contexts: "weakref.WeakKeyDictionary[Species, Any]" = weakref.WeakKeyDictionary()
 
 
 def pname(pid: int) -> str:
@@ -110,11 +111,18 @@ def _spec(species: Species) -> Any:
     return spec
 
 
+_UNFLATTEN = pytree.SUPPORTED_NODES[Particle].unflatten_fn  # the core's registered pytree unflatten
+
+
 def particle_of(species: Species, tensors: Sequence[torch.Tensor]) -> Particle:
     """The core particle of ``species`` holding exactly ``tensors`` (in id order, no copy).
 
     Built through the pytree registration, so the tensors are taken as they
-    are (a module converted with ``.double()`` still works).
+    are (a module converted with ``.double()`` still works). The spec of a
+    particle has its tensors as direct leaves, so this calls the registered
+    unflatten function with the spec's context, which is what
+    ``tree_unflatten`` does, without its generic walk over the spec (this
+    runs on every particle operation).
 
     Raises:
         AssertionError: the number of tensors is not the species' number of parameters.
@@ -122,7 +130,16 @@ def particle_of(species: Species, tensors: Sequence[torch.Tensor]) -> Particle:
     assert len(tensors) == len(species.names), (
         f"expected {len(species.names)} parameters for this species, got {len(tensors)}"
     )
-    return pytree.tree_unflatten(list(tensors), _spec(species))
+    return _UNFLATTEN(list(tensors), _context(species))
+
+
+def _context(species: Species) -> Any:
+    ctx = _contexts.get(species)
+    if ctx is None:
+        spec = _spec(species)
+        assert spec.type is Particle and all(c.is_leaf() for c in spec.children()), spec
+        ctx = _contexts[species] = spec.context
+    return ctx
 
 
 def leaves(p: Particle) -> tuple[torch.Tensor, ...]:

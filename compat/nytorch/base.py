@@ -203,6 +203,37 @@ class _ModulesView(OrderedDict):
 
 
 # ---------------------------------------------------------------------------
+# build plans
+# ---------------------------------------------------------------------------
+
+
+class _BuildPlan:
+    """How the modules of a particle are wired in one version: computed once, used on every particle op.
+
+    Derived from a ``_meta`` map alone, which it holds and is checked
+    against by identity (``plan.meta is vdata._meta``): every edit of a
+    version's module tree replaces the map (pyrsistent, immutable; the
+    ``ModuleMeta`` records in it are never changed in place), so a plan can
+    never serve another tree. It holds no parameter, module or value.
+
+    Attributes:
+        meta: the map it was made from.
+        mids: the module ids in id order.
+        wiring: per module, in id order: ``(mid, ((name, submodule id or
+            None), ...), ((name, parameter id or None), ...))``.
+    """
+
+    __slots__ = ("meta", "mids", "wiring")
+
+    def __init__(self, meta: PMap) -> None:
+        self.meta = meta
+        self.mids = tuple(sorted(meta.keys()))
+        self.wiring = tuple(
+            (mid, tuple(meta[mid].sub_modules.items()), tuple(meta[mid].sub_params.items())) for mid in self.mids
+        )
+
+
+# ---------------------------------------------------------------------------
 # VersionDataImp
 # ---------------------------------------------------------------------------
 
@@ -226,11 +257,12 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
         species: the ``nytorch_fn.Species`` of this version.
     """
 
-    __slots__ = ("_meta", "_species", "_pending")
+    __slots__ = ("_meta", "_species", "_pending", "_plan")
 
     def __init__(self, meta: Mapping, config: Mapping, *, species: Any = None) -> None:
         self._meta = pmap({int(k): v for k, v in meta.items()})
         self._pending: Optional[dict] = None
+        self._plan: Optional[_BuildPlan] = None
         if species is None:
             if len(config):
                 self._pending = {int(k): br.to_core(v) for k, v in config.items()}
@@ -240,6 +272,17 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
 
     def __repr__(self) -> str:
         return f"VersionDataImp(meta={self.meta!r}, config={self.config!r})"
+
+    def __getstate__(self) -> tuple:
+        # the build plan is a cache: not pickled (nor deep-copied)
+        return (None, {"_meta": self._meta, "_species": self._species, "_pending": self._pending})
+
+    def _build_plan(self) -> "_BuildPlan":
+        """The wiring of this version's module tree (cached for the current ``_meta`` only)."""
+        plan = getattr(self, "_plan", None)
+        if plan is None or plan.meta is not self._meta:
+            plan = self._plan = _BuildPlan(self._meta)
+        return plan
 
     # -- documented attributes ----------------------------------------------
 
@@ -312,6 +355,7 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
         new._meta = pmap({k: v.copy() for k, v in self._meta.items()})
         new._pending = None if self._pending is None else dict(self._pending)
         new._species = None if self._species is None else br.fresh_copy(self._species)
+        new._plan = None
         return new
 
     def _derive(self) -> "VersionDataImp":
@@ -320,6 +364,7 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
         new._meta = self._meta
         new._pending = self._pending
         new._species = self.species
+        new._plan = None
         return new
 
     # -- queries ---------------------------------------------------------------
@@ -497,9 +542,16 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
     # -- ParticleData ---------------------------------------------------------
 
     def init_kernel(self, kernel: ParticleKernel) -> None:
+        weak = None
         for mod in self._resolved().values():
             if isinstance(mod, NytoModuleBase):
-                _set_kernel(mod, kernel)
+                state = mod.__dict__
+                if state.get("_module_id", ROOT_MODULE_ID) == ROOT_MODULE_ID:
+                    state["_pk"] = kernel
+                else:  # as _set_kernel does; one weak reference serves all
+                    if weak is None:
+                        weak = weakref.ref(kernel)
+                    state["_pk"] = weak
 
     def _weaken_root(self) -> None:
         """Hold the root weakly when it holds the kernel itself (it then owns the particle).
@@ -560,6 +612,40 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
 
         The new particle owns its module objects and its parameter dictionary.
         """
-        modules = copy_modules(self._resolved())
-        make_modules_ref(modules, params, vdata.meta, set(modules.keys()))
-        return ParticleDataImp(modules, OrderedDict(params))
+        plan = vdata._build_plan()
+        source = self._modules
+        if tuple(source) != plan.mids:  # not this version's tree: the generic path (and its errors)
+            modules = copy_modules(self._resolved())
+            make_modules_ref(modules, params, vdata.meta, set(modules.keys()))
+            return ParticleDataImp(modules, OrderedDict(params))
+        # copy_modules + make_modules_ref, without copying the dictionaries that the wiring replaces
+        modules: OrderedDict = OrderedDict()
+        for mid, mod in source.items():
+            if mod is _WEAK:
+                mod = self._root_ref()  # type: ignore[misc]
+                assert mod is not None, "the root module of this particle has been freed"
+            modules[mid] = _copy_module(mod)
+        for mid, subs, slots in plan.wiring:
+            module = modules[mid]
+            state = module.__dict__
+            state["_modules"] = OrderedDict([(name, None if sub is None else modules[sub]) for name, sub in subs])
+            state["_parameters"] = OrderedDict([(name, None if pid is None else params[pid]) for name, pid in slots])
+            if "_flat_weights_names" in state:  # RNNs cache references to their weights
+                module._init_flat_weights()
+        new = ParticleDataImp.__new__(ParticleDataImp)
+        new._modules = modules
+        new._root_ref = None
+        new.params = OrderedDict(params)
+        return new
+
+
+def _copy_module(module: nn.Module) -> nn.Module:
+    """``utils.copy_module`` less the copies of ``_parameters`` and ``_modules`` (rebuilt by the caller)."""
+    clone = module.__new__(type(module))
+    state = module.__dict__.copy()
+    state.pop("_nyto_pin", None)
+    object.__setattr__(clone, "__dict__", state)
+    state["_buffers"] = state["_buffers"].copy()
+    if "_non_persistent_buffers_set" in state:
+        state["_non_persistent_buffers_set"] = set(state["_non_persistent_buffers_set"])
+    return clone

@@ -102,10 +102,8 @@ def product_to_module(product: "ParamProduct") -> Module:
     The new particle is of the product's species and version. When the
     module is not the root, it keeps its particle's root alive.
     """
-    params = product.params
     version = product._version
-    source = product.kernel.data
-    data = source.create(version.data, params)
+    data = product.kernel.data.create(version.data, product.params)
     ParticleKernel(version, data)
     return _adopt(data, product.module_id)
 
@@ -190,11 +188,18 @@ class ParamProduct(Product[Tmodule]):
 
     @classmethod
     def _of_kernel(cls, kernel: ParticleKernelImp, module_id: ModuleID) -> "ParamProduct":
-        params = kernel.data.params
-        self = cls.__new__(cls)
+        data = kernel.data
+        params = data.params
+        version = kernel.version
         tensors = list(params.values())
-        self._set(kernel, module_id, kernel.data.particle(kernel.version.data), tuple(t.requires_grad for t in tensors), kernel.version)
+        self = cls.__new__(cls)
+        self.kernel = kernel
+        self.module_id = module_id
+        self._particle = br.particle_of(version.data.species, tensors)
+        self._grads = tuple([t.requires_grad for t in tensors])
+        self._version = version
         self._params = params
+        self._pin = data._root()
         return self
 
     def _derive(self, particle: Any, grads: Optional[tuple] = None) -> "ParamProduct":
@@ -220,7 +225,8 @@ class ParamProduct(Product[Tmodule]):
             tensors = br.leaves(self._particle)
             made = []
             for t, g in zip(tensors, self._grads):
-                if not (isinstance(t, ParamType) and t.requires_grad == g):
+                # a fresh result is a plain tensor: skip Parameter's slow isinstance hook for it
+                if type(t) is torch.Tensor or not (isinstance(t, ParamType) and t.requires_grad == g):
                     t = ParamType(t, requires_grad=g)
                 made.append(t)
             params = self._params = OrderedDict(zip(br.pids_of(self._particle.species), made))
