@@ -11,15 +11,16 @@ numbers as the single-process algorithm, bit for bit on CPU (the tests
 check it): every step is either elementwise per member or computed from
 replicated data in the same order.
 
-The algorithms' own pure pieces are reused (``scores``, ``draw``,
-``centered_ranks``, ``Hybrid.gradient_step``, ``OpenAIES.ask/tell``,
-``PBT.exploit_explore``); the GA's breeding and APSO's move are mirrored
-here because their single-process ``tell`` indexes the whole population.
+Each algorithm's math lives in its single-process class and is called
+from here, never copied: ``update_best``, ``APSO._move``,
+``Hybrid.gradient_step/_choose/_blend_toward``, ``GeneticAlgorithm._select/_breed``
+(draws for all children, keeps a shard's rows), ``OpenAIES.ask/tell`` and
+``PBT.exploit_explore``. This module only decides which rows are local and
+which members must cross ranks.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, NamedTuple
 
 import attrs
@@ -27,25 +28,15 @@ import torch
 from torch import nn
 
 from ._algorithms._apso import APSO
-from ._algorithms._common import check_generator, draw, member_view, noise_population, rebuild, scores, worst_fitness
+from ._algorithms._common import check_generator, noise_population, rebuild, scores, update_best, worst_fitness
 from ._algorithms._es import ESState, OpenAIES
 from ._algorithms._ga import GeneticAlgorithm
 from ._algorithms._hybrid import Hybrid, HybridState
 from ._algorithms._pbt import PBT, PBTState
-from ._distributed import Shard, block_sizes, gather_fitness, member, take, world
+from ._distributed import Shard, _device_of, block_sizes, gather_fitness, member, take, world
 from ._errors import describe
 from ._module import particle
-from ._particle import Particle, _assemble, plan
-
-
-def _better(sh: Shard, best: Particle, best_fitness: torch.Tensor, f: torch.Tensor, score: torch.Tensor, maximize: bool):
-    """``update_best`` over the global fitness: the new best is broadcast from its owner only when it improves."""
-    i = int(torch.argmax(score))
-    current = float(score[i])
-    previous = float(best_fitness) if maximize else -float(best_fitness)
-    if math.isnan(previous) or current > previous:
-        return member(sh, i), f[i].to(torch.float64).clone()
-    return best, best_fitness
+from ._particle import Particle
 
 
 # ---------------------------------------------------------------------------
@@ -71,19 +62,18 @@ class ShardedAPSO:
     algo: APSO
 
     def init(self, sh: Shard) -> ShardedAPSOState:
-        return ShardedAPSOState(sh, member(sh, 0), worst_fitness(self.algo.maximize, _dev(sh)), 0)
+        return ShardedAPSOState(sh, member(sh, 0), worst_fitness(self.algo.maximize, _device_of(sh.local)), 0)
 
     def tell(self, state: ShardedAPSOState, local_fitness: Any, *, generator: torch.Generator | None = None) -> ShardedAPSOState:
         check_generator(generator, "ShardedAPSO.tell")
         a, sh = self.algo, state.shard
         n = sh.size
         f, score = scores(gather_fitness(sh, local_fitness), n, "ShardedAPSO.tell", maximize=a.maximize)
-        best, best_fitness = _better(sh, state.best, state.best_fitness, f, score, a.maximize)
+        best, best_fitness = update_best(
+            state.best, state.best_fitness, lambda i: member(sh, i), f, score, maximize=a.maximize
+        )
         noise = sh.block(noise_population(best, n, generator))
-        alpha_t = a.alpha * a.alpha_decay ** state.generation
-        moved = (1.0 - a.beta) * sh.local + a.beta * best
-        if alpha_t:
-            moved = moved + alpha_t * noise
+        moved = a._move(sh.local, best, noise, state.generation)
         return ShardedAPSOState(sh.replace(moved), best, best_fitness, state.generation + 1)
 
 
@@ -128,28 +118,15 @@ class ShardedHybrid:
         new, losses = a.gradient_step(HybridState(sh.local, state.opt_state, state.count), loss_fn, *batch, in_dims=in_dims)
         local = new.population
         if new.count % a.every == 0:
-            f_local = (-losses if a.maximize else losses) if local_fitness is None else local_fitness
-            local = self._blend(sh.replace(local), f_local, generator)
+            local = self._blend(sh.replace(local), a._blend_fitness(losses, local_fitness), generator)
         return ShardedHybridState(sh.replace(local), new.opt_state, new.count), losses
 
     def _blend(self, sh: Shard, local_fitness: Any, generator: torch.Generator | None) -> Particle:
-        """Mirrors ``Hybrid.blend`` on the local rows: the best member is broadcast, the
-        subset mask drawn for all ``N`` and sliced."""
-        a, n = self.algo, sh.size
-        a._check_subset(n)
-        _, score = scores(gather_fitness(sh, local_fitness), n, "ShardedHybrid.blend", maximize=a.maximize)
-        best = member(sh, int(torch.argmax(score))).tensors
-        chosen = draw("randperm", None, generator, device="cpu", high=n)[: a.subset]
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[chosen] = True
-        mask = sh.block(mask).to(_dev(sh))
-        k, alpha = len(mask), a.alpha
-
-        def move(i: int, t: torch.Tensor) -> torch.Tensor:
-            m = mask.view(k, *([1] * (t.dim() - 1)))
-            return torch.where(m, alpha * best[i] + (1 - alpha) * t, t)
-
-        return rebuild(sh.local, move, population=k)
+        """``Hybrid.blend`` on the local rows: the best member is broadcast, the subset mask
+        drawn for all ``N`` and sliced."""
+        a = self.algo
+        best, mask = a._choose(gather_fitness(sh, local_fitness), sh.size, generator, "ShardedHybrid.blend")
+        return a._blend_toward(sh.local, member(sh, best), sh.block(mask).to(_device_of(sh.local)))
 
 
 # ---------------------------------------------------------------------------
@@ -179,7 +156,7 @@ class ShardedGA:
 
     def init(self, sh: Shard) -> ShardedGAState:
         self.algo._check_sizes(sh.size)
-        return ShardedGAState(sh, member(sh, 0), worst_fitness(self.algo.maximize, _dev(sh)), 0)
+        return ShardedGAState(sh, member(sh, 0), worst_fitness(self.algo.maximize, _device_of(sh.local)), 0)
 
     def tell(self, state: ShardedGAState, local_fitness: Any, *, generator: torch.Generator | None = None) -> ShardedGAState:
         check_generator(generator, "ShardedGA.tell")
@@ -187,52 +164,25 @@ class ShardedGA:
         n = sh.size
         ga._check_sizes(n)
         f, score = scores(gather_fitness(sh, local_fitness), n, "ShardedGA.tell", maximize=ga.maximize)
-        best, best_fitness = _better(sh, state.best, state.best_fitness, f, score, ga.maximize)
-        dev, g = _dev(sh), generator
-        elites = torch.topk(score, ga.elitism, sorted=True).indices
-        m = n - ga.elitism
-        score = score.to(dev)
-        contestants = draw("randint", (2, m, ga.tournament_size), g, device=dev, high=n)
-        wins = score[contestants].argmax(-1, keepdim=True)
-        parents = contestants.gather(-1, wins).squeeze(-1)
-        crossed = draw("rand", (m,), g, device=dev) < ga.crossover_rate
-        elites = elites.to(dev)
+        best, best_fitness = update_best(
+            state.best, state.best_fitness, lambda i: member(sh, i), f, score, maximize=ga.maximize
+        )
+        dev = _device_of(sh.local)
+        elites, parents, crossed = ga._select(score, generator, device=dev)
         # rows of the next generation: elites first, then children (global positions)
         first = take(sh, torch.cat([elites, parents[0]]).cpu()).local.tensors
         second = take(sh, torch.cat([elites, parents[1]]).cpu()).local.tensors
         lo, hi = sh.offset, sh.offset + sh.sizes[sh.world.rank]
         n_elite_local = max(0, min(hi, ga.elitism) - lo)
-        c_lo, c_hi = max(lo, ga.elitism) - ga.elitism, hi - ga.elitism  # local children, as child indices
-        crossed_local = crossed[c_lo:c_hi]
+        # local children, as child indices (none where the whole block is elites)
+        rows = slice(max(lo, ga.elitism) - ga.elitism, max(hi, ga.elitism) - ga.elitism)
 
-        def breed(t_a: torch.Tensor, t_b: torch.Tensor, shape: torch.Size) -> torch.Tensor:
-            pa, pb = t_a[n_elite_local:], t_b[n_elite_local:]
-            full = (m, *shape)
-            if ga.crossover == "none" or m == 0:
-                child = pa
-            else:
-                dshape = full if ga.granularity == "element" else (m, *([1] * len(shape)))
-                if ga.crossover == "uniform":
-                    take_b = (draw("rand", dshape, g, dtype=t_a.dtype, device=dev) < 0.5)[c_lo:c_hi]
-                    child = torch.where(take_b & member_view(crossed_local, pa).bool(), pb, pa)
-                else:
-                    u = draw("rand", dshape, g, dtype=t_a.dtype, device=dev) * (1 + 2 * ga.blend_alpha) + (-ga.blend_alpha)
-                    u = u[c_lo:c_hi] * member_view(crossed_local, pa)
-                    child = pa + u * (pb - pa)
-            if ga.mutation_std and m:
-                noise = draw("randn", full, g, dtype=t_a.dtype, device=dev) * ga.mutation_std
-                if ga.mutation_rate < 1.0:
-                    noise = noise * (draw("rand", full, g, dtype=t_a.dtype, device=dev) < ga.mutation_rate)
-                child = child + noise[c_lo:c_hi]
-            return torch.cat([t_a[:n_elite_local], child])
+        def breed(i: int, t: torch.Tensor) -> torch.Tensor:
+            pa, pb = first[i][n_elite_local:], second[i][n_elite_local:]
+            child = ga._breed(pa, pb, crossed, generator, device=dev, rows=rows)
+            return torch.cat([first[i][:n_elite_local], child])
 
-        sp = sh.species
-        leaves = sh.local.tensors
-        results = []
-        for i in plan(sp).op:
-            t = leaves[i]
-            results.append(breed(first[i], second[i], t.shape[1:]) if t.is_floating_point() else t.clone())
-        local = Particle._make(sp, _assemble(sp, leaves, results, len(sh.local)))
+        local = rebuild(sh.local, breed, population=len(sh.local))
         return ShardedGAState(sh.replace(local), best, best_fitness, state.generation + 1)
 
 
@@ -314,7 +264,7 @@ class ShardedPBT:
     algo: PBT
 
     def init(self, sh: Shard, hyperparams: Any) -> ShardedPBTState:
-        st = self.algo.init(_index_population(sh.size, _dev(sh)), hyperparams)
+        st = self.algo.init(_index_population(sh.size, _device_of(sh.local)), hyperparams)
         return ShardedPBTState(sh, st.hyperparams, st.source, 0)
 
     def exploit_explore(
@@ -322,12 +272,10 @@ class ShardedPBT:
     ) -> ShardedPBTState:
         sh = state.shard
         f = gather_fitness(sh, local_fitness)
-        st = PBTState(_index_population(sh.size, _dev(sh)), state.hyperparams, state.source, state.generation)
+        st = PBTState(_index_population(sh.size, _device_of(sh.local)), state.hyperparams, state.source, state.generation)
         new = self.algo.exploit_explore(st, f, generator=generator)
         moved = take(sh, new.source.cpu()).local.tensors
-        sp = sh.species
-        results = [moved[i] for i in plan(sp).op]
-        local = Particle._make(sp, _assemble(sp, sh.local.tensors, results, len(sh.local)))
+        local = rebuild(sh.local, lambda i, t: moved[i], population=len(sh.local))
         return ShardedPBTState(sh.replace(local), new.hyperparams, new.source, new.generation)
 
 
@@ -345,6 +293,3 @@ def sharded(algo: Any) -> Any:
         raise TypeError(f"sharded: expected APSO, Hybrid, GeneticAlgorithm, OpenAIES or PBT, got {describe(algo)}")
     return cls(algo)
 
-
-def _dev(sh: Shard) -> torch.device:
-    return sh.local.tensors[0].device if sh.local.tensors else torch.device("cpu")

@@ -118,11 +118,22 @@ class APSO:
         f, score = scores(fitness, n, "APSO.tell", maximize=self.maximize)
         best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
         noise = noise_population(best, n, generator=generator)
-        alpha_t = self.alpha * self.alpha_decay ** state.generation
-        moved = (1.0 - self.beta) * pop + self.beta * best
+        return APSOState(self._move(pop, best, noise, state.generation), best, best_fitness, state.generation + 1)
+
+    def _move(self, population: Particle, best: Particle, noise: Particle, generation: int) -> Particle:
+        """``(1 - beta) W_i + beta W_g + alpha_t W_r``: the move of ``tell``, for any rows.
+
+        Args:
+            population: the members to move (``[k, ...]``; all ``N`` or a shard's block).
+            best: ``W_g``, a single particle.
+            noise: ``W_r`` for the same ``k`` members (standard normal).
+            generation: ``t`` in ``alpha_t = alpha * alpha_decay ** t``.
+        """
+        alpha_t = self.alpha * self.alpha_decay ** generation
+        moved = (1.0 - self.beta) * population + self.beta * best
         if alpha_t:
             moved = moved + alpha_t * noise
-        return APSOState(moved, best, best_fitness, state.generation + 1)
+        return moved
 
     def step(
         self, state: APSOState, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None

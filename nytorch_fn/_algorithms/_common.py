@@ -112,14 +112,26 @@ def member_view(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 def update_best(
-    best: Particle, best_fitness: torch.Tensor, pop: Particle, f: torch.Tensor, score: torch.Tensor, *, maximize: bool
+    best: Particle,
+    best_fitness: torch.Tensor,
+    pop: Particle | Callable[[int], Particle],
+    f: torch.Tensor,
+    score: torch.Tensor,
+    *,
+    maximize: bool,
 ) -> tuple[Particle, torch.Tensor]:
-    """The best-so-far member and its fitness after one generation (a copy, not a view)."""
+    """The best-so-far member and its fitness after one generation (a copy, not a view).
+
+    ``pop`` is the evaluated population, or a function giving member ``i`` as
+    a single particle (a sharded population fetches it from its owner); it is
+    called only when the best improves.
+    """
     i = int(torch.argmax(score))
     current = float(score[i])
     previous = float(best_fitness) if maximize else -float(best_fitness)
     if math.isnan(previous) or current > previous:
-        return pop[i].clone(), f[i].to(torch.float64).clone()
+        new = pop[i].clone() if isinstance(pop, Particle) else pop(i)
+        return new, f[i].to(torch.float64).clone()
     return best, best_fitness
 
 

@@ -153,40 +153,85 @@ class GeneticAlgorithm:
         f, score = scores(fitness, n, "GeneticAlgorithm.tell", maximize=self.maximize)
         best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
         dev = pop.tensors[0].device if pop.tensors else torch.device("cpu")
-        g = generator
-        elites = torch.topk(score, self.elitism, sorted=True).indices
-        m = n - self.elitism
-        # tournaments: [2, m, size] contestants, the best of each row wins
-        score = score.to(dev)
-        contestants = draw("randint", (2, m, self.tournament_size), g, device=dev, high=n)
-        wins = score[contestants].argmax(-1, keepdim=True)
-        parents = contestants.gather(-1, wins).squeeze(-1)
-        a, b = parents[0], parents[1]
-        crossed = draw("rand", (m,), g, device=dev) < self.crossover_rate
-        elites = elites.to(dev)
+        elites, (a, b), crossed = self._select(score, generator, device=dev)
 
         def breed(i: int, t: torch.Tensor) -> torch.Tensor:
-            pa, pb = t[a], t[b]
-            if self.crossover == "none" or m == 0:
-                child = pa
-            else:
-                shape = pa.shape if self.granularity == "element" else (m, *([1] * (pa.dim() - 1)))
-                if self.crossover == "uniform":
-                    take_b = draw("rand", shape, g, dtype=t.dtype, device=dev) < 0.5
-                    child = torch.where(take_b & member_view(crossed, pa).bool(), pb, pa)
-                else:
-                    lo = -self.blend_alpha
-                    u = draw("rand", shape, g, dtype=t.dtype, device=dev) * (1 + 2 * self.blend_alpha) + lo
-                    u = u * member_view(crossed, pa)
-                    child = pa + u * (pb - pa)
-            if self.mutation_std and m:
-                noise = draw("randn", pa.shape, g, dtype=t.dtype, device=dev) * self.mutation_std
-                if self.mutation_rate < 1.0:
-                    noise = noise * (draw("rand", pa.shape, g, dtype=t.dtype, device=dev) < self.mutation_rate)
-                child = child + noise
-            return torch.cat([t[elites], child])
+            return torch.cat([t[elites], self._breed(t[a], t[b], crossed, generator, device=dev)])
 
         return GAState(rebuild(pop, breed, population=n), best, best_fitness, state.generation + 1)
+
+    def _select(
+        self, score: torch.Tensor, generator: torch.Generator | None, *, device: Any
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Elitism, tournaments and the crossover coin for a generation: the draws of ``tell``
+        that come before breeding.
+
+        Args:
+            score: ``[N]`` float64, higher is better, NaN already the worst (``scores``).
+            generator: draws ``[2, M, tournament_size]`` contestants, then ``[M]`` coins
+                (``M = N - elitism`` children).
+
+        Returns:
+            ``(elites [elitism], parents [2, M], crossed [M] bool)``: indices of the members
+            copied unchanged, of each child's two parents, and which children cross over;
+            all on ``device``.
+        """
+        n = score.shape[0]
+        m = n - self.elitism
+        elites = torch.topk(score, self.elitism, sorted=True).indices
+        # tournaments: [2, m, size] contestants, the best of each row wins
+        score = score.to(device)
+        contestants = draw("randint", (2, m, self.tournament_size), generator, device=device, high=n)
+        wins = score[contestants].argmax(-1, keepdim=True)
+        parents = contestants.gather(-1, wins).squeeze(-1)
+        crossed = draw("rand", (m,), generator, device=device) < self.crossover_rate
+        return elites.to(device), parents, crossed
+
+    def _breed(
+        self,
+        pa: torch.Tensor,
+        pb: torch.Tensor,
+        crossed: torch.Tensor,
+        generator: torch.Generator | None,
+        *,
+        device: Any,
+        rows: slice = slice(None),
+    ) -> torch.Tensor:
+        """Crossover and mutation of one parameter for rows ``rows`` of the ``M`` children.
+
+        Every draw is made for all ``M = len(crossed)`` children (so the generator
+        advances as in ``tell``) and the ``rows`` are kept: a shard breeds its own
+        children with the same numbers as the whole population.
+
+        Args:
+            pa, pb: the first and second parent of each child in ``rows`` (``[k, ...]``).
+            crossed: ``[M]`` bool from ``_select``.
+            rows: which children ``pa``/``pb`` hold (all of them by default).
+
+        Returns:
+            The ``k`` children, ``[k, ...]``.
+        """
+        m = crossed.shape[0]
+        full = (m, *pa.shape[1:])
+        if self.crossover == "none" or m == 0:
+            child = pa
+        else:
+            shape = full if self.granularity == "element" else (m, *([1] * (pa.dim() - 1)))
+            crossed = crossed[rows]
+            if self.crossover == "uniform":
+                take_b = (draw("rand", shape, generator, dtype=pa.dtype, device=device) < 0.5)[rows]
+                child = torch.where(take_b & member_view(crossed, pa).bool(), pb, pa)
+            else:
+                lo = -self.blend_alpha
+                u = draw("rand", shape, generator, dtype=pa.dtype, device=device) * (1 + 2 * self.blend_alpha) + lo
+                u = u[rows] * member_view(crossed, pa)
+                child = pa + u * (pb - pa)
+        if self.mutation_std and m:
+            noise = draw("randn", full, generator, dtype=pa.dtype, device=device) * self.mutation_std
+            if self.mutation_rate < 1.0:
+                noise = noise * (draw("rand", full, generator, dtype=pa.dtype, device=device) < self.mutation_rate)
+            child = child + noise[rows]
+        return child
 
     def step(
         self, state: GAState, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None

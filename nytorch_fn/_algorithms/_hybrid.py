@@ -142,21 +142,46 @@ class Hybrid:
         """
         check_generator(generator, "Hybrid.blend")
         n = require_population(population, "Hybrid.blend")
-        self._check_subset(n)
-        _, score = scores(fitness, n, "Hybrid.blend", maximize=self.maximize)
-        best = int(torch.argmax(score))
+        best, mask = self._choose(fitness, n, generator, "Hybrid.blend")
         device = population.tensors[0].device if population.tensors else None
+        return self._blend_toward(population, population[best], mask.to(device))
+
+    def _choose(
+        self, fitness: Any, n: int, generator: torch.Generator | None, where: str
+    ) -> tuple[int, torch.Tensor]:
+        """Who blends toward whom: ``(index of the best member, [N] bool mask of the subset)``.
+
+        The mask is on the CPU; the subset is drawn with one ``randperm(N)`` from ``generator``.
+        """
+        self._check_subset(n)
+        _, score = scores(fitness, n, where, maximize=self.maximize)
+        best = int(torch.argmax(score))
         chosen = draw("randperm", None, generator, device="cpu", high=n)[: self.subset]
         mask = torch.zeros(n, dtype=torch.bool)
         mask[chosen] = True
-        mask = mask.to(device)
-        alpha = self.alpha
+        return best, mask
+
+    def _blend_toward(self, population: Particle, best: Particle, mask: torch.Tensor) -> Particle:
+        """``alpha W_best + (1 - alpha) W_i`` where ``mask`` is set, ``W_i`` elsewhere.
+
+        Args:
+            population: ``k`` members (all ``N`` or a shard's block).
+            best: ``W_best``, a single particle.
+            mask: ``[k]`` bool on the population's device.
+        """
+        k, alpha, toward = len(mask), self.alpha, best.tensors
 
         def move(i: int, t: torch.Tensor) -> torch.Tensor:
-            m = mask.view(n, *([1] * (t.dim() - 1)))
-            return torch.where(m, alpha * t[best] + (1 - alpha) * t, t)
+            m = mask.view(k, *([1] * (t.dim() - 1)))
+            return torch.where(m, alpha * toward[i] + (1 - alpha) * t, t)
 
-        return rebuild(population, move, population=n)
+        return rebuild(population, move, population=k)
+
+    def _blend_fitness(self, losses: torch.Tensor, fitness: Any) -> Any:
+        """The fitness that picks the best for a blend: ``fitness`` if given, else from the losses."""
+        if fitness is not None:
+            return fitness
+        return -losses if self.maximize else losses
 
     def step(
         self,
@@ -185,9 +210,6 @@ class Hybrid:
         check_generator(generator, "Hybrid.step")
         new, losses = self.gradient_step(state, loss_fn, *batch, in_dims=in_dims)
         if new.count % self.every == 0:
-            if fitness is None:
-                f = -losses if self.maximize else losses
-            else:
-                f = fitness
+            f = self._blend_fitness(losses, fitness)
             new = new._replace(population=self.blend(new.population, f, generator=generator))
         return new, losses
