@@ -53,6 +53,10 @@ def algorithms() -> dict:
             tournament_size=2, crossover="blend", granularity="element", blend_alpha=0.2,
             mutation_rate=0.5, elitism=1, maximize=False,
         ),
+        # 4 elites fill rank 0's whole block (and spill into rank 1's) on 4 ranks of 10
+        "ga_elite": alg.GeneticAlgorithm(
+            tournament_size=2, granularity="element", mutation_rate=0.5, elitism=4, maximize=False,
+        ),
         "es": alg.OpenAIES(population_size=10, sigma=0.1, maximize=False),
         "hybrid": alg.Hybrid(optim.sgd(0.05, momentum=0.9), every=2, subset=3, alpha=0.5, maximize=True),
         "pbt": alg.PBT(fraction=0.25, bounds={"lr": (1e-3, 1.0)}, maximize=False),

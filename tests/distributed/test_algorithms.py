@@ -9,7 +9,7 @@ import torch
 from . import _scenarios as sc
 from ._worker import SIZES
 
-NAMES = ["apso", "ga_uniform", "ga_blend", "es", "hybrid", "pbt"]
+NAMES = ["apso", "ga_uniform", "ga_blend", "ga_elite", "es", "hybrid", "pbt"]
 
 
 def _eq(xs, ys) -> bool:
