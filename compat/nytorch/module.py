@@ -102,10 +102,25 @@ def product_to_module(product: "ParamProduct") -> Module:
     The new particle is of the product's species and version. When the
     module is not the root, it keeps its particle's root alive.
     """
-    version = product._version
-    data = product.kernel.data.create(version.data, product.params)
+    return _spawn(product.kernel.data, product._version, product.params, product.module_id)
+
+
+def _spawn(source: ParticleDataImp, version: Any, params: ParamDict, module_id: ModuleID) -> Module:
+    """Module ``module_id`` of a new particle of ``version`` with ``source``'s structure and ``params``."""
+    data = source.create(version.data, params)
     ParticleKernel(version, data)
-    return _adopt(data, product.module_id)
+    return _adopt(data, module_id)
+
+
+def _as_params(tensors: Any, grads: Any) -> list:
+    """Result tensors as parameters with the given ``requires_grad`` (a parameter that already is one is kept)."""
+    made = []
+    for t, g in zip(tensors, grads):
+        # a fresh result is a plain tensor: skip Parameter's slow isinstance hook for it
+        if type(t) is torch.Tensor or not (isinstance(t, ParamType) and t.requires_grad == g):
+            t = ParamType(t, requires_grad=g)
+        made.append(t)
+    return made
 
 
 def _adopt(data: ParticleDataImp, module_id: ModuleID) -> Module:
@@ -222,13 +237,7 @@ class ParamProduct(Product[Tmodule]):
     def params(self) -> ParamDict:
         params = self._params
         if params is None:
-            tensors = br.leaves(self._particle)
-            made = []
-            for t, g in zip(tensors, self._grads):
-                # a fresh result is a plain tensor: skip Parameter's slow isinstance hook for it
-                if type(t) is torch.Tensor or not (isinstance(t, ParamType) and t.requires_grad == g):
-                    t = ParamType(t, requires_grad=g)
-                made.append(t)
+            made = _as_params(br.leaves(self._particle), self._grads)
             params = self._params = OrderedDict(zip(br.pids_of(self._particle.species), made))
         return params
 
@@ -308,10 +317,7 @@ class ParamProduct(Product[Tmodule]):
 
     def _check_other(self, other: Any) -> None:
         assert isinstance(other, ParamProduct), f"expected a ParamProduct, got {type(other).__name__}"
-        assert other.kernel.version is self.kernel.version, (
-            "particles of different species (or of different versions of one species: touch() them first) "
-            "cannot be combined"
-        )
+        assert other.kernel.version is self.kernel.version, _OTHER_SPECIES
 
     # -- arithmetic -------------------------------------------------------------------
 
@@ -396,6 +402,21 @@ def _apply_configs(vdata: VersionDataImp, pids: Any, fn: Callable[[ParamID, Para
     for pid in list(view):
         if pid in wanted:
             fn(pid, view[pid])
+
+
+_FAST_SCALARS = (int, float)
+_OTHER_SPECIES = (
+    "particles of different species (or of different versions of one species: touch() them first) "
+    "cannot be combined"
+)
+_ADD = lambda a, b: a + b  # noqa: E731
+_SUB = lambda a, b: a - b  # noqa: E731
+_RSUB = lambda a, b: b - a  # noqa: E731
+_MUL = lambda a, b: a * b  # noqa: E731
+_DIV = lambda a, b: a / b  # noqa: E731
+_RDIV = lambda a, b: b / a  # noqa: E731
+_POW = lambda a, b: a**b  # noqa: E731
+_RPOW = lambda a, b: b**a  # noqa: E731
 
 
 class NytoModule(NytoModuleBase, Particle[ParamProduct]):
@@ -499,6 +520,79 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
                 f"cannot assign '{torch.typename(tensor)}' object to buffer '{name}' (torch Tensor or None required)"
             )
         self._version_update(RegisterBufferVersionUpdater(self._module_id, name, tensor, persistent))
+
+    # -- particle arithmetic ----------------------------------------------------
+
+    # ``self OP other`` is ``(self.product() OP other.product()).particle()``
+    # (kernel.Particle). For the common operands (a Python int or float, or a
+    # module of the very same class) this does the same steps inline, with
+    # one no_grad and no intermediate products; anything else, or a subclass
+    # that overrides ``product``/``touch``/``_operand``, takes the generic way.
+
+    def _fast(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+        cls = type(self)
+        if not (cls.product is _PRODUCT and cls.touch is _TOUCH and cls._operand is _OPERAND):
+            return None
+        kernel = _get_kernel(self)
+        if kernel is None:
+            return None
+        if type(other) in _FAST_SCALARS:
+            if kernel.version.next_version is not None:
+                kernel.particle_update()
+            theirs = None
+        elif type(other) is cls:
+            if kernel.version.next_version is not None:
+                kernel.particle_update()
+            okernel = _get_kernel(other)
+            assert okernel is not None, _NO_KERNEL
+            if okernel.version.next_version is not None:
+                okernel.particle_update()
+            assert okernel.version is kernel.version, _OTHER_SPECIES
+            theirs = list(okernel.data.params.values())
+        else:
+            return None
+        version = kernel.version
+        species = version.data.species
+        data = kernel.data
+        root = data._root()  # keeps the particle alive (as a product's pin does)
+        tensors = list(data.params.values())
+        with torch.no_grad():
+            mine = br.particle_of(species, tensors)
+            result = op(mine, other if theirs is None else br.particle_of(species, theirs)).tensors
+        params = OrderedDict(zip(br.pids_of(species), _as_params(result, [t.requires_grad for t in tensors])))
+        return _spawn(data, version, params, self._module_id)
+
+    def __add__(self, other: Any) -> Any:
+        out = self._fast(other, _ADD)
+        return Particle.__add__(self, other) if out is None else out
+
+    def __sub__(self, other: Any) -> Any:
+        out = self._fast(other, _SUB)
+        return Particle.__sub__(self, other) if out is None else out
+
+    def __rsub__(self, other: Any) -> Any:
+        out = self._fast(other, _RSUB) if type(other) in _FAST_SCALARS else None
+        return Particle.__rsub__(self, other) if out is None else out
+
+    def __mul__(self, other: Any) -> Any:
+        out = self._fast(other, _MUL)
+        return Particle.__mul__(self, other) if out is None else out
+
+    def __truediv__(self, other: Any) -> Any:
+        out = self._fast(other, _DIV)
+        return Particle.__truediv__(self, other) if out is None else out
+
+    def __rtruediv__(self, other: Any) -> Any:
+        out = self._fast(other, _RDIV) if type(other) in _FAST_SCALARS else None
+        return Particle.__rtruediv__(self, other) if out is None else out
+
+    def __pow__(self, power: Any) -> Any:
+        out = self._fast(power, _POW)
+        return Particle.__pow__(self, power) if out is None else out
+
+    def __rpow__(self, base: Any) -> Any:
+        out = self._fast(base, _RPOW) if type(base) in _FAST_SCALARS else None
+        return Particle.__rpow__(self, base) if out is None else out
 
     # -- particles ---------------------------------------------------------------
 
@@ -604,3 +698,6 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
             if param is target_param:
                 return pid
         raise ValueError(f"can not found param: {target_param}")
+
+
+_PRODUCT, _TOUCH, _OPERAND = NytoModule.product, NytoModule.touch, Particle._operand

@@ -1,0 +1,150 @@
+"""The inline operator path of NytoModule matches the generic product path exactly.
+
+``net OP x`` for a Python int/float or a module of the same class runs the
+product arithmetic inline (module.NytoModule._fast); everything else, and
+subclasses that override ``product``/``touch``/``_operand``, take the
+generic ``(net.product() OP x.product()).particle()`` path. Both must give
+the same values, parameter objects, ``requires_grad``, structure and errors.
+"""
+
+import pytest
+import torch
+from torch import nn
+
+import nytorch as nyto
+from nytorch.kernel import Particle
+from nytorch.module import NytoModule
+
+from .compat_models import Net
+
+
+class Mixed(NytoModule):
+    def __init__(self):
+        super().__init__()
+        self.inner = Net()
+        self.scale = nn.Parameter(torch.rand(3) + 0.5)
+        self.frozen = nn.Parameter(torch.rand(2) + 0.5, requires_grad=False)
+        self.shared = nn.Parameter(torch.rand(2) + 0.5)
+        self.copied = nn.Parameter(torch.rand(2) + 0.5)
+        self.steps = nn.Parameter(torch.arange(3), requires_grad=False)
+        self.set_param_config(operational=False, clone=False, name="shared")
+        self.set_param_config(operational=False, clone=True, name="copied")
+        self.set_param_config(operational=False, clone=False, name="steps")
+
+
+OPS = [
+    ("add", lambda m, o: m + o, lambda p, o: p + o),
+    ("radd", lambda m, o: o + m, lambda p, o: o + p),
+    ("sub", lambda m, o: m - o, lambda p, o: p - o),
+    ("rsub", lambda m, o: o - m, lambda p, o: o - p),
+    ("mul", lambda m, o: m * o, lambda p, o: p * o),
+    ("rmul", lambda m, o: o * m, lambda p, o: o * p),
+    ("div", lambda m, o: m / o, lambda p, o: p / o),
+    ("rdiv", lambda m, o: o / m, lambda p, o: o / p),
+    ("pow", lambda m, o: m**o, lambda p, o: p**o),
+    ("rpow", lambda m, o: o**m, lambda p, o: o**p),
+]
+
+
+def _same_result(fast, generic, source):
+    assert type(fast) is type(generic)
+    assert fast._version_kernel is generic._version_kernel is source._version_kernel
+    assert fast._module_id == generic._module_id
+    src = dict(source.named_parameters())
+    gen = dict(generic.named_parameters())
+    assert list(dict(fast.named_parameters())) == list(gen)
+    for n, p in fast.named_parameters():
+        q = gen[n]
+        assert type(p) is type(q) is nn.Parameter
+        assert p.requires_grad == q.requires_grad == src[n].requires_grad
+        assert p.dtype == q.dtype and p.grad_fn is None
+        torch.testing.assert_close(p.data, q.data, equal_nan=True)
+        assert (p is src[n]) == (q is src[n]), n  # shared exactly where the generic path shares
+    assert [n for n, _ in fast.named_modules()] == [n for n, _ in generic.named_modules()]
+    assert [n for n, _ in fast.named_buffers()] == [n for n, _ in generic.named_buffers()]
+
+
+@pytest.mark.parametrize("name,op,prod_op", OPS, ids=[o[0] for o in OPS])
+@pytest.mark.parametrize("operand", [2, 0.5, "module"], ids=["int", "float", "module"])
+def test_inline_path_matches_the_product_path(name, op, prod_op, operand):
+    torch.manual_seed(0)
+    net = Mixed()
+    other = net.randn()
+    with torch.no_grad():
+        for p in other.parameters():
+            if p.is_floating_point():
+                p.abs_().add_(0.5)
+    if operand == "module":
+        if name.startswith("r"):
+            pytest.skip("a module on the left calls its own operator")
+        fast = op(net, other)
+        generic = prod_op(net.product(), other.product()).module()
+    else:
+        fast = op(net, operand)
+        generic = prod_op(net.product(), operand).module()
+    _same_result(fast, generic, net)
+    assert fast.shared is net.shared and fast.copied is not net.copied and fast.steps is net.steps
+
+
+def test_inline_path_on_a_submodule_returns_the_submodule_of_a_new_particle():
+    net = Mixed()
+    out = net.inner * 3
+    generic = (net.inner.product() * 3).module()
+    _same_result(out, generic, net.inner)
+    assert out._particle_kernel is not net._particle_kernel
+    assert out._nyto_pin is not None and out._nyto_pin.inner is out
+
+
+def test_inline_path_with_grad_enabled_records_nothing():
+    net = Mixed()
+    assert torch.is_grad_enabled()
+    out = 2 * net + net
+    assert all(p.grad_fn is None and p.is_leaf for p in out.parameters())
+    assert torch.is_grad_enabled()
+
+
+def test_inline_path_errors_are_the_generic_ones():
+    a, b = Mixed(), Mixed()
+    with pytest.raises(AssertionError, match="different species"):
+        a + b
+    with pytest.raises(AssertionError, match="different species"):
+        (a.product() + b.product())
+    stale = a.clone()
+    a.added = nn.Parameter(torch.ones(2))
+    out = stale + a  # catches up first, as product() does
+    assert torch.equal(out.added, 2 * a.added)
+    with pytest.raises(AssertionError, match="a particle cannot be combined with a product"):
+        a + a.product()
+
+
+def test_other_operands_take_the_generic_path(monkeypatch):
+    calls = []
+    original = Particle.__mul__
+
+    def spy(self, other):
+        calls.append(type(other).__name__)
+        return original(self, other)
+
+    monkeypatch.setattr(Particle, "__mul__", spy)
+    net = Mixed()
+    for operand in (torch.tensor(2.0), True, net.clone()):
+        net * operand
+    net * 2.0
+    assert calls == ["Tensor", "bool"]
+
+
+def test_subclass_overriding_product_keeps_its_override():
+    seen = []
+
+    class Custom(nyto.NytoModule):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones(2))
+
+        def product(self):
+            seen.append(self)
+            return super().product()
+
+    net = Custom()
+    out = 2 * net + net
+    assert len(seen) == 3 and torch.equal(out.w, torch.full((2,), 3.0))
