@@ -628,8 +628,12 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
         for mid, subs, slots in plan.wiring:
             module = modules[mid]
             state = module.__dict__
-            state["_modules"] = OrderedDict([(name, None if sub is None else modules[sub]) for name, sub in subs])
-            state["_parameters"] = OrderedDict([(name, None if pid is None else params[pid]) for name, pid in slots])
+            state["_modules"] = (
+                OrderedDict([(name, None if sub is None else modules[sub]) for name, sub in subs]) if subs else OrderedDict()
+            )
+            state["_parameters"] = (
+                OrderedDict([(name, None if pid is None else params[pid]) for name, pid in slots]) if slots else OrderedDict()
+            )
             if "_flat_weights_names" in state:  # RNNs cache references to their weights
                 module._init_flat_weights()
         new = ParticleDataImp.__new__(ParticleDataImp)
