@@ -1,10 +1,18 @@
 """Compat layer vs the legacy nytorch 1.1.0, side by side, CPU, 1 thread.
 
-Run with the project venv:  python bench/bench_compat.py
+Run with the project venv:  python bench/bench_compat.py [--procs N]
 The legacy half runs in bench/.venv-legacy (built by bench/legacy_env.sh)
 as a subprocess with the very same script (``--worker``), so both import
 ``nytorch`` under its own name. Prints a table of times (median of repeats)
 and ratios legacy / ours.
+
+Each side runs in ``--procs`` worker processes (default 3, taken in turn)
+and the table shows the median over processes, with the range of the first
+row. With glibc's default settings a process either trims the heap after
+every expression (each fresh 1 MB result then page-faults) or does not,
+depending on where long-lived allocations happen to sit in the heap: the
+same code, even the raw torch floor, runs 0.3 ms in one process and 1.3 ms
+in the next. One process per side is a lottery there.
 
 Cases:
   particle_ops   0.5 * net + 0.5 * other on NytoModules holding a
@@ -12,6 +20,11 @@ Cases:
                  CPU time with gc on, and wall clock with gc off while timing
                  (what ``timeit`` does: the legacy library's reference cycles
                  are then never freed and its memory grows)
+  floor          the same arithmetic in raw torch on the same tensors: three
+                 allocating ``torch._foreach_*`` passes whose results are
+                 wrapped in ``nn.Parameter`` (no modules built); the floor for
+                 three eager module ops, so legacy / floor bounds the ratio any
+                 implementation can reach on particle_ops
   product_ops    (0.5 * net.product() + 0.5 * other.product()).module()
   touch_100      touch() of 100 particles after one edit (adds a parameter)
   cycles         for _ in range(1000): net = 0.5 * net + 1, then count the
@@ -82,6 +95,15 @@ def worker() -> dict:
     out["particle_ops"] = timed(ops, 50)
     out["particle_ops_cpu"] = timed(ops, 50, clock=time.process_time)
     out["particle_ops_nogc"] = timed(ops, 50, collect=False)
+    ps, qs = list(net.parameters()), list(other.parameters())
+
+    def floor():
+        with torch.no_grad():
+            x = [nn.Parameter(t) for t in torch._foreach_mul(ps, 0.5)]
+            y = [nn.Parameter(t) for t in torch._foreach_mul(qs, 0.5)]
+            return [nn.Parameter(t) for t in torch._foreach_add(x, y)]
+
+    out["floor"] = timed(floor, 50)
     out["product_ops"] = timed(prods, 50)
     out["product_ops_cpu"] = timed(prods, 50, clock=time.process_time)
 
@@ -123,7 +145,17 @@ def _run(python: str, extra_env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _table(title: str, ours: dict, legacy: dict) -> None:
+def _median_of(runs: list) -> dict:
+    out = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, float):
+            values = sorted(r[key] for r in runs)
+            out[key] = values[len(values) // 2]
+    return out
+
+
+def _table(title: str, ours_runs: list, legacy_runs: list) -> None:
+    ours, legacy = _median_of(ours_runs), _median_of(legacy_runs)
     print(title)
     print(f"{'case':<46}{'legacy':>12}{'ours':>12}{'legacy/ours':>14}")
     rows = [
@@ -136,11 +168,25 @@ def _table(title: str, ours: dict, legacy: dict) -> None:
     ]
     for label, key in rows:
         print(f"{label:<46}{legacy[key] * 1e3:>10.3f}ms{ours[key] * 1e3:>10.3f}ms{legacy[key] / ours[key]:>13.2f}x")
+    if "floor" in ours:
+        lo, fl = legacy["particle_ops"], ours["floor"]
+        print(f"{'raw torch floor of those 3 ops (wall) vs legacy':<46}{lo * 1e3:>10.3f}ms{fl * 1e3:>10.3f}ms{lo / fl:>13.2f}x")
     print(f"{'particles alive after 1000 x net=0.5*net+1, no gc':<46}{legacy['cycles_alive']:>12}{ours['cycles_alive']:>12}")
+    if len(ours_runs) > 1:
+        spans = [
+            f"{who} {min(r['particle_ops'] for r in runs) * 1e3:.3f}-{max(r['particle_ops'] for r in runs) * 1e3:.3f}ms"
+            for who, runs in (("legacy", legacy_runs), ("ours", ours_runs))
+        ]
+        floors = [r["floor"] for r in ours_runs]
+        print(
+            f"medians over {len(ours_runs)} processes per side; first row's range: {', '.join(spans)}; "
+            f"floor {min(floors) * 1e3:.3f}-{max(floors) * 1e3:.3f}ms"
+        )
     print()
 
 
 def main() -> None:
+    procs = int(sys.argv[sys.argv.index("--procs") + 1]) if "--procs" in sys.argv else 3
     if not os.path.exists(LEGACY_PY):
         subprocess.run(["bash", os.path.join(HERE, "legacy_env.sh")], check=True)
     print("compat (nytorch on nytorch_fn) vs legacy nytorch 1.1.0, CPU, 1 thread, MLP 784-256-256-10")
@@ -148,9 +194,11 @@ def main() -> None:
         ("glibc malloc, default settings", {}),
         ("glibc malloc, no heap trimming (" + " ".join(f"{k}={v}" for k, v in TUNED_MALLOC.items()) + ")", TUNED_MALLOC),
     ):
-        ours = _run(sys.executable, env)
-        legacy = _run(LEGACY_PY, env)
-        _table(f"{title}; {ours['params']} parameters", ours, legacy)
+        ours, legacy = [], []
+        for _ in range(procs):
+            ours.append(_run(sys.executable, env))
+            legacy.append(_run(LEGACY_PY, env))
+        _table(f"{title}; {ours[0]['params']} parameters", ours, legacy)
 
 
 if __name__ == "__main__":
