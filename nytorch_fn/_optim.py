@@ -85,6 +85,18 @@ def _check_state(state: Any, cls: type, where: str) -> None:
         raise TypeError(f"{where}: expected the {cls.__name__} made by init, got {describe(state)}")
 
 
+def _gradient(grads: Any, state: Any, state_type: type, params: Any, weight_decay: float, where: str) -> Particle:
+    """The checked gradient, with the L2 penalty ``weight_decay * params`` added when asked."""
+    if not isinstance(grads, Particle):
+        raise TypeError(f"{where}: expected a Particle of gradients, got {describe(grads)}")
+    _check_state(state, state_type, where)
+    if not weight_decay:
+        return grads
+    if params is None:
+        raise ValueError(f"{where}: weight_decay needs params")
+    return grads + weight_decay * params
+
+
 def _zeros_like(p: Particle) -> Particle:
     return p.map(lambda t, cfg: torch.zeros_like(t))
 
@@ -109,14 +121,7 @@ def sgd(lr: Any, *, momentum: float = 0.0, nesterov: bool = False, weight_decay:
         return SGDState(_zeros_like(params) if momentum else None)
 
     def update(grads: Particle, state: SGDState, params: Particle | None = None) -> tuple[Particle, SGDState]:
-        if not isinstance(grads, Particle):
-            raise TypeError(f"sgd.update: expected a Particle of gradients, got {describe(grads)}")
-        _check_state(state, SGDState, "sgd.update")
-        g = grads
-        if weight_decay:
-            if params is None:
-                raise ValueError("sgd.update: weight_decay needs params")
-            g = g + weight_decay * params
+        g = _gradient(grads, state, SGDState, params, weight_decay, "sgd.update")
         if momentum:
             buf = momentum * state.momentum + g
             g = g + momentum * buf if nesterov else buf
@@ -150,14 +155,7 @@ def adam(
         return AdamState(torch.zeros((), dtype=torch.int64, device=device), zeros, zeros)
 
     def update(grads: Particle, state: AdamState, params: Particle | None = None) -> tuple[Particle, AdamState]:
-        if not isinstance(grads, Particle):
-            raise TypeError(f"adam.update: expected a Particle of gradients, got {describe(grads)}")
-        _check_state(state, AdamState, "adam.update")
-        g = grads
-        if weight_decay:
-            if params is None:
-                raise ValueError("adam.update: weight_decay needs params")
-            g = g + weight_decay * params
+        g = _gradient(grads, state, AdamState, params, weight_decay, "adam.update")
         count = state.count + 1
         mu = b1 * state.mu + (1 - b1) * g
         nu = b2 * state.nu + (1 - b2) * (g * g)
