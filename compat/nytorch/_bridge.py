@@ -22,8 +22,9 @@ import torch
 import torch.utils._pytree as pytree
 from torch import nn
 
+from nytorch_fn import AddBuffer, AddParam, Remove, SetConfig, SetNone, Species, migrate
 from nytorch_fn import ParamConfig as CoreConfig
-from nytorch_fn import Particle, Species, migrate
+from nytorch_fn import Particle
 from nytorch_fn import particle as capture
 
 from .mtype import ParamConfig
@@ -154,6 +155,87 @@ def bring_to(p: Particle, species: Species) -> Particle:
         return p
     with torch.no_grad():
         return migrate(p, species)
+
+
+class Transition:
+    """How the parameters of a particle of ``old`` are brought to ``new``, a later version of it.
+
+    Computed once per pair of species (both immutable, held here and checked
+    by identity by the caller) and used for every particle that catches up
+    across that pair: the edits between them are read once, and each target
+    slot is known to be either one of the particle's own tensors (by
+    position) or the value of an ``AddParam`` edit, which ``advance`` replays
+    (the core's own ``replay``: a fresh copy per particle, as ``migrate``
+    does). Holds no particle's tensors.
+
+    Attributes:
+        old, new: the two species.
+        sources: per slot of ``new`` (in ``new.names`` order): the position
+            in ``old.names`` of the tensor kept, or the ``AddParam`` edit
+            that makes it; None when the edits are not all simple ones
+            (then ``advance`` goes through ``migrate``).
+        kept_only: every slot is kept (no parameter was added).
+        ndim0: the number of dimensions of ``old``'s first slot (a tensor
+            with one more is a population: ``migrate`` handles those).
+    """
+
+    __slots__ = ("old", "new", "sources", "ndim0", "kept_only")
+
+    def __init__(self, old: Species, new: Species) -> None:
+        self.old = old
+        self.new = new
+        self.ndim0 = len(old.shapes[old.names[0]]) if old.names else 0
+        self.sources: Any = self._plan(old, new)
+        self.kept_only = self.sources is not None and all(type(s) is int for s in self.sources)
+
+    @staticmethod
+    def _plan(old: Species, new: Species) -> Any:
+        if old is new or not old.is_ancestor_of(new):
+            return None
+        slots: dict[str, Any] = {n: i for i, n in enumerate(old.names)}
+        for edit in new.edits_since(old):
+            kind = type(edit)
+            if kind is AddParam:
+                slots[edit.name] = edit
+            elif kind is Remove or kind is SetNone:
+                prefix = edit.name + "."
+                for key in [k for k in slots if k == edit.name or k.startswith(prefix)]:
+                    del slots[key]
+            elif kind is not AddBuffer and kind is not SetConfig:
+                return None  # anything else (an added module): migrate replays it
+        try:
+            return tuple(slots[n] for n in new.names)
+        except KeyError:
+            return None
+
+    def advance(self, tensors: Sequence[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        """``tensors`` (in ``old.names`` order) brought to ``new``: what ``migrate`` gives, without the particles.
+
+        Raises:
+            AssertionError: the number of tensors is not ``old``'s number of parameters.
+        """
+        sources = self.sources
+        if sources is None or (tensors and tensors[0].dim() != self.ndim0):
+            return leaves(bring_to(particle_of(self.old, tensors), self.new))
+        assert len(tensors) == len(self.old.names), (
+            f"expected {len(self.old.names)} parameters for this species, got {len(tensors)}"
+        )
+        if self.kept_only:
+            return tuple([tensors[i] for i in sources])
+        device = tensors[0].device if tensors else None
+        out = []
+        for src in sources:
+            if type(src) is int:
+                out.append(tensors[src])
+            else:
+                made: dict[str, torch.Tensor] = {}
+                if src.value.requires_grad or src.value.device != device:
+                    with torch.no_grad():  # as migrate: the copy records no gradient
+                        src.replay(made, None, device)
+                else:  # a copy of a tensor that needs no gradient records none anyway
+                    src.replay(made, None, device)
+                out.append(made[src.name])
+        return tuple(out)
 
 
 # -- configs ---------------------------------------------------------------

@@ -332,11 +332,11 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
     def init_particle(self, pdata: "ParticleDataImp") -> None:
         if self._species is None:
             self._adopt(pdata.params)
-        if list(self._meta.keys()) and set(pdata._modules.keys()) != set(self._meta.keys()):
-            missing = set(self._meta.keys()) - set(pdata._modules.keys())
-            assert not missing, f"the particle lacks modules {sorted(missing)} of this version"
-        order = sorted(self._meta.keys())
-        if list(pdata._modules.keys()) != order:
+        order = self._build_plan().mids  # the sorted module ids, cached for this ``_meta``
+        if tuple(pdata._modules) != order:
+            if order and set(pdata._modules.keys()) != set(order):
+                missing = set(order) - set(pdata._modules.keys())
+                assert not missing, f"the particle lacks modules {sorted(missing)} of this version"
             pdata._modules = OrderedDict((mid, pdata._modules[mid]) for mid in order)
         ids = br.pids_of(self._species)
         if tuple(pdata.params.keys()) != ids:

@@ -24,6 +24,9 @@ from .mtype import MetaDict, Module, ModuleDict, ModuleID, ParamDict, ParamID, P
 from .utils import clone_param, copy_modules, make_modules_ref
 
 
+_Parameter = nn.Parameter
+
+
 def _remove_from(module: nn.Module, name: str, *tables: str) -> None:
     for table in tables:
         if table == "__dict__":
@@ -58,6 +61,7 @@ class _Base(ParticleUpdater[VersionDataImp, ParticleDataImp]):
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
+        state.pop("_plan", None)  # a cache
         state["_owner"] = self.owner
         return state
 
@@ -65,6 +69,17 @@ class _Base(ParticleUpdater[VersionDataImp, ParticleDataImp]):
         owner = state.pop("_owner", None)
         self.__dict__.update(state)
         self.owner = owner
+
+    def _transition(self) -> br.Transition:
+        """The transition ``_from`` -> ``_to``: computed once, for every particle that catches up.
+
+        A cache checked by identity against both species (immutable), so it
+        can never serve another pair.
+        """
+        plan = self.__dict__.get("_plan")
+        if plan is None or plan.old is not self._from or plan.new is not self._to:
+            plan = self.__dict__["_plan"] = br.Transition(self._from, self._to)
+        return plan
 
     def set_version_data(self, vdata: VersionDataImp) -> Self:
         self._from = vdata._species
@@ -87,14 +102,12 @@ class _Base(ParticleUpdater[VersionDataImp, ParticleDataImp]):
         """Bring ``pdata.params`` to the next version."""
         initiator = self._owner is not None and self._owner() is pdata
         if not initiator and self._from is not None and self._to is not None:
-            old = br.particle_of(self._from, list(pdata.params.values()))
-            tensors = br.leaves(br.bring_to(old, self._to))
-            params: ParamDict = OrderedDict()
-            for pid, t in zip(br.pids_of(self._to), tensors):
-                if not isinstance(t, nn.Parameter):
+            tensors = self._transition().advance(list(pdata.params.values()))
+            params: ParamDict = OrderedDict(zip(br.pids_of(self._to), tensors))
+            for pid, t in params.items():
+                if type(t) is not _Parameter and not isinstance(t, _Parameter):
                     source = added.get(pid)
-                    t = nn.Parameter(t, requires_grad=True if source is None else source.requires_grad)
-                params[pid] = t
+                    params[pid] = _Parameter(t, requires_grad=True if source is None else source.requires_grad)
             pdata.params = params
             return
         pdata.remove_params(set(remove) & set(pdata.params))
