@@ -170,6 +170,8 @@ class Transition:
 
     Attributes:
         old, new: the two species.
+        pids: the parameter ids of ``new``, in its ``names`` order (None
+            with ``sources``).
         sources: per slot of ``new`` (in ``new.names`` order): the position
             in ``old.names`` of the tensor kept, or the ``AddParam`` edit
             that makes it; None when the edits are not all simple ones
@@ -179,13 +181,14 @@ class Transition:
             with one more is a population: ``migrate`` handles those).
     """
 
-    __slots__ = ("old", "new", "sources", "ndim0", "kept_only")
+    __slots__ = ("old", "new", "pids", "sources", "ndim0", "kept_only")
 
     def __init__(self, old: Species, new: Species) -> None:
         self.old = old
         self.new = new
         self.ndim0 = len(old.shapes[old.names[0]]) if old.names else 0
         self.sources: Any = self._plan(old, new)
+        self.pids = None if self.sources is None else pids_of(new)
         self.kept_only = self.sources is not None and all(type(s) is int for s in self.sources)
 
     @staticmethod

@@ -102,8 +102,9 @@ class _Base(ParticleUpdater[VersionDataImp, ParticleDataImp]):
         """Bring ``pdata.params`` to the next version."""
         initiator = self._owner is not None and self._owner() is pdata
         if not initiator and self._from is not None and self._to is not None:
-            tensors = self._transition().advance(list(pdata.params.values()))
-            params: ParamDict = OrderedDict(zip(br.pids_of(self._to), tensors))
+            transition = self._transition()
+            pids = transition.pids if transition.pids is not None else br.pids_of(self._to)
+            params: ParamDict = OrderedDict(zip(pids, transition.advance(list(pdata.params.values()))))
             for pid, t in params.items():
                 if type(t) is not _Parameter and not isinstance(t, _Parameter):
                     source = added.get(pid)
@@ -213,7 +214,8 @@ class AddParamParticleUpdater(_Base):
     def run(self, pdata: ParticleDataImp) -> None:
         added = {} if self.add_param is None else {self.add_param_id: self.add_param}
         self._advance(pdata, self.remove_params, added)
-        pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
+        if self.remove_modules:
+            pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
         this = pdata._module(self.module_id)
         _remove_from(this, self.attr_name, "__dict__", "_buffers", "_modules", "_non_persistent_buffers_set")
         Module.register_parameter(this, self.attr_name, pdata.params[self.add_param_id])

@@ -129,18 +129,18 @@ def test_configs_and_user_attributes_survive_the_transition():
 
 
 def test_transition_matches_migrate_and_falls_back_on_module_edits():
-    base = fn.particle(nn.Linear(3, 2)).species
-    added = base.add_param("scale", torch.ones(2)).remove("bias").add_buffer("stat", torch.zeros(1))
+    base = br.species_from([(0, torch.Size((2, 3)), torch.float32, True), (1, torch.Size((2,)), torch.float32, True)], {})
+    added = base.add_param("p2", torch.ones(2)).remove("p1").add_buffer("b0_stat", torch.zeros(1))
     tensors = [torch.randn(2, 3), torch.randn(2)]
     t = br.Transition(base, added)
     assert t.sources is not None
     got = t.advance(tensors)
     want = fn.migrate(br.particle_of(base, tensors), added).tensors
-    assert len(got) == len(want) and got[0] is tensors[0]
+    assert len(got) == len(want) == 2 and got[0] is tensors[0] and t.pids == (0, 2)
     assert all(torch.equal(g, w) for g, w in zip(got, want))
     with_module = base.add_module("sub", nn.Linear(1, 1))
     t2 = br.Transition(base, with_module)
-    assert t2.sources is None  # not a flat edit: migrate replays it
+    assert t2.sources is None and t2.pids is None  # not a flat edit: migrate replays it
     got = t2.advance(tensors)
     want = fn.migrate(br.particle_of(base, tensors), with_module).tensors
     assert [tuple(x.shape) for x in got] == [tuple(x.shape) for x in want]
