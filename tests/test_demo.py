@@ -33,7 +33,7 @@ def test_demo_reaches_target_accuracy_within_two_minutes(demo_run):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["best_test_accuracy"] >= 0.95, summary
     assert summary["population"] == 64 and summary["steps"] == 600
-    # the budget for the whole command on this 2-core CPU (typically ~20 s)
+    # the budget for the whole command on this 2-core CPU (typically ~10 s)
     assert elapsed < 120, f"demo took {elapsed:.1f} s"
 
 
