@@ -319,10 +319,12 @@ class Species:
             config = DEFAULT_CONFIG
         if not isinstance(config, ParamConfig):
             raise TypeError(f"add_param({name!r}): expected a ParamConfig, got {describe(config)}")
-        value = value.detach().clone()
-        requires_grad = value.is_floating_point() or value.is_complex()
-        if isinstance(value, nn.Parameter):  # pragma: no cover - detach() drops the subclass
+        # an nn.Parameter says whether it trains; a plain float tensor becomes a trainable one
+        if isinstance(value, nn.Parameter):
             requires_grad = value.requires_grad
+        else:
+            requires_grad = value.is_floating_point() or value.is_complex()
+        value = value.detach().clone()
         skeleton, module = sk.copy_path(self.skeleton, prefix)
         with _taken(name, module, leaf):
             module.register_parameter(leaf, nn.Parameter(sk.meta_like(value), requires_grad=requires_grad))

@@ -51,3 +51,14 @@ def test_custom_operators_must_be_callable():
 def test_learning_rates_must_be_finite(lr):
     with pytest.raises(ValueError):
         optim.sgd(lr)
+
+
+def test_add_param_keeps_a_frozen_parameters_requires_grad():
+    sp = nf.particle(mlp()).species
+    frozen = sp.add_param("0.frozen", torch.nn.Parameter(torch.ones(2), requires_grad=False))
+    plain = sp.add_param("0.plain", torch.ones(2))
+    assert frozen.requires_grad["0.frozen"] is False
+    assert plain.requires_grad["0.plain"] is True
+    p = nf.migrate(nf.Particle(sp, dict(zip(sp.names, nf.particle(mlp()).tensors))), frozen)
+    assert p.species.requires_grad["0.frozen"] is False
+    assert nf.to_module(p)[0].frozen.requires_grad is False
