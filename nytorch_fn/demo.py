@@ -38,9 +38,21 @@ from nytorch_fn import optim
 from nytorch_fn.algorithms import Hybrid
 
 
+def _need(module: str) -> Any:
+    """Import a demo dependency, or exit saying how to install it."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as error:
+        raise SystemExit(
+            f"the demo needs {module.split('.')[0]} ({error}); install the demo extra: pip install 'nytorch-fn[demo]'"
+        ) from error
+
+
 def load_digits(seed: int) -> dict[str, torch.Tensor]:
     """scikit-learn's 8x8 digits (shipped inside the package), split train/val/test 60/20/20."""
-    from sklearn.datasets import load_digits as sk_load_digits
+    sk_load_digits = _need("sklearn.datasets").load_digits
 
     data = sk_load_digits()
     x = torch.tensor(data.data, dtype=torch.float32) / 16.0
@@ -190,8 +202,7 @@ def train(args: argparse.Namespace, data: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def _progress(args: argparse.Namespace, *, disable: bool = False) -> Any:
-    from tqdm.auto import tqdm
-
+    tqdm = _need("tqdm.auto").tqdm
     return tqdm(
         total=args.steps, desc="hybrid training", unit="step", disable=args.no_progress or disable, file=sys.stderr
     )
@@ -208,10 +219,8 @@ def table(val: torch.Tensor, test: torch.Tensor) -> str:
 
 
 def plot(path: Path, steps: list[int], history: torch.Tensor) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    _need("matplotlib").use("Agg")
+    plt = _need("matplotlib.pyplot")
 
     fig, ax = plt.subplots(figsize=(8, 5))
     for member in history.T:
