@@ -4,17 +4,21 @@
 Hybrid, GeneticAlgorithm, OpenAIES, PBT). Local work runs on each rank's
 block; the global step gathers the ``[N]`` fitness (``N`` numbers), draws
 every random quantity for the whole population from the caller's generator
-(seeded alike on every rank) and keeps the local rows, and moves members
+(seeded alike on every rank) and keeps the local rows (except the ES noise:
+one base seed per generation, then each rank draws only its own members'
+rows from per-member streams), and moves members
 between ranks only where the algorithm needs another member's values (the
 best member, parents, PBT donors). For the same seed a run gives the same
 numbers as the single-process algorithm, bit for bit on CPU (the tests
-check it): every step is either elementwise per member or computed from
-replicated data in the same order.
+check it): every step is either elementwise per member, computed from
+replicated data in the same order, or (the ES mean update) an exact int64
+fixed-point sum, which any split over ranks reproduces.
 
 Each algorithm's math lives in its single-process class and is called
 from here, never copied: ``update_best``, ``APSO._move``,
 ``Hybrid.gradient_step/_choose/_blend_toward``, ``GeneticAlgorithm._select/_breed``
-(draws for all children, keeps a shard's rows), ``OpenAIES.ask/tell`` and
+(draws for all children, keeps a shard's rows), ``OpenAIES._ask_rows/_move``
+(each rank draws only its members' noise from per-member streams) and
 ``PBT.exploit_explore``. This module only decides which rows are local and
 which members must cross ranks.
 """
@@ -29,11 +33,11 @@ from torch import nn
 
 from ._algorithms._apso import APSO
 from ._algorithms._common import check_generator, noise_population, rebuild, scores, update_best, worst_fitness
-from ._algorithms._es import ESState, OpenAIES
+from ._algorithms._es import ESState, OpenAIES, centered_ranks, quantized_sum
 from ._algorithms._ga import GeneticAlgorithm
 from ._algorithms._hybrid import Hybrid, HybridState
 from ._algorithms._pbt import PBT, PBTState
-from ._distributed import Shard, _device_of, block_sizes, gather_fitness, member, take, world
+from ._distributed import Shard, _all_reduce, _device_of, block_sizes, gather_fitness, member, take, world
 from ._errors import describe
 from ._module import particle
 from ._particle import Particle
@@ -192,7 +196,8 @@ class ShardedGA:
 
 
 class ShardedESState(NamedTuple):
-    """``ESState`` (replicated on every rank: mean, optimiser state, the last noise) and the layout."""
+    """``ESState`` (replicated on every rank: mean, optimiser state, best, base seed; ``noise``
+    holds the LOCAL members' rows only) and the layout."""
 
     es: ESState
     sizes: tuple[int, ...]
@@ -200,9 +205,11 @@ class ShardedESState(NamedTuple):
 
 @attrs.frozen
 class ShardedES:
-    """OpenAI-ES with the evaluation sharded: every rank draws the whole noise (shared
-    seed), evaluates its block of members, and ``tell`` gathers the ``N`` fitness values;
-    the mean update is then computed identically on every rank (no parameter traffic)."""
+    """OpenAI-ES with the evaluation sharded: every rank draws one base seed from the shared
+    generator and only its own members' noise (per-member streams, ``OpenAIES.ask``);
+    ``tell`` gathers the ``N`` fitness values and all-reduces the exact fixed-point sums
+    ``sum_i r_i eps_i`` (``P`` int64 values), so the mean update is the single-process one bit
+    for bit; the best member is redrawn from its stream on every rank (no parameter traffic)."""
 
     algo: OpenAIES
 
@@ -211,15 +218,26 @@ class ShardedES:
         return ShardedESState(self.algo.init(mean), block_sizes(self.algo.population_size, w.size))
 
     def ask(self, state: ShardedESState, *, generator: torch.Generator | None = None, group: Any = None) -> tuple[Shard, ShardedESState]:
-        pop, asked = self.algo.ask(state.es, generator=generator)
         w = world(group)
         off = sum(state.sizes[: w.rank])
-        local = pop[off:off + state.sizes[w.rank]]
+        local, asked = self.algo._ask_rows(state.es, range(off, off + state.sizes[w.rank]), generator=generator)
         return Shard(local, state.sizes, w), state._replace(es=asked)
 
     def tell(self, state: ShardedESState, sh: Shard, local_fitness: Any) -> ShardedESState:
+        a, es = self.algo, state.es
+        a._check_asked(es)
         f = gather_fitness(sh, local_fitness)
-        return state._replace(es=self.algo.tell(state.es, f))
+        n = a.population_size
+        f, score = scores(f, n, "ShardedES.tell", maximize=a.maximize)
+        shaped = centered_ranks(f, maximize=a.maximize)
+        local = quantized_sum(es.noise, sh.block(shaped), n)
+        flat = torch.cat([q.reshape(-1) for q in local]) if local else torch.zeros(0, dtype=torch.int64)
+        _all_reduce(sh.world, flat, op="all_reduce(es)")
+        total, off = [], 0
+        for q in local:
+            total.append(flat[off:off + q.numel()].view(q.shape))
+            off += q.numel()
+        return state._replace(es=a._move(es, f, score, lambda i: a._member(es, i), total))
 
 
 # ---------------------------------------------------------------------------

@@ -1,8 +1,32 @@
-"""OpenAI-ES: a Gaussian search distribution around one mean particle, centred-rank fitness shaping."""
+"""OpenAI-ES: a Gaussian search distribution around one mean particle, centred-rank fitness shaping.
+
+Noise streams (so a rank of a sharded run draws only its own members'):
+each ``ask`` draws ONE base seed ``b`` from the caller's generator
+(``torch.randint(0, 2**63 - 1, (1,))`` on the generator's device). Member
+``i`` uses stream ``k = i // 2`` with sign ``(-1)**i`` when antithetic
+(member ``2k + 1`` is the negation of member ``2k``), else ``k = i`` with
+sign ``+1``. Stream ``k`` is a ``torch.Generator`` on the parameters' device
+seeded with ``splitmix64(b ^ (GOLDEN * k mod 2**64))`` (``GOLDEN =
+0x9E3779B97F4A7C15``; ``splitmix64`` as in Steele et al. 2014, see
+``_splitmix64``); from it, one ``torch.randn(P_d, dtype=d)`` per dtype ``d``
+of the operational parameters (dtypes in order of first appearance in
+``species.names``; ``P_d`` the number of values of that dtype), split into
+the parameters of that dtype in ``species.names`` order.
+
+Mean update, exactly reproducible across shardings: the sum ``sum_i r_i
+eps_i`` is accumulated in fixed point. Each term ``r_i * eps_i`` (float64)
+is clamped to ``[-16, 16]`` (never active: ``|r_i| <= 1/2`` and Gaussian
+noise from ``randn`` stays below 10) and rounded to an int64 multiple of
+``2**-s`` with ``s = 58 - bit_length(N - 1)``, so the sum of ``N`` terms
+cannot overflow; integer addition is associative, so any split of the
+members (chunks here, ranks in ``ShardedES``, one all_reduce) gives the
+same bits. Resolution ``2**-s`` (``9e-16`` at ``N = 256``) is far below
+float32 rounding of the gradient.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Sequence
 
 import attrs
 import torch
@@ -10,14 +34,12 @@ import torch
 from .._errors import describe
 from .._optim import GradientTransformation, adam, apply_updates
 from .._particle import Particle, _assemble, plan
-from .._population import concat
 from ._common import (
     check_bool,
     check_generator,
     check_int,
     check_real,
-    noise_population,
-    member_view,
+    draw,
     require_single,
     scores,
     update_best,
@@ -32,10 +54,14 @@ class ESState(NamedTuple):
         mean: the centre of the search distribution (a single particle): the answer.
         opt_state: the optimiser's state for ``mean``.
         noise: the standard-normal perturbations of the last ``ask``
-            (a population ``[N, ...]``), or None before ``ask``.
+            (a population ``[N, ...]``; in ``ShardedES`` only the local rows),
+            or None before ``ask``.
         best: the best sampled member so far (single particle).
         best_fitness: its fitness (0-d float64; the worst value before the first ``tell``).
         generation: how many times ``tell`` has moved the mean.
+        seed: the base seed of the last ``ask`` (member ``i``'s noise is
+            ``member_noise(mean, seed, [i], antithetic=...)``); 0 before the first
+            (an int always, so a checkpoint loads against a fresh ``init``).
     """
 
     mean: Particle
@@ -44,6 +70,126 @@ class ESState(NamedTuple):
     best: Particle
     best_fitness: torch.Tensor
     generation: int
+    seed: int = 0
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK = (1 << 64) - 1
+_CLAMP = 16.0  # bound on |r_i eps_i| in the fixed-point sum (2**4)
+_CHUNK = 64  # members per chunk of the fixed-point sum (bounds temporary memory)
+
+
+def _splitmix64(x: int) -> int:
+    """The splitmix64 finaliser of ``x + GOLDEN`` (uint64 arithmetic)."""
+    z = (x + _GOLDEN) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def stream_seed(base: int, k: int) -> int:
+    """The seed of noise stream ``k`` for base seed ``base``: ``splitmix64(base ^ GOLDEN * k)`` (uint64)."""
+    return _splitmix64((base ^ (_GOLDEN * k)) & _MASK)
+
+
+def draw_base_seed(generator: torch.Generator | None) -> int:
+    """One base seed per generation from the caller's generator (the global CPU RNG when None):
+    ``torch.randint(0, 2**63 - 1, (1,), generator=generator)`` on the generator's device."""
+    return int(draw("randint", (1,), generator, device="cpu", high=2**63 - 1)[0])
+
+
+
+
+def member_noise(template: Particle, base: int, members: Sequence[int], *, antithetic: bool) -> Particle:
+    """The standard-normal noise of the global members ``members``: a population ``[len(members), ...]``.
+
+    Each member's values come from its own stream (module docstring), so any
+    subset of members is drawn alone with the same bits as in the whole
+    population; an antithetic pair present twice is drawn once and negated.
+    Non-operational parameters are copied from ``template`` (a single particle).
+
+    Example:
+        >>> eps = member_noise(p, 12345, range(4), antithetic=True)   # eps[1] == -eps[0]
+    """
+    sp = template.species
+    leaves = template.tensors
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i in plan(sp).op:
+        t = leaves[i]
+        if not t.is_floating_point():
+            raise TypeError(
+                f"cannot draw random values for the {t.dtype} parameter {sp.names[i]!r}; mark it non-operational "
+                f"(species.with_config({sp.names[i]!r}, operational=False))"
+            )
+        groups.setdefault((t.dtype, t.device), []).append(i)
+    rows = len(members)
+    bufs = [torch.empty(rows, sum(leaves[i].numel() for i in idx), dtype=d, device=dev)
+            for (d, dev), idx in groups.items()]
+    gens: dict[torch.device, torch.Generator] = {}
+    drawn: dict[int, tuple[int, bool]] = {}  # stream -> (row, negated)
+    for row, m in enumerate(members):
+        k, neg = (m // 2, m % 2 == 1) if antithetic else (m, False)
+        if k in drawn:
+            src, src_neg = drawn[k]
+            for buf in bufs:
+                if neg == src_neg:
+                    buf[row] = buf[src]
+                else:
+                    torch.neg(buf[src], out=buf[row])
+            continue
+        drawn[k] = (row, neg)
+        seed = stream_seed(base, k)
+        seeded = set()
+        for ((d, dev), _), buf in zip(groups.items(), bufs):
+            if dev not in gens:
+                gens[dev] = torch.Generator(device=dev)
+            if dev not in seeded:
+                gens[dev].manual_seed(seed)
+                seeded.add(dev)
+            z = torch.randn(buf.shape[1], dtype=d, device=dev, generator=gens[dev])
+            if neg:
+                torch.neg(z, out=buf[row])
+            else:
+                buf[row] = z
+    results: list[Any] = [None] * len(sp.names)
+    for ((_, _), idx), buf in zip(groups.items(), bufs):
+        off = 0
+        for i in idx:
+            t = leaves[i]
+            results[i] = buf[:, off:off + t.numel()].reshape(rows, *t.shape).contiguous()
+            off += t.numel()
+    return Particle._make(sp, _assemble(sp, leaves, [results[i] for i in plan(sp).op], rows))
+
+
+def fixed_point_bits(n: int) -> int:
+    """``s``: the fixed-point sum of ``n`` terms counts in units of ``2**-s`` (module docstring)."""
+    return 58 - (n - 1).bit_length()
+
+
+def quantized_sum(noise: Particle, shaped: torch.Tensor, n: int) -> list[torch.Tensor]:
+    """``sum_i round(clamp(shaped_i * eps_i) * 2**s)`` over the rows of ``noise``, one int64
+    tensor per operational parameter (``species.names`` order): exact, so partial sums over
+    any split of the ``n`` members add up to the same bits.
+
+    Args:
+        noise: ``[m, ...]`` rows of the noise (a block of the ``n`` members or all).
+        shaped: ``[m]`` float64, those members' centred ranks.
+        n: the global population size (fixes ``s``).
+    """
+    scale = 2.0 ** fixed_point_bits(n)
+    eps = noise.tensors
+    w = shaped.to(torch.float64) * scale  # exact: scale is a power of two
+    bound = _CLAMP * scale
+    out = []
+    for i in plan(noise.species).op:
+        t = eps[i]
+        acc = torch.zeros(t.shape[1:], dtype=torch.int64, device=t.device)
+        for a in range(0, t.shape[0], _CHUNK):
+            wa = w[a:a + _CHUNK].to(t.device)
+            c = torch.mul(t[a:a + _CHUNK], wa.view(wa.shape[0], *([1] * (t.dim() - 1))))  # float64
+            acc += c.clamp_(-bound, bound).round_().to(torch.int64).sum(0)
+        out.append(acc)
+    return out
 
 
 def centered_ranks(fitness: Any, *, maximize: bool = True) -> torch.Tensor:
@@ -138,18 +284,27 @@ class OpenAIES:
     def ask(self, state: ESState, *, generator: torch.Generator | None = None) -> tuple[Particle, ESState]:
         """Sample ``N`` members around ``state.mean``.
 
+        Draws one base seed from ``generator``; member ``i``'s noise comes from
+        its own stream (module docstring), so ``ShardedES`` draws the same rows alone.
+
         Returns:
             ``(population, state)``: the members to evaluate and a state that
-            remembers their noise for ``tell``.
+            remembers their noise and the base seed for ``tell``.
         """
+        return self._ask_rows(state, range(self.population_size), generator=generator)
+
+    def _ask_rows(
+        self, state: ESState, members: Sequence[int], *, generator: torch.Generator | None
+    ) -> tuple[Particle, ESState]:
+        """``ask`` for the global members ``members`` only (a block of a sharded run)."""
         check_generator(generator, "OpenAIES.ask")
-        n = self.population_size
-        if self.antithetic:
-            half = noise_population(state.mean, n // 2, generator=generator)
-            noise = concat([half, -half])
-        else:
-            noise = noise_population(state.mean, n, generator=generator)
-        return state.mean + self.sigma * noise, state._replace(noise=noise)
+        base = draw_base_seed(generator)
+        noise = member_noise(state.mean, base, members, antithetic=self.antithetic)
+        return state.mean + self.sigma * noise, state._replace(noise=noise, seed=base)
+
+    def _member(self, state: ESState, i: int) -> Particle:
+        """Member ``i`` of the last ``ask``, redrawn from its stream (a single particle)."""
+        return state.mean + self.sigma * member_noise(state.mean, state.seed, [i], antithetic=self.antithetic)[0]
 
     def tell(self, state: ESState, fitness: Any, *, population: Particle | None = None) -> ESState:
         """Move the mean from the fitness of the last ``ask``'s members.
@@ -164,24 +319,34 @@ class OpenAIES:
             ValueError: ``ask`` was not called first; ``fitness`` is NaN everywhere.
             PopulationSizeError: ``fitness`` is not of shape ``[N]``.
         """
-        if state.noise is None:
-            raise ValueError("OpenAIES.tell: expected a state returned by ask() (with noise), got one without noise")
+        self._check_asked(state)
         n = len(state.noise)
         f, score = scores(fitness, n, "OpenAIES.tell", maximize=self.maximize)
-        pop = population if population is not None else state.mean + self.sigma * state.noise
-        best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
+        pop = population if population is not None else (lambda i: state.mean + self.sigma * state.noise[i])
         shaped = centered_ranks(f, maximize=self.maximize)
-        coef = -shaped / (n * self.sigma)  # descent direction for the optimiser
+        return self._move(state, f, score, pop, quantized_sum(state.noise, shaped, n))
+
+    def _check_asked(self, state: ESState) -> None:
+        if state.noise is None:
+            raise ValueError("OpenAIES.tell: expected a state returned by ask() (with noise), got one without noise")
+
+    def _move(
+        self, state: ESState, f: torch.Tensor, score: torch.Tensor, pop: Any, qsum: Sequence[torch.Tensor]
+    ) -> ESState:
+        """Record the best member and move the mean along ``g = sum_i r_i eps_i / (N sigma)``,
+        given the fixed-point sums ``qsum`` over all ``N`` members (``quantized_sum``)."""
+        n = self.population_size
+        best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
+        unit = 2.0 ** -fixed_point_bits(n)
         sp = state.mean.species
-        eps = state.noise.tensors
-        results = []
-        for i in plan(sp).op:
-            t = eps[i]
-            results.append((t * member_view(coef, t)).sum(0) if t.is_floating_point() else torch.zeros_like(t[0]))
-        grads = Particle._make(sp, _assemble(sp, state.mean.tensors, results, None))
+        leaves = state.mean.tensors
+        # descent direction for the optimiser: -g
+        results = [(q.to(torch.float64) * unit * (-1.0 / (n * self.sigma))).to(leaves[i].dtype)
+                   for i, q in zip(plan(sp).op, qsum)]
+        grads = Particle._make(sp, _assemble(sp, leaves, results, None))
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.mean)
         mean = apply_updates(state.mean, updates)
-        return ESState(mean, opt_state, None, best, best_fitness, state.generation + 1)
+        return ESState(mean, opt_state, None, best, best_fitness, state.generation + 1, state.seed)
 
     def step(
         self, state: ESState, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None

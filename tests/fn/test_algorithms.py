@@ -21,7 +21,7 @@ from nytorch_fn.algorithms import (
     OpenAIES,
     centered_ranks,
 )
-from tests.helpers import Snapshot, mlp, tensor_equal
+from tests.helpers import Snapshot, mlp, tensor_equal, tree_equal
 
 
 def gen(seed: int) -> torch.Generator:
@@ -332,14 +332,65 @@ def test_es_minimises_a_quadratic():
     assert state.generation == 150 and float(state.best_fitness) < 0.05
 
 
+def _splitmix64(x: int) -> int:
+    m = (1 << 64) - 1
+    z = (x + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def _documented_noise(base: int, member: int, antithetic: bool) -> dict:
+    """Member ``member``'s noise by the documented stream rule, in plain torch (one float32 dtype)."""
+    k, sign = (member // 2, -1.0 if member % 2 else 1.0) if antithetic else (member, 1.0)
+    g = torch.Generator().manual_seed(_splitmix64((base ^ (0x9E3779B97F4A7C15 * k)) & ((1 << 64) - 1)))
+    z = torch.randn(sum(t.numel() for t in TEMPLATE.tensors), generator=g)
+    out, off = {}, 0
+    for name in TEMPLATE.species.names:
+        t = TEMPLATE.params[name]
+        out[name] = sign * z[off:off + t.numel()].view(t.shape)
+        off += t.numel()
+    return out
+
+
+@pytest.mark.parametrize("antithetic", [True, False])
+def test_es_noise_follows_the_documented_member_streams(antithetic):
+    n = 6
+    es = OpenAIES(population_size=n, antithetic=antithetic)
+    _, asked = es.ask(es.init(TEMPLATE), generator=gen(3))
+    base = int(torch.randint(0, 2**63 - 1, (1,), generator=gen(3))[0])  # one base seed per ask
+    assert asked.seed == base
+    for i in range(n):
+        want = _documented_noise(base, i, antithetic)
+        for name in TEMPLATE.species.names:
+            assert torch.equal(asked.noise.params[name][i], want[name])
+    # any subset of members is drawn alone with the same bits (what a rank of ShardedES does)
+    part, _ = es._ask_rows(es.init(TEMPLATE), [5, 2, 3], generator=gen(3))
+    full, _ = es.ask(es.init(TEMPLATE), generator=gen(3))
+    assert tree_equal(part, full[torch.tensor([5, 2, 3])])
+
+
+def test_es_fixed_point_sum_is_exact_under_any_split():
+    es = OpenAIES(population_size=10)
+    _, asked = es.ask(es.init(TEMPLATE), generator=gen(1))
+    from nytorch_fn._algorithms._es import quantized_sum
+
+    shaped = centered_ranks(torch.randn(10, generator=gen(2)))
+    whole = quantized_sum(asked.noise, shaped, 10)
+    for cut in (1, 3, 7):
+        a = quantized_sum(asked.noise[:cut], shaped[:cut], 10)
+        b = quantized_sum(asked.noise[cut:], shaped[cut:], 10)
+        assert all(torch.equal(x + y, w) for x, y, w in zip(a, b, whole))
+
+
 def test_es_update_matches_the_estimator_in_plain_torch():
     sigma, lr, n = 0.5, 0.1, 6
     es = OpenAIES(population_size=n, sigma=sigma, optimizer=optim.sgd(lr))  # maximize
     state = es.init(TEMPLATE)
     pop, asked = es.ask(state, generator=gen(3))
     eps = asked.noise
-    for name in TEMPLATE.species.names:  # antithetic pairs: eps and -eps
-        assert torch.equal(eps.params[name][n // 2:], -eps.params[name][: n // 2])
+    for name in TEMPLATE.species.names:  # antithetic pairs: member 2k + 1 = -member 2k
+        assert torch.equal(eps.params[name][1::2], -eps.params[name][0::2])
         assert torch.allclose(pop.params[name], TEMPLATE.params[name] + sigma * eps.params[name])
     fitness = torch.tensor([5.0, -1.0, 2.0, 0.0, 7.0, 1.0])
     told = es.tell(asked, fitness, population=pop)
@@ -349,6 +400,10 @@ def test_es_update_matches_the_estimator_in_plain_torch():
         grad = (ranks.view(n, *([1] * (e.dim() - 1))) * e).sum(0) / (n * sigma)
         assert torch.allclose(told.mean.params[name], TEMPLATE.params[name] + lr * grad, atol=1e-6)
     assert told.noise is None and float(told.best_fitness) == 7.0
+    assert tree_equal(told.best, pop[4])
+    # without the population, the best member is recomputed from the noise: the same bits
+    again = es.tell(asked, fitness)
+    assert tree_equal(again.best, told.best) and tree_equal(again.mean, told.mean)
 
 
 def test_es_bad_input():
