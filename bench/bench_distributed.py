@@ -183,7 +183,7 @@ def wire_model(case: str, n: int, p_bytes: int, r: int) -> float:
     if case in ("hybrid blend", "APSO tell"):
         return fit + bcast  # APSO: only when the best improves (the first tell does)
     if case == "ES tell":
-        return fit
+        return fit + 2 * 2 * p_bytes * (r - 1) / r  # ring all_reduce of the P int64 fixed-point sums (8 B each)
     if case == "GA tell":
         return fit + bcast + 2 * m * p_bytes  # two takes: at most every parent row sent once per child block
     if case == "PBT exploit":
@@ -237,7 +237,18 @@ def main() -> None:
     start = time.perf_counter()
     torch.randn(big.shape, out=big, generator=torch.Generator().manual_seed(0))
     rng_s = (time.perf_counter() - start) / big.numel()
-    print(f"randn: {rng_s * 1e9:.2f} ns per value (the ES's redundant noise cost)")
+    print(f"randn: {rng_s * 1e9:.2f} ns per value (the ES's per-member noise, local members only)")
+    from nytorch_fn._algorithms._es import quantized_sum
+
+    import nytorch_fn as nf
+
+    noise = nf.random_population(nf.particle(make_net(WIDTHS["P=68k"])), 64, generator=torch.Generator().manual_seed(0))
+    shaped = torch.linspace(-0.5, 0.5, 64, dtype=torch.float64)
+    quantized_sum(noise, shaped, 64)
+    start = time.perf_counter()
+    quantized_sum(noise, shaped, 64)
+    fx_s = (time.perf_counter() - start) / (64 * sum(t[0].numel() for t in noise.tensors))
+    print(f"fixed-point sum: {fx_s * 1e9:.2f} ns per value (the ES tell's local r_i eps_i sum)")
     print("\n## Weak-scaling model (fixed members per rank, global step every k local steps)\n")
     print("T_local = n_local * c (c: measured seconds per member per step);")
     print("T_comm per global step = a * (R - 1) [ring all_gather latency] + 2 a * log2 R [broadcast/all_to_all]")
@@ -259,10 +270,9 @@ def main() -> None:
                     useful = n_local * c
                     redundant = 0.0
                     if case == "ES tell":
-                        # shared-seed policy: every rank draws the whole N x P noise, of which
-                        # only n_local x P is its own share of the work (~rng_s per value)
-                        useful += n_local * p * rng_s
-                        redundant = (n - n_local) * p * rng_s
+                        # per-member noise streams: a rank draws only its n_local x P values and
+                        # sums only its rows in fixed point; nothing is redundant
+                        useful += n_local * p * (rng_s + fx_s)
                     a = 20e-6
                     t_comm = a * (r - 1) + 2 * a * math.log2(r) + wire_model(case, n, 4 * p, r) / bw
                     k = args.k if case == "hybrid blend" else 1
