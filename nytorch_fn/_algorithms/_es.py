@@ -14,14 +14,19 @@ of the operational parameters (dtypes in order of first appearance in
 the parameters of that dtype in ``species.names`` order.
 
 Mean update, exactly reproducible across shardings: the sum ``sum_i r_i
-eps_i`` is accumulated in fixed point. Each term ``r_i * eps_i`` (float64)
-is clamped to ``[-16, 16]`` (never active: ``|r_i| <= 1/2`` and Gaussian
-noise from ``randn`` stays below 10) and rounded to an int64 multiple of
-``2**-s`` with ``s = 58 - bit_length(N - 1)``, so the sum of ``N`` terms
-cannot overflow; integer addition is associative, so any split of the
-members (chunks here, ranks in ``ShardedES``, one all_reduce) gives the
-same bits. Resolution ``2**-s`` (``9e-16`` at ``N = 256``) is far below
-float32 rounding of the gradient.
+eps_i`` is computed in integers. The centred rank ``r_i = R_i / (N - 1) -
+1/2`` is ``c_i / (2 (N - 1))`` with the integer ``c_i = 2 R_i - (N - 1)``;
+each noise value is rounded to an integer multiple of ``2**-k``
+(``q = round(clamp(eps, -16, 16) * 2**k)``, the clamp never active for
+``randn`` noise). ``sum_i c_i q_i`` is then a float64 matrix product over
+chunks of at most 256 members whose every product and partial sum is an
+integer below ``2**52``, hence exact in any summation order (BLAS, FMA
+included); chunk sums are added as int64. So any split of the members
+(chunks here, ranks in ``ShardedES``, one all_reduce) gives the same bits,
+at the cost of one float64 pass over the noise and a matrix product.
+``k = 48 - bit_length(min(N, 256)) - bit_length(N - 1)`` (31 at
+``N = 256``, 23 at ``N = 4096``): the rounding of each noise value is far
+below float32 resolution of the gradient for any practical ``N``.
 """
 
 from __future__ import annotations
@@ -75,8 +80,8 @@ class ESState(NamedTuple):
 
 _GOLDEN = 0x9E3779B97F4A7C15
 _MASK = (1 << 64) - 1
-_CLAMP = 16.0  # bound on |r_i eps_i| in the fixed-point sum (2**4)
-_CHUNK = 64  # members per chunk of the fixed-point sum (bounds temporary memory)
+_CLAMP = 16.0  # bound on |eps| in the exact sum (2**4; never reached by randn noise)
+_CHUNK = 256  # members per chunk of the exact sum (keeps partial sums below 2**52)
 
 
 def _splitmix64(x: int) -> int:
@@ -162,33 +167,39 @@ def member_noise(template: Particle, base: int, members: Sequence[int], *, antit
 
 
 def fixed_point_bits(n: int) -> int:
-    """``s``: the fixed-point sum of ``n`` terms counts in units of ``2**-s`` (module docstring)."""
-    return 58 - (n - 1).bit_length()
+    """``k``: noise values are rounded to integer multiples of ``2**-k`` (module docstring)."""
+    return 48 - min(n, _CHUNK).bit_length() - max(n - 1, 1).bit_length()
+
+
+def fixed_point_unit(n: int) -> float:
+    """The value of one unit of ``quantized_sum``: ``2**-k / (2 (N - 1))``."""
+    return 2.0 ** -fixed_point_bits(n) / (2 * max(n - 1, 1))
 
 
 def quantized_sum(noise: Particle, shaped: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """``sum_i round(clamp(shaped_i * eps_i) * 2**s)`` over the rows of ``noise``, one int64
-    tensor per operational parameter (``species.names`` order): exact, so partial sums over
-    any split of the ``n`` members add up to the same bits.
+    """``sum_i c_i * round(eps_i * 2**k)`` over the rows of ``noise``, one int64 tensor per
+    operational parameter (``species.names`` order): exact, so partial sums over any split
+    of the ``n`` members add up to the same bits (units of ``fixed_point_unit(n)``).
 
     Args:
         noise: ``[m, ...]`` rows of the noise (a block of the ``n`` members or all).
         shaped: ``[m]`` float64, those members' centred ranks.
-        n: the global population size (fixes ``s``).
+        n: the global population size (fixes ``k``).
     """
-    scale = 2.0 ** fixed_point_bits(n)
-    eps = noise.tensors
-    w = shaped.to(torch.float64) * scale  # exact: scale is a power of two
+    scale = 2.0 ** fixed_point_bits(n)  # exact: a power of two
     bound = _CLAMP * scale
+    # centred ranks as exact integers c_i = 2 R_i - (n - 1)
+    c = torch.round((shaped.to(torch.float64) + 0.5) * (n - 1)) * 2 - (n - 1)
+    eps = noise.tensors
     out = []
     for i in plan(noise.species).op:
         t = eps[i]
-        acc = torch.zeros(t.shape[1:], dtype=torch.int64, device=t.device)
-        for a in range(0, t.shape[0], _CHUNK):
-            wa = w[a:a + _CHUNK].to(t.device)
-            c = torch.mul(t[a:a + _CHUNK], wa.view(wa.shape[0], *([1] * (t.dim() - 1))))  # float64
-            acc += c.clamp_(-bound, bound).round_().to(torch.int64).sum(0)
-        out.append(acc)
+        flat = t.reshape(t.shape[0], -1)
+        acc = torch.zeros(flat.shape[1], dtype=torch.int64, device=t.device)
+        for a in range(0, flat.shape[0], _CHUNK):
+            q = flat[a:a + _CHUNK].to(torch.float64).mul_(scale).clamp_(-bound, bound).round_()
+            acc += (c[a:a + _CHUNK].to(t.device) @ q).to(torch.int64)  # integer-valued, |.| < 2**52: exact
+        out.append(acc.view(t.shape[1:]))
     return out
 
 
@@ -337,7 +348,7 @@ class OpenAIES:
         given the fixed-point sums ``qsum`` over all ``N`` members (``quantized_sum``)."""
         n = self.population_size
         best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
-        unit = 2.0 ** -fixed_point_bits(n)
+        unit = fixed_point_unit(n)
         sp = state.mean.species
         leaves = state.mean.tensors
         # descent direction for the optimiser: -g
