@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ._algorithms._apso import APSO
-from ._algorithms._common import check_generator, noise_population, rebuild, scores, update_best, worst_fitness
+from ._algorithms._common import check_generator, rebuild, scores, update_best, worst_fitness
 from ._algorithms._es import ESState, OpenAIES, centered_ranks, quantized_sum
 from ._algorithms._ga import GeneticAlgorithm
 from ._algorithms._hybrid import Hybrid, HybridState
@@ -41,6 +41,7 @@ from ._distributed import Shard, _all_reduce, _device_of, block_sizes, gather_fi
 from ._errors import describe
 from ._module import particle
 from ._particle import Particle
+from ._population import random_population
 
 
 # ---------------------------------------------------------------------------
@@ -76,7 +77,7 @@ class ShardedAPSO:
         best, best_fitness = update_best(
             state.best, state.best_fitness, lambda i: member(sh, i), f, score, maximize=a.maximize
         )
-        noise = sh.block(noise_population(best, n, generator))
+        noise = sh.block(random_population(best, n, generator=generator))
         moved = a._move(sh.local, best, noise, state.generation)
         return ShardedAPSOState(sh.replace(moved), best, best_fitness, state.generation + 1)
 

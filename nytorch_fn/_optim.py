@@ -22,7 +22,7 @@ from typing import Any, Callable, NamedTuple
 import torch
 
 from ._errors import describe
-from ._particle import Particle
+from ._particle import Particle, require_floating
 
 
 class GradientTransformation(NamedTuple):
@@ -71,13 +71,7 @@ def _scale(grads: Particle, lr: Any) -> Particle:
 def _check_params(params: Any, where: str) -> None:
     if not isinstance(params, Particle):
         raise TypeError(f"{where}: expected a Particle, got {describe(params)}")
-    sp = params.species
-    for name in sp.names:
-        if sp.config[name].operational and not sp.dtypes[name].is_floating_point:
-            raise TypeError(
-                f"{where}: parameter {name!r} is {sp.dtypes[name]}; gradient steps need floating parameters "
-                f"(mark it non-operational: species.with_config({name!r}, operational=False))"
-            )
+    require_floating(params.species, where, "gradient steps need floating parameters, not")
 
 
 def _check_state(state: Any, cls: type, where: str) -> None:

@@ -460,19 +460,31 @@ def _fill(p: Particle, make: Callable[[torch.Tensor], torch.Tensor]) -> list[tor
     return out
 
 
+def require_floating(species: Species, where: str, why: str = "cannot draw random values for") -> None:
+    """Refuse operational parameters that are not floating point, naming the first one."""
+    for name in species.names:
+        dtype = species.dtypes[name]
+        if species.config[name].operational and not (dtype.is_floating_point or dtype.is_complex):
+            raise TypeError(
+                f"{where}: {why} the {dtype} parameter {name!r}; mark it non-operational "
+                f"(species.with_config({name!r}, operational=False))"
+            )
+
+
+def draw_like(
+    fn: Callable, shape: Sequence[int], generator: torch.Generator | None, like: torch.Tensor
+) -> torch.Tensor:
+    """``fn(shape)`` (``torch.randn``/``rand``) with ``like``'s dtype, drawn on the generator's
+    device and moved to ``like``'s (so a CPU generator drives a CUDA particle reproducibly)."""
+    device = generator.device if generator is not None else like.device
+    return fn(shape, generator=generator, dtype=like.dtype, device=device).to(like.device)
+
+
 def _draw(fn: Callable, generator: torch.Generator | None, species: Species) -> Callable:
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"expected a torch.Generator or None, got {describe(generator)}")
-
-    def make(t: torch.Tensor) -> torch.Tensor:
-        if not (t.is_floating_point() or t.is_complex()):
-            raise TypeError(
-                f"cannot draw random values for a {t.dtype} parameter; mark it non-operational "
-                "(species.with_config(name, operational=False))"
-            )
-        return fn(t.shape, generator=generator, dtype=t.dtype, device=t.device)
-
-    return make
+    require_floating(species, fn.__name__)
+    return lambda t: draw_like(fn, t.shape, generator, t)
 
 
 def _assemble(

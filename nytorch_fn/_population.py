@@ -21,7 +21,7 @@ from ._errors import (
     describe,
 )
 from ._module import _buffer_copies, call, particle, to_module
-from ._particle import Particle, _assemble, _population_size, align, plan
+from ._particle import Particle, _assemble, _population_size, align, draw_like, plan, require_floating
 from ._species import Species
 
 
@@ -148,14 +148,9 @@ def random_population(
     if draw is None:
         raise ValueError(f"random_population: distribution expects 'randn' or 'rand', got {distribution!r}")
     sp = template.species
-    pl = plan(sp)
+    require_floating(sp, "random_population")
     leaves = template.tensors
-    results = []
-    for i in pl.op:
-        t = leaves[i]
-        if not t.is_floating_point():
-            raise TypeError(f"random_population: cannot draw {t.dtype} values for {sp.names[i]!r}; mark it non-operational")
-        results.append(draw((n, *t.shape), generator=generator, dtype=t.dtype, device=t.device))
+    results = [draw_like(draw, (n, *leaves[i].shape), generator, leaves[i]) for i in plan(sp).op]
     return Particle._make(sp, _assemble(sp, leaves, results, n))
 
 

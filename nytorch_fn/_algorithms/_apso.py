@@ -8,11 +8,11 @@ import attrs
 import torch
 
 from .._particle import Particle
+from .._population import random_population
 from ._common import (
     check_bool,
     check_generator,
     check_real,
-    noise_population,
     require_population,
     scores,
     update_best,
@@ -117,7 +117,7 @@ class APSO:
         n = require_population(pop, "APSO.tell")
         f, score = scores(fitness, n, "APSO.tell", maximize=self.maximize)
         best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
-        noise = noise_population(best, n, generator=generator)
+        noise = random_population(best, n, generator=generator)
         return APSOState(self._move(pop, best, noise, state.generation), best, best_fitness, state.generation + 1)
 
     def _move(self, population: Particle, best: Particle, noise: Particle, generation: int) -> Particle:

@@ -158,22 +158,3 @@ def draw(kind: str, shape: Any, generator: torch.Generator | None, *, device: An
     else:  # pragma: no cover
         raise AssertionError(kind)
     return out.to(device)
-
-
-def noise_population(template: Particle, n: int, generator: torch.Generator | None) -> Particle:
-    """``n`` standard-normal members like ``template`` (single): one ``randn([n, *shape])``
-    per operational float parameter in ``species.names`` order, drawn on the generator's
-    device (so a CPU generator drives a CUDA population); other parameters copied from
-    ``template`` (as ``random_population``; arithmetic ignores them)."""
-    sp = template.species
-    leaves = template.tensors
-    results = []
-    for i in plan(sp).op:
-        t = leaves[i]
-        if not t.is_floating_point():
-            raise TypeError(
-                f"cannot draw random values for the {t.dtype} parameter {sp.names[i]!r}; mark it non-operational "
-                f"(species.with_config({sp.names[i]!r}, operational=False))"
-            )
-        results.append(draw("randn", (n, *t.shape), generator, dtype=t.dtype, device=t.device))
-    return Particle._make(sp, _assemble(sp, leaves, results, n))

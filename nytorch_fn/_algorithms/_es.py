@@ -38,7 +38,7 @@ import torch
 
 from .._errors import describe
 from .._optim import GradientTransformation, adam, apply_updates
-from .._particle import Particle, _assemble, plan
+from .._particle import Particle, _assemble, plan, require_floating
 from ._common import (
     check_bool,
     check_generator,
@@ -118,14 +118,10 @@ def member_noise(template: Particle, base: int, members: Sequence[int], *, antit
     """
     sp = template.species
     leaves = template.tensors
+    require_floating(sp, "OpenAIES")
     groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
     for i in plan(sp).op:
         t = leaves[i]
-        if not t.is_floating_point():
-            raise TypeError(
-                f"cannot draw random values for the {t.dtype} parameter {sp.names[i]!r}; mark it non-operational "
-                f"(species.with_config({sp.names[i]!r}, operational=False))"
-            )
         groups.setdefault((t.dtype, t.device), []).append(i)
     rows = len(members)
     bufs = [torch.empty(rows, sum(leaves[i].numel() for i in idx), dtype=d, device=dev)
