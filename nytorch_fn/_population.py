@@ -67,6 +67,16 @@ def _newest(particles: Sequence[Particle], where: str) -> list[Particle]:
     return out
 
 
+def _members(items: Any, where: str, what: str) -> list[Particle]:
+    """A non-empty list of particles of one species, older versions migrated to the newest."""
+    items = _as_list(items, where)
+    if not items:
+        raise ValueError(f"{where}: expected at least one {what}, got an empty sequence")
+    if not isinstance(items[0], Particle):
+        raise TypeError(f"{where}: expected Particles, got {describe(items[0])}")
+    return _newest(items, where)
+
+
 def stack(particles: Sequence[Particle]) -> Particle:
     """A population of the given single particles (new storage, ``[N, ...]`` per tensor).
 
@@ -82,12 +92,7 @@ def stack(particles: Sequence[Particle]) -> Particle:
         >>> len(pop)
         8
     """
-    particles = _as_list(particles, "stack")
-    if not particles:
-        raise ValueError("stack: expected at least one particle, got an empty sequence")
-    if not isinstance(particles[0], Particle):
-        raise TypeError(f"stack: expected Particles, got {describe(particles[0])}")
-    particles = _newest(particles, "stack")
+    particles = _members(particles, "stack", "particle")
     for i, p in enumerate(particles):
         if _population_size(p) is not None:
             raise TypeError(f"stack: element {i} is a population of {len(p)}; use concat() to join populations")
@@ -110,12 +115,7 @@ def unstack(population: Particle) -> list[Particle]:
 
 def concat(populations: Sequence[Particle]) -> Particle:
     """One population from several (a single particle counts as a population of one)."""
-    pops = _as_list(populations, "concat")
-    if not pops:
-        raise ValueError("concat: expected at least one population, got an empty sequence")
-    if not isinstance(pops[0], Particle):
-        raise TypeError(f"concat: expected Particles, got {describe(pops[0])}")
-    pops = _newest(pops, "concat")
+    pops = _members(populations, "concat", "population")
     parts = []
     for p in pops:
         if _population_size(p) is None:

@@ -221,7 +221,27 @@ class AddParamParticleUpdater(_Base):
         Module.register_parameter(this, self.attr_name, pdata.params[self.add_param_id])
 
 
-class RegisterBufferParticleUpdater(_Base):
+class _Dropping(_Base):
+    """An edit that leaves modules and parameters behind: catch up, then drop them."""
+
+    remove_modules: set[ModuleID]
+    remove_params: set[ParamID]
+
+    def __init__(
+        self, module_id: ModuleID, attr_name: str, remove_modules: set[ModuleID], remove_params: set[ParamID]
+    ) -> None:
+        self._init(module_id, attr_name)
+        self.remove_modules = remove_modules
+        self.remove_params = remove_params
+
+    def _drop(self, pdata: ParticleDataImp) -> Module:
+        """Catch ``pdata`` up, drop what the edit removed; returns the edited module."""
+        self._advance(pdata, self.remove_params)
+        pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
+        return pdata._module(self.module_id)
+
+
+class RegisterBufferParticleUpdater(_Dropping):
     """Registers a buffer; every particle shares the very same tensor."""
 
     persistent: bool
@@ -238,79 +258,39 @@ class RegisterBufferParticleUpdater(_Base):
         remove_modules: set[ModuleID],
         remove_params: set[ParamID],
     ) -> None:
-        self._init(module_id, attr_name)
+        super().__init__(module_id, attr_name, remove_modules, remove_params)
         self.value = value
         self.persistent = persistent
-        self.remove_modules = remove_modules
-        self.remove_params = remove_params
 
     def run(self, pdata: ParticleDataImp) -> None:
-        self._advance(pdata, self.remove_params)
-        pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
-        this = pdata._module(self.module_id)
+        this = self._drop(pdata)
         _remove_from(this, self.attr_name, "_parameters", "_modules")
         Module.register_buffer(this, self.attr_name, self.value, self.persistent)
 
 
-class SetModuleNoneParticleUpdater(_Base):
+class SetModuleNoneParticleUpdater(_Dropping):
     """Sets a submodule attribute to None (the slot stays, as in torch)."""
 
-    remove_modules: set[ModuleID]
-    remove_params: set[ParamID]
-
-    def __init__(
-        self, module_id: ModuleID, attr_name: str, remove_modules: set[ModuleID], remove_params: set[ParamID]
-    ) -> None:
-        self._init(module_id, attr_name)
-        self.remove_modules = remove_modules
-        self.remove_params = remove_params
-
     def run(self, pdata: ParticleDataImp) -> None:
-        self._advance(pdata, self.remove_params)
-        pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
-        this = pdata._module(self.module_id)
+        this = self._drop(pdata)
         _remove_from(this, self.attr_name, "__dict__", "_parameters", "_buffers", "_non_persistent_buffers_set")
         this._modules[self.attr_name] = None
 
 
-class SetParamNoneParticleUpdater(_Base):
+class SetParamNoneParticleUpdater(_Dropping):
     """Sets a parameter attribute to None (the slot stays, as in torch)."""
 
-    remove_modules: set[ModuleID]
-    remove_params: set[ParamID]
-
-    def __init__(
-        self, module_id: ModuleID, attr_name: str, remove_modules: set[ModuleID], remove_params: set[ParamID]
-    ) -> None:
-        self._init(module_id, attr_name)
-        self.remove_modules = remove_modules
-        self.remove_params = remove_params
-
     def run(self, pdata: ParticleDataImp) -> None:
-        self._advance(pdata, self.remove_params)
-        pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
-        this = pdata._module(self.module_id)
+        this = self._drop(pdata)
         _remove_from(this, self.attr_name, "__dict__", "_buffers", "_modules", "_non_persistent_buffers_set")
         Module.register_parameter(this, self.attr_name, None)
 
 
-class DelModuleParticleUpdater(_Base):
+class DelModuleParticleUpdater(_Dropping):
     """Deletes a submodule attribute."""
 
-    remove_modules: set[ModuleID]
-    remove_params: set[ParamID]
-
-    def __init__(
-        self, module_id: ModuleID, attr_name: str, remove_modules: set[ModuleID], remove_params: set[ParamID]
-    ) -> None:
-        self._init(module_id, attr_name)
-        self.remove_modules = remove_modules
-        self.remove_params = remove_params
-
     def run(self, pdata: ParticleDataImp) -> None:
-        self._advance(pdata, self.remove_params)
-        pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
-        Module.__delattr__(pdata._module(self.module_id), self.attr_name)
+        Module.__delattr__(self._drop(pdata), self.attr_name)
 
 
 class DelParamParticleUpdater(_Base):
