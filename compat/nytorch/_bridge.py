@@ -15,6 +15,7 @@ changes to them (an optimiser step) are always seen.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -26,6 +27,9 @@ from nytorch_fn import AddBuffer, AddParam, Remove, SetConfig, SetNone, Species,
 from nytorch_fn import ParamConfig as CoreConfig
 from nytorch_fn import Particle
 from nytorch_fn import particle as capture
+from nytorch_fn._particle import _assemble as _core_assemble
+from nytorch_fn._particle import _scalar_op as _core_scalar_op
+from nytorch_fn._particle import plan as _core_plan
 
 from .mtype import ParamConfig
 
@@ -141,6 +145,55 @@ def _context(species: Species) -> Any:
         assert spec.type is Particle and all(c.is_leaf() for c in spec.children()), spec
         ctx = _contexts[species] = spec.context
     return ctx
+
+
+_EXACT_ALPHA_DTYPES = (torch.float32, torch.float64)
+
+
+def _power_of_two(c: Any) -> bool:
+    if type(c) is int:
+        return c != 0 and (abs(c) & (abs(c) - 1)) == 0
+    return type(c) is float and c != 0.0 and math.isfinite(c) and abs(math.frexp(c)[0]) == 0.5
+
+
+def combine(a: Particle, b: Particle, sign: int, writable: bool = False) -> Particle:
+    """``a + sign * b`` rounded as the legacy library rounds it, in as few passes as that allows.
+
+    The core fuses ``c*p + d*q`` (a pending scalar factor on either side) into
+    one ``lerp`` or ``add(alpha=)``: one rounding where the legacy library,
+    which builds ``c*p`` and ``d*q`` first, rounds three times. Here ``c*p``
+    is built as the legacy library builds it, and ``d*q`` is only fused into
+    the addition (``add(alpha=d)``) when that cannot change a bit: ``d`` a
+    power of two on float32/float64 tensors, where ``d*q`` is exact (except
+    in the subnormal range, below 2e-38 in float32). ``writable``: ``a``'s
+    operational tensors are private to the caller (an unseen intermediate)
+    and may receive the result.
+    """
+    pl = _core_plan(a.species)
+    if pl.nonfloat or not pl.op:
+        return a + b if sign == 1 else a - b  # the core builds both first here: exact already
+    lazy = b._lazy
+    if lazy is not None and _power_of_two(lazy[0]):
+        coef, q = lazy[0], lazy[1].tensors
+    else:
+        coef, q = 1, b.tensors
+    if a._lazy is not None:  # c*p, built here as the legacy library builds it; ours alone: may take the result
+        lead, writable = _core_scalar_op(a._lazy[1], "mul", a._lazy[0]), True
+    else:
+        lead = a.tensors
+    if pl.all_op:
+        xs, ys = list(lead), list(q)
+    else:
+        xs, ys = [lead[i] for i in pl.op], [q[i] for i in pl.op]
+    if coef != 1 and any(x.dtype not in _EXACT_ALPHA_DTYPES for x in xs):
+        ys, coef = list(torch._foreach_mul(ys, coef)), 1  # half precision: d*q rounds as the legacy library's
+    alpha = sign * coef
+    if writable:
+        torch._foreach_add_(xs, ys, alpha=alpha)
+        results = xs
+    else:
+        results = list(torch._foreach_add(xs, ys, alpha=alpha))
+    return Particle._make(a.species, _core_assemble(a.species, lead, results, None))
 
 
 def leaves(p: Particle) -> tuple[torch.Tensor, ...]:

@@ -20,6 +20,7 @@ from torch import nn
 from typing_extensions import Self
 
 from . import _bridge as br
+from . import _fuse
 from .base import (
     _NO_KERNEL,
     NytoModuleBase,
@@ -328,7 +329,7 @@ class ParamProduct(Product[Tmodule]):
         if isinstance(other, ParamProduct):
             self._check_other(other)
             with torch.no_grad():
-                return self._derive(op(self._core(), other._core()))
+                return self._derive(_arith(op, self._core(), other._core()))
         if _is_scalar(other):
             with torch.no_grad():
                 return self._derive(op(self._core(), other))
@@ -345,10 +346,10 @@ class ParamProduct(Product[Tmodule]):
         return self._binary(base, lambda a, b: b**a, lambda p: base**p)
 
     def __add__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, lambda a, b: a + b, lambda p: p + other)
+        return self._binary(other, _ADD, lambda p: p + other)
 
     def __sub__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, lambda a, b: a - b, lambda p: p - other)
+        return self._binary(other, _SUB, lambda p: p - other)
 
     def __rsub__(self, other: Any) -> "ParamProduct":
         return self._binary(other, lambda a, b: b - a, lambda p: other - p)
@@ -405,6 +406,7 @@ def _apply_configs(vdata: VersionDataImp, pids: Any, fn: Callable[[ParamID, Para
 
 
 _FAST_SCALARS = (int, float)
+_set_grad_enabled = torch._C._set_grad_enabled
 _OTHER_SPECIES = (
     "particles of different species (or of different versions of one species: touch() them first) "
     "cannot be combined"
@@ -417,6 +419,17 @@ _DIV = lambda a, b: a / b  # noqa: E731
 _RDIV = lambda a, b: b / a  # noqa: E731
 _POW = lambda a, b: a**b  # noqa: E731
 _RPOW = lambda a, b: b**a  # noqa: E731
+
+
+def _arith(op: Callable[[Any, Any], Any], a: Any, b: Any, writable: bool = False) -> Any:
+    """``op(a, b)`` on core particles (``b`` may be a number); sums and differences rounded as the legacy library's.
+
+    ``writable``: ``a``'s operational tensors belong to an unseen intermediate
+    and may receive the result.
+    """
+    if (op is _ADD or op is _SUB) and type(b) is br.Particle:
+        return br.combine(a, b, 1 if op is _ADD else -1, writable)
+    return op(a, b)
 
 
 class NytoModule(NytoModuleBase, Particle[ParamProduct]):
@@ -536,11 +549,12 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         kernel = _get_kernel(self)
         if kernel is None:
             return None
-        if type(other) in _FAST_SCALARS:
+        kind = type(other)
+        if kind in _FAST_SCALARS:
             if kernel.version.next_version is not None:
                 kernel.particle_update()
-            theirs = None
-        elif type(other) is cls:
+            theirs: Any = other
+        elif kind is cls:
             if kernel.version.next_version is not None:
                 kernel.particle_update()
             okernel = _get_kernel(other)
@@ -548,7 +562,12 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
             if okernel.version.next_version is not None:
                 okernel.particle_update()
             assert okernel.version is kernel.version, _OTHER_SPECIES
-            theirs = list(okernel.data.params.values())
+            theirs = br.particle_of(kernel.version.data.species, list(okernel.data.params.values()))
+        elif kind is _Pending and other.cls is cls:
+            if kernel.version.next_version is not None:
+                kernel.particle_update()
+            assert other.version is kernel.version, _OTHER_SPECIES
+            theirs = other.value
         else:
             return None
         version = kernel.version
@@ -556,9 +575,15 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         data = kernel.data
         root = data._root()  # keeps the particle alive (as a product's pin does)
         tensors = list(data.params.values())
-        with torch.no_grad():
-            mine = br.particle_of(species, tensors)
-            result = op(mine, other if theirs is None else br.particle_of(species, theirs)).tensors
+        grad = torch.is_grad_enabled()
+        _set_grad_enabled(False)  # torch.no_grad(), without its two context objects: this runs per operator
+        try:
+            value = _arith(op, br.particle_of(species, tensors), theirs)
+            if _fusable(cls) and _consumed(op, cls):
+                return _Pending(cls, version, data, root, self._module_id, [t.requires_grad for t in tensors], value)
+            result = value.tensors
+        finally:
+            _set_grad_enabled(grad)
         params = OrderedDict(zip(br.pids_of(species), _as_params(result, [t.requires_grad for t in tensors])))
         return _spawn(data, version, params, self._module_id)
 
@@ -701,3 +726,119 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
 
 
 _PRODUCT, _TOUCH, _OPERAND = NytoModule.product, NytoModule.touch, Particle._operand
+
+
+# ---------------------------------------------------------------------------
+# Results that stay unbuilt inside one expression (see _fuse.py)
+# ---------------------------------------------------------------------------
+
+_DUNDERS = (
+    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
+    "__truediv__", "__rtruediv__", "__pow__", "__rpow__",
+)  # fmt: skip
+_OWN_DUNDERS = tuple(getattr(NytoModule, name) for name in _DUNDERS)
+_SYMBOL = {_ADD: "+", _SUB: "-", _RSUB: "-", _MUL: "*", _DIV: "/", _RDIV: "/", _POW: "**", _RPOW: "**"}
+
+
+def _fusable(cls: type) -> bool:
+    """Every operator of ``cls`` is NytoModule's own, so an operand of ``cls`` only meets our code."""
+    own = _OWN_DUNDERS
+    return (
+        _fuse.ENABLED
+        and cls.__add__ is own[0] and cls.__radd__ is own[1] and cls.__sub__ is own[2] and cls.__rsub__ is own[3]
+        and cls.__mul__ is own[4] and cls.__rmul__ is own[5] and cls.__truediv__ is own[6]
+        and cls.__rtruediv__ is own[7] and cls.__pow__ is own[8] and cls.__rpow__ is own[9]
+    )  # fmt: skip
+
+
+def _consumed(op: Callable[[Any, Any], Any], cls: type) -> bool:
+    """Whether this operator's result can only reach another of our operators in the caller's expression."""
+    return _fuse.result_is_consumed(_fuse.caller(_OUR_CODES), _SYMBOL[op], cls, _Pending)
+
+
+class _Pending:
+    """An operator's result that only our operators will ever see: a core particle, no module yet.
+
+    Never returned to user code (``_fuse.result_is_consumed`` proves it);
+    the operator whose result leaves the expression builds the module, from
+    ``data``'s structure, exactly as the eager path would have.
+    """
+
+    __slots__ = ("cls", "version", "data", "root", "module_id", "grads", "value")
+
+    def __init__(self, cls, version, data, root, module_id, grads, value) -> None:  # noqa: ANN001
+        self.cls, self.version, self.data, self.root = cls, version, data, root
+        self.module_id, self.grads, self.value = module_id, grads, value
+
+    def _module(self) -> Module:
+        """The module the eager path would have returned."""
+        species = self.version.data.species
+        with torch.no_grad():
+            tensors = self.value.tensors
+        params = OrderedDict(zip(br.pids_of(species), _as_params(tensors, self.grads)))
+        return _spawn(self.data, self.version, params, self.module_id)
+
+    def _op(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+        cls, version = self.cls, self.version
+        kind = type(other)
+        if kind in _FAST_SCALARS:
+            theirs: Any = other
+        elif kind is cls and _get_kernel(other) is not None:
+            okernel = _get_kernel(other)
+            if okernel.version.next_version is not None:
+                okernel.particle_update()
+            assert okernel.version is version, _OTHER_SPECIES
+            theirs = br.particle_of(version.data.species, list(okernel.data.params.values()))
+        elif kind is _Pending and other.cls is cls:
+            assert other.version is version, _OTHER_SPECIES
+            theirs = other.value
+        else:  # anything else: as the eager path, on the module this would have been
+            return op(self._module(), other)
+        grad = torch.is_grad_enabled()
+        _set_grad_enabled(False)
+        try:
+            value = _arith(op, self.value, theirs, writable=True)
+            if _fusable(cls) and _consumed(op, cls):
+                return _Pending(cls, version, self.data, self.root, self.module_id, self.grads, value)
+            tensors = value.tensors
+        finally:
+            _set_grad_enabled(grad)
+        params = OrderedDict(zip(br.pids_of(version.data.species), _as_params(tensors, self.grads)))
+        return _spawn(self.data, version, params, self.module_id)
+
+    def __add__(self, other: Any) -> Any:
+        return self._op(other, _ADD)
+
+    __radd__ = __add__
+
+    def __sub__(self, other: Any) -> Any:
+        return self._op(other, _SUB)
+
+    def __rsub__(self, other: Any) -> Any:
+        return self._op(other, _RSUB)
+
+    def __mul__(self, other: Any) -> Any:
+        return self._op(other, _MUL)
+
+    __rmul__ = __mul__
+
+    def __truediv__(self, other: Any) -> Any:
+        return self._op(other, _DIV)
+
+    def __rtruediv__(self, other: Any) -> Any:
+        return self._op(other, _RDIV)
+
+    def __pow__(self, other: Any) -> Any:
+        return self._op(other, _POW)
+
+    def __rpow__(self, other: Any) -> Any:
+        return self._op(other, _RPOW)
+
+
+_OUR_CODES = frozenset(
+    id(f.__code__)
+    for f in (
+        *(getattr(NytoModule, name) for name in _DUNDERS), NytoModule._fast, _consumed,
+        *(getattr(_Pending, name) for name in _DUNDERS), _Pending._op,
+    )
+)  # fmt: skip
