@@ -53,18 +53,20 @@ _CO_OPTIMIZED = 0x0001  # a function's frame: fast locals, f_locals is a snapsho
 # Steps of a region program: (op, payload)
 _CONST, _LOCAL, _GLOBAL, _NAME, _BINOP = range(5)
 
-# (code, offset) -> (steps, position of the operator at offset) or None; codes live as long as their functions
-_programs: dict[tuple, Any] = {}
+# id(code) -> (code, {offset: program}). Keyed by id: a code object's hash is recomputed on
+# every call (over its constants); holding the code keeps its id from being reused.
+_programs: dict[int, tuple] = {}
 
 
 def _program(code: Any, offset: int) -> Any:
-    key = (code, offset)
-    found = _programs.get(key, _MISSING)
-    if found is _MISSING:
-        found = _compile(code, offset)
+    entry = _programs.get(id(code))
+    if entry is None or entry[0] is not code:
         if len(_programs) > 4096:  # a program generating code objects endlessly
             _programs.clear()
-        _programs[key] = found
+        entry = _programs[id(code)] = (code, {})
+    found = entry[1].get(offset, _MISSING)
+    if found is _MISSING:
+        found = entry[1][offset] = _compile(code, offset)
     return found
 
 
@@ -137,36 +139,33 @@ def result_is_consumed(frame: Any, symbol: str, cls: type, pending: type) -> boo
     if decisions is None or op_symbol != symbol:
         return False
     local_vars: list = []
+    kinds: Any = []
     try:
-        kinds = tuple(_kinds(frame, steps, cls, pending, local_vars))
+        for op, arg in steps:  # the kind of every value the run's loads push, in order
+            if op == _BINOP:
+                continue
+            if op == _CONST:
+                kinds.append(arg)
+                continue
+            value = _peek(frame, op, arg, local_vars)
+            kind = type(value)
+            if kind is int or kind is float:
+                kinds.append(NUMBER)
+            elif kind is cls or (kind is pending and value.cls is cls):
+                kinds.append(OURS)
+            else:
+                kinds.append(FOREIGN)
     finally:
         if local_vars and type(local_vars[0]) is dict and frame.f_code.co_flags & _CO_OPTIMIZED:
             # 3.11 keeps the snapshot that ``f_locals`` built in the frame until the
             # frame refreshes it: it would keep the locals' old values alive.
             # Every reader (``locals()``, a debugger) rebuilds it before use.
             local_vars[0].clear()
+    kinds = tuple(kinds)
     found = decisions.get(kinds)
     if found is None:
         found = decisions[kinds] = _simulate(steps, at, kinds)
     return found
-
-
-def _kinds(frame: Any, steps: tuple, cls: type, pending: type, local_vars: list) -> Any:
-    """The kind of every value the run's loads push, in order."""
-    for op, arg in steps:
-        if op == _BINOP:
-            continue
-        if op == _CONST:
-            yield arg
-            continue
-        value = _peek(frame, op, arg, local_vars)
-        kind = type(value)
-        if kind is int or kind is float:
-            yield NUMBER
-        elif kind is cls or (kind is pending and value.cls is cls):
-            yield OURS
-        else:
-            yield FOREIGN
 
 
 def _simulate(steps: tuple, at: int, kinds: tuple) -> bool:

@@ -117,11 +117,15 @@ def _as_params(tensors: Any, grads: Any) -> list:
     """Result tensors as parameters with the given ``requires_grad`` (a parameter that already is one is kept)."""
     made = []
     for t, g in zip(tensors, grads):
-        # a fresh result is a plain tensor: skip Parameter's slow isinstance hook for it
-        if type(t) is torch.Tensor or not (isinstance(t, ParamType) and t.requires_grad == g):
+        if type(t) is torch.Tensor:  # a fresh result: what Parameter.__new__ does for one, minus its frame
+            t = _make_param(ParamType, t, g)
+        elif not (isinstance(t, ParamType) and t.requires_grad == g):
             t = ParamType(t, requires_grad=g)
         made.append(t)
     return made
+
+
+_make_param = torch.Tensor._make_subclass
 
 
 def _adopt(data: ParticleDataImp, module_id: ModuleID) -> Module:
