@@ -19,12 +19,15 @@ Cases:
                  784-256-256-10 MLP (about 270k parameters); wall clock and
                  CPU time with gc on, and wall clock with gc off while timing
                  (what ``timeit`` does: the legacy library's reference cycles
-                 are then never freed and its memory grows)
+                 are then never freed and its memory grows). Ours builds one
+                 module for the expression (nytorch/_fuse.py); the row
+                 "fusion off" is ours with every intermediate built, as the
+                 legacy library does (``NYTORCH_FUSE=0``)
   floor          the same arithmetic in raw torch on the same tensors: three
                  allocating ``torch._foreach_*`` passes whose results are
                  wrapped in ``nn.Parameter`` (no modules built); the floor for
-                 three eager module ops, so legacy / floor bounds the ratio any
-                 implementation can reach on particle_ops
+                 three eager module ops, so legacy / floor bounds the ratio an
+                 implementation that builds every intermediate can reach
   product_ops    (0.5 * net.product() + 0.5 * other.product()).module()
   touch_100      touch() of 100 particles after one edit (adds a parameter)
   cycles         for _ in range(1000): net = 0.5 * net + 1, then count the
@@ -95,6 +98,16 @@ def worker() -> dict:
     out["particle_ops"] = timed(ops, 50)
     out["particle_ops_cpu"] = timed(ops, 50, clock=time.process_time)
     out["particle_ops_nogc"] = timed(ops, 50, collect=False)
+    try:
+        from nytorch import _fuse  # ours only
+    except ImportError:
+        _fuse = None
+    if _fuse is not None:
+        previous, _fuse.ENABLED = _fuse.ENABLED, False
+        try:
+            out["particle_ops_eager"] = timed(ops, 50)
+        finally:
+            _fuse.ENABLED = previous
     ps, qs = list(net.parameters()), list(other.parameters())
 
     def floor():
@@ -168,6 +181,9 @@ def _table(title: str, ours_runs: list, legacy_runs: list) -> None:
     ]
     for label, key in rows:
         print(f"{label:<46}{legacy[key] * 1e3:>10.3f}ms{ours[key] * 1e3:>10.3f}ms{legacy[key] / ours[key]:>13.2f}x")
+    if "particle_ops_eager" in ours:
+        lo, eg = legacy["particle_ops"], ours["particle_ops_eager"]
+        print(f"{'0.5*net + 0.5*other  (wall, ours fusion off)':<46}{lo * 1e3:>10.3f}ms{eg * 1e3:>10.3f}ms{lo / eg:>13.2f}x")
     if "floor" in ours:
         lo, fl = legacy["particle_ops"], ours["floor"]
         print(f"{'raw torch floor of those 3 ops (wall) vs legacy':<46}{lo * 1e3:>10.3f}ms{fl * 1e3:>10.3f}ms{lo / fl:>13.2f}x")
