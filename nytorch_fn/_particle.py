@@ -378,13 +378,18 @@ def donate(particle: Particle) -> Particle:
 
 
 def _can_write(xs: list[torch.Tensor], ys: list[torch.Tensor] | None) -> bool:
-    """In-place into ``xs`` is safe: no grad, no transforms, no storage shared with ``ys``."""
-    if torch.is_grad_enabled() and any(x.requires_grad for x in xs):
+    """In-place into ``xs`` is safe: no gradient to record, no storage shared with ``ys``.
+
+    With gradients off (``torch.no_grad()``) an operand that requires grad
+    records nothing either, so it does not stop the in-place write.
+    """
+    grad = torch.is_grad_enabled()
+    if grad and any(x.requires_grad for x in xs):
         return False
     if ys is not None:
         for x, y in zip(xs, ys):
             # same species: y is x's shape, or x's without the population dimension
-            if y.requires_grad or y.dim() > x.dim():
+            if (grad and y.requires_grad) or y.dim() > x.dim():
                 return False
             if x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
                 return False

@@ -27,9 +27,6 @@ from nytorch_fn import AddBuffer, AddParam, Remove, SetConfig, SetNone, Species,
 from nytorch_fn import ParamConfig as CoreConfig
 from nytorch_fn import Particle
 from nytorch_fn import particle as capture
-from nytorch_fn._particle import _assemble as _core_assemble
-from nytorch_fn._particle import _scalar_op as _core_scalar_op
-from nytorch_fn._particle import plan as _core_plan
 
 from .mtype import ParamConfig
 
@@ -150,50 +147,78 @@ def _context(species: Species) -> Any:
 _EXACT_ALPHA_DTYPES = (torch.float32, torch.float64)
 
 
+class _Slots:
+    """Where a species' operational parameters sit, and what their dtypes allow."""
+
+    __slots__ = ("op", "nonop", "floating", "alpha_exact")
+
+    def __init__(self, species: Species) -> None:
+        config, dtypes = species.config, species.dtypes
+        names = species.names
+        self.op = tuple(i for i, n in enumerate(names) if config[n].operational)
+        self.nonop = tuple((i, config[n].clone) for i, n in enumerate(names) if not config[n].operational)
+        self.floating = all(dtypes[names[i]].is_floating_point for i in self.op)
+        # x + d*y as one add(alpha=d) rounds once; with d a power of two, d*y is exact, so that is
+        # the legacy library's rounding of x + (d*y). Not so in half precision (computed in float32).
+        self.alpha_exact = all(dtypes[names[i]] in _EXACT_ALPHA_DTYPES for i in self.op)
+
+
+_slots_of: "weakref.WeakKeyDictionary[Species, _Slots]" = weakref.WeakKeyDictionary()
+
+
+def _slots(species: Species) -> _Slots:
+    found = _slots_of.get(species)
+    if found is None:
+        found = _slots_of[species] = _Slots(species)
+    return found
+
+
 def _power_of_two(c: Any) -> bool:
     if type(c) is int:
         return c != 0 and (abs(c) & (abs(c) - 1)) == 0
     return type(c) is float and c != 0.0 and math.isfinite(c) and abs(math.frexp(c)[0]) == 0.5
 
 
-def combine(a: Particle, b: Particle, sign: int, writable: bool = False) -> Particle:
+def combine(a: Particle, b: Particle, sign: int, *, b_scale: Any = None, writable: bool = False) -> Particle:
     """``a + sign * b`` rounded as the legacy library rounds it, in as few passes as that allows.
 
-    The core fuses ``c*p + d*q`` (a pending scalar factor on either side) into
-    one ``lerp`` or ``add(alpha=)``: one rounding where the legacy library,
-    which builds ``c*p`` and ``d*q`` first, rounds three times. Here ``c*p``
-    is built as the legacy library builds it, and ``d*q`` is only fused into
-    the addition (``add(alpha=d)``) when that cannot change a bit: ``d`` a
-    power of two on float32/float64 tensors, where ``d*q`` is exact (except
-    in the subnormal range, below 2e-38 in float32). ``writable``: ``a``'s
-    operational tensors are private to the caller (an unseen intermediate)
-    and may receive the result.
+    The legacy library builds both operands, then adds: ``c*p + d*q`` rounds
+    three times. The core fuses pending scalar factors into one ``lerp`` or
+    ``add(alpha=)`` pass instead (one rounding). Here ``a`` is built as the
+    legacy library builds it, and ``b``'s factor is only folded into the
+    addition when that cannot change a bit. Call without gradients.
+
+    Args:
+        a, b: core particles of one species (either may carry a pending factor).
+        sign: 1 or -1.
+        b_scale: ``(d, q)`` when ``b`` is ``d * q``: added as ``add(alpha=d)``
+            when ``d`` is a power of two and the operational tensors are
+            float32/float64 (``d*q`` is then exact, except in the subnormal
+            range, below 2e-38 in float32); otherwise ``b`` is built first.
+        writable: ``a`` belongs to an unseen intermediate: its operational
+            tensors may take the result, and ``a`` is returned.
     """
-    pl = _core_plan(a.species)
-    if pl.nonfloat or not pl.op:
-        return a + b if sign == 1 else a - b  # the core builds both first here: exact already
-    lazy = b._lazy
-    if lazy is not None and _power_of_two(lazy[0]):
-        coef, q = lazy[0], lazy[1].tensors
+    species = a.species
+    slots = _slots(species)
+    lead = a.tensors  # builds a pending c*p (as the legacy library does)
+    if not slots.floating or not slots.op:
+        b.tensors  # noqa: B018 - built first: the core then adds as the legacy library does
+        return a + b if sign == 1 else a - b
+    if b_scale is not None and slots.alpha_exact and _power_of_two(b_scale[0]):
+        alpha, q = sign * b_scale[0], b_scale[1].tensors
     else:
-        coef, q = 1, b.tensors
-    if a._lazy is not None:  # c*p, built here as the legacy library builds it; ours alone: may take the result
-        lead, writable = _core_scalar_op(a._lazy[1], "mul", a._lazy[0]), True
-    else:
-        lead = a.tensors
-    if pl.all_op:
-        xs, ys = list(lead), list(q)
-    else:
-        xs, ys = [lead[i] for i in pl.op], [q[i] for i in pl.op]
-    if coef != 1 and any(x.dtype not in _EXACT_ALPHA_DTYPES for x in xs):
-        ys, coef = list(torch._foreach_mul(ys, coef)), 1  # half precision: d*q rounds as the legacy library's
-    alpha = sign * coef
+        alpha, q = sign, b.tensors
+    op = slots.op
+    xs, ys = [lead[i] for i in op], [q[i] for i in op]
     if writable:
         torch._foreach_add_(xs, ys, alpha=alpha)
-        results = xs
-    else:
-        results = list(torch._foreach_add(xs, ys, alpha=alpha))
-    return Particle._make(a.species, _core_assemble(a.species, lead, results, None))
+        return a
+    out = list(lead)
+    for i, r in zip(op, torch._foreach_add(xs, ys, alpha=alpha)):
+        out[i] = r
+    for i, clone in slots.nonop:  # taken from the left operand, as the core and the legacy library do
+        out[i] = lead[i].clone() if clone else lead[i]
+    return particle_of(species, out)
 
 
 def leaves(p: Particle) -> tuple[torch.Tensor, ...]:

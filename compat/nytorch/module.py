@@ -181,7 +181,7 @@ class ParamProduct(Product[Tmodule]):
         >>> new_net = (0.5 * net1.product() + 0.5 * net2.product()).module()
     """
 
-    __slots__ = ("kernel", "module_id", "_particle", "_grads", "_params", "_version", "_pin")
+    __slots__ = ("kernel", "module_id", "_particle", "_grads", "_params", "_version", "_pin", "_scale")
 
     kernel: ParticleKernelImp
     module_id: ModuleID
@@ -205,6 +205,7 @@ class ParamProduct(Product[Tmodule]):
         self._version = version
         self._params = None
         self._pin = kernel.data._root()
+        self._scale = None
 
     @classmethod
     def _of_kernel(cls, kernel: ParticleKernelImp, module_id: ModuleID) -> "ParamProduct":
@@ -220,9 +221,10 @@ class ParamProduct(Product[Tmodule]):
         self._version = version
         self._params = params
         self._pin = data._root()
+        self._scale = None
         return self
 
-    def _derive(self, particle: Any, grads: Optional[tuple] = None) -> "ParamProduct":
+    def _derive(self, particle: Any, grads: Optional[tuple] = None, scale: Any = None) -> "ParamProduct":
         new = ParamProduct.__new__(ParamProduct)
         new.kernel = self.kernel
         new.module_id = self.module_id
@@ -231,6 +233,7 @@ class ParamProduct(Product[Tmodule]):
         new._version = self._version
         new._params = None
         new._pin = self._pin
+        new._scale = scale  # (d, q) when particle is d * q (see _bridge.combine)
         return new
 
     def __repr__(self) -> str:
@@ -253,6 +256,7 @@ class ParamProduct(Product[Tmodule]):
         self._particle = br.particle_of(species, tensors)
         self._grads = tuple(t.requires_grad for t in tensors)
         self._params = OrderedDict(value)
+        self._scale = None
 
     @property
     def vdata(self) -> VersionDataImp:
@@ -333,10 +337,14 @@ class ParamProduct(Product[Tmodule]):
         if isinstance(other, ParamProduct):
             self._check_other(other)
             with torch.no_grad():
-                return self._derive(_arith(op, self._core(), other._core()))
+                theirs = other._core()
+                scale = other._scale if other._scale is not None and other._scale[1].species is theirs.species else None
+                return self._derive(_arith(op, self._core(), theirs, b_scale=scale))
         if _is_scalar(other):
             with torch.no_grad():
-                return self._derive(op(self._core(), other))
+                mine = self._core()
+                scale = (other, mine) if op is _MUL and type(other) in _FAST_SCALARS else None
+                return self._derive(op(mine, other), scale=scale)
         return self.unary_operator(unary_lambda_wrapper(fallback))
 
     def __neg__(self) -> "ParamProduct":
@@ -359,7 +367,7 @@ class ParamProduct(Product[Tmodule]):
         return self._binary(other, lambda a, b: b - a, lambda p: other - p)
 
     def __mul__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, lambda a, b: a * b, lambda p: p * other)
+        return self._binary(other, _MUL, lambda p: p * other)
 
     def __truediv__(self, other: Any) -> "ParamProduct":
         return self._binary(other, lambda a, b: a / b, lambda p: p / other)
@@ -425,14 +433,15 @@ _POW = lambda a, b: a**b  # noqa: E731
 _RPOW = lambda a, b: b**a  # noqa: E731
 
 
-def _arith(op: Callable[[Any, Any], Any], a: Any, b: Any, writable: bool = False) -> Any:
+def _arith(op: Callable[[Any, Any], Any], a: Any, b: Any, *, b_scale: Any = None, writable: bool = False) -> Any:
     """``op(a, b)`` on core particles (``b`` may be a number); sums and differences rounded as the legacy library's.
 
-    ``writable``: ``a``'s operational tensors belong to an unseen intermediate
-    and may receive the result.
+    ``b_scale``: ``(d, q)`` when ``b`` is ``d * q``. ``writable``: ``a``'s
+    operational tensors belong to an unseen intermediate and may receive the
+    result. See ``_bridge.combine``.
     """
     if (op is _ADD or op is _SUB) and type(b) is br.Particle:
-        return br.combine(a, b, 1 if op is _ADD else -1, writable)
+        return br.combine(a, b, 1 if op is _ADD else -1, b_scale=b_scale, writable=writable)
     return op(a, b)
 
 
@@ -582,9 +591,12 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         grad = torch.is_grad_enabled()
         _set_grad_enabled(False)  # torch.no_grad(), without its two context objects: this runs per operator
         try:
-            value = _arith(op, br.particle_of(species, tensors), theirs)
+            mine = br.particle_of(species, tensors)
+            value = _arith(op, mine, theirs, b_scale=other.scale if kind is _Pending else None)
             if _fusable(cls) and _consumed(op, cls):
-                return _Pending(cls, version, data, root, self._module_id, [t.requires_grad for t in tensors], value)
+                scale = (other, mine) if op is _MUL and kind in _FAST_SCALARS else None
+                grads = [t.requires_grad for t in tensors]
+                return _Pending(cls, version, data, root, self._module_id, grads, value, scale)
             result = value.tensors
         finally:
             _set_grad_enabled(grad)
@@ -768,11 +780,12 @@ class _Pending:
     ``data``'s structure, exactly as the eager path would have.
     """
 
-    __slots__ = ("cls", "version", "data", "root", "module_id", "grads", "value")
+    __slots__ = ("cls", "version", "data", "root", "module_id", "grads", "value", "scale")
 
-    def __init__(self, cls, version, data, root, module_id, grads, value) -> None:  # noqa: ANN001
+    def __init__(self, cls, version, data, root, module_id, grads, value, scale=None) -> None:  # noqa: ANN001
         self.cls, self.version, self.data, self.root = cls, version, data, root
         self.module_id, self.grads, self.value = module_id, grads, value
+        self.scale = scale  # (d, q) when value is d * q
 
     def _module(self) -> Module:
         """The module the eager path would have returned."""
@@ -785,6 +798,7 @@ class _Pending:
     def _op(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
         cls, version = self.cls, self.version
         kind = type(other)
+        scale = None
         if kind in _FAST_SCALARS:
             theirs: Any = other
         elif kind is cls and _get_kernel(other) is not None:
@@ -795,15 +809,16 @@ class _Pending:
             theirs = br.particle_of(version.data.species, list(okernel.data.params.values()))
         elif kind is _Pending and other.cls is cls:
             assert other.version is version, _OTHER_SPECIES
-            theirs = other.value
+            theirs, scale = other.value, other.scale
         else:  # anything else: as the eager path, on the module this would have been
             return op(self._module(), other)
         grad = torch.is_grad_enabled()
         _set_grad_enabled(False)
         try:
-            value = _arith(op, self.value, theirs, writable=True)
+            value = _arith(op, self.value, theirs, b_scale=scale, writable=True)
             if _fusable(cls) and _consumed(op, cls):
-                return _Pending(cls, version, self.data, self.root, self.module_id, self.grads, value)
+                scale = (other, self.value) if op is _MUL and kind in _FAST_SCALARS else None
+                return _Pending(cls, version, self.data, self.root, self.module_id, self.grads, value, scale)
             tensors = value.tensors
         finally:
             _set_grad_enabled(grad)

@@ -19,3 +19,22 @@ class Vec(nyto.NytoModule):
         self.my_param = nn.Parameter(torch.tensor(values))
 
 
+
+
+class Mixed(nyto.NytoModule):
+    """Every kind of parameter: a NytoModule submodule, float32/float64/float16, frozen,
+    non-operational shared and copied, integer."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = Net()
+        self.scale = nn.Parameter(torch.rand(3) + 0.5)
+        self.wide = nn.Parameter(torch.rand(5, dtype=torch.float64) + 0.5)
+        self.low = nn.Parameter(torch.rand(3).half() + 0.5)
+        self.frozen = nn.Parameter(torch.rand(2) + 0.5, requires_grad=False)
+        self.shared = nn.Parameter(torch.rand(2) + 0.5)
+        self.copied = nn.Parameter(torch.rand(2) + 0.5)
+        self.steps = nn.Parameter(torch.arange(3), requires_grad=False)
+        self.set_param_config(operational=False, clone=False, name="shared")
+        self.set_param_config(operational=False, clone=True, name="copied")
+        self.set_param_config(operational=False, clone=False, name="steps")

@@ -15,21 +15,7 @@ import nytorch as nyto
 from nytorch.kernel import Particle
 from nytorch.module import NytoModule
 
-from .compat_models import Net
-
-
-class Mixed(NytoModule):
-    def __init__(self):
-        super().__init__()
-        self.inner = Net()
-        self.scale = nn.Parameter(torch.rand(3) + 0.5)
-        self.frozen = nn.Parameter(torch.rand(2) + 0.5, requires_grad=False)
-        self.shared = nn.Parameter(torch.rand(2) + 0.5)
-        self.copied = nn.Parameter(torch.rand(2) + 0.5)
-        self.steps = nn.Parameter(torch.arange(3), requires_grad=False)
-        self.set_param_config(operational=False, clone=False, name="shared")
-        self.set_param_config(operational=False, clone=True, name="copied")
-        self.set_param_config(operational=False, clone=False, name="steps")
+from .compat_models import Mixed, Net
 
 
 OPS = [

@@ -224,6 +224,23 @@ def test_donate_falls_back_when_an_operand_shares_the_storage():
     assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(out.tensors, expected))
 
 
+def test_donate_writes_in_place_under_no_grad_when_the_other_operand_requires_grad():
+    pop = _pop(3)
+    params = nf.Particle(pop.species, {n: t.clone().requires_grad_() for n, t in pop.params.items()})
+    target = nf.stack(nf.unstack(pop))
+    ptrs = [t.data_ptr() for t in target.tensors]
+    expected = [(x + 0.5 * y).detach() for x, y in zip(target.tensors, params.tensors)]
+    with torch.no_grad():
+        out = nf.donate(target) + 0.5 * params
+    assert [t.data_ptr() for t in out.tensors] == ptrs
+    assert all(torch.equal(x, y) and not x.requires_grad for x, y in zip(out.tensors, expected))
+    # with gradients on, the sum must be recorded: no write into the donated storage
+    target = nf.stack(nf.unstack(pop))
+    out = nf.donate(target) + 0.5 * params
+    assert all(t.grad_fn is not None for t in out.tensors)
+    assert [t.data_ptr() for t in out.tensors] != [t.data_ptr() for t in target.tensors]
+
+
 def test_donated_sgd_step_matches_fresh():
     pop = _pop(3)
     grads = pop.randn(generator=torch.Generator().manual_seed(5))
