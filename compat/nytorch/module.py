@@ -337,9 +337,13 @@ class ParamProduct(Product[Tmodule]):
         if isinstance(other, ParamProduct):
             self._check_other(other)
             with torch.no_grad():
-                theirs = other._core()
+                mine, theirs = self._core(), other._core()
                 scale = other._scale if other._scale is not None and other._scale[1].species is theirs.species else None
-                return self._derive(_arith(op, self._core(), theirs, b_scale=scale))
+                own = self._scale
+                if (op is _ADD or op is _SUB) and own is not None and own[1].species is mine.species:
+                    # this product is c*q: build a private c*q, which the sum may then be written into
+                    return self._derive(_arith(op, own[1] * own[0], theirs, b_scale=scale, writable=True))
+                return self._derive(_arith(op, mine, theirs, b_scale=scale))
         if _is_scalar(other):
             with torch.no_grad():
                 mine = self._core()
