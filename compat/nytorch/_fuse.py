@@ -24,11 +24,19 @@ an unsupported Python version, a tracer (``sys.settrace``: it could run code
 between two instructions) or ``NYTORCH_FUSE=0`` in the environment, gives the
 eager, legacy behaviour.
 
+Reading a function's local variables (to know what a ``LOAD_FAST`` will
+push) goes through ``frame.f_locals``, which on 3.11 builds a dict that the
+frame keeps, with references to the locals' values: we empty it again
+(every reader rebuilds it before use), and we do not read the locals of a
+function that can get hold of that dict itself (its code names ``locals``,
+``vars``, ``f_locals``, ``_getframe``...): there no operator's result stays
+unbuilt.
+
 What remains observable: the result is computed when the expression's value
 is built, so another thread or a signal handler that changes ``net``'s
 parameters *while* the expression runs can change it (the eager path has the
-same race one operator earlier), and fused arithmetic can round differently
-in the last bit (``0.5*p + 0.5*q`` as one ``lerp``).
+same race one operator earlier). Sums and differences round as the eager
+path rounds (see ``_bridge.combine``).
 """
 
 from __future__ import annotations
@@ -49,6 +57,11 @@ _NOPS = {"NOP", "EXTENDED_ARG", "CACHE"}
 NUMBER, OURS, FOREIGN, RESULT = 0, 1, 2, 3
 _MISSING = object()
 _CO_OPTIMIZED = 0x0001  # a function's frame: fast locals, f_locals is a snapshot
+# Names through which a function can get hold of its own locals dict (``locals()``,
+# ``sys._getframe().f_locals``...): there a peek would change a dict the code may keep.
+_SEES_ITS_LOCALS = frozenset(
+    {"locals", "vars", "dir", "eval", "exec", "f_locals", "_getframe", "currentframe", "stack", "breakpoint"}
+)
 
 # Steps of a region program: (op, payload)
 _CONST, _LOCAL, _GLOBAL, _NAME, _BINOP = range(5)
@@ -120,6 +133,8 @@ def _compile(code: Any, offset: int) -> Any:
             pos = len(steps)
         steps.append(step)
     followed = any(op == _BINOP for op, _ in steps[pos + 1 :])
+    if any(op == _LOCAL for op, _ in steps) and code.co_flags & _CO_OPTIMIZED and _SEES_ITS_LOCALS & set(code.co_names):
+        followed = False  # reading its locals would refresh (and then empty) a dict this code may hold
     return tuple(steps), pos, steps[pos][1], ({} if followed else None)
 
 

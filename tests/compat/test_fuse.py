@@ -62,6 +62,12 @@ def eager(monkeypatch):
 requires_fusion = pytest.mark.skipif(not _fuse.ENABLED, reason="fusion is off here (Python version or NYTORCH_FUSE=0)")
 
 
+def _blend(x, y):
+    """``0.5 * x + 0.5 * y`` in a function that fuses: pytest rewrites test functions that
+    assert, and the rewritten code names ``locals``, which switches fusion off there."""
+    return 0.5 * x + 0.5 * y
+
+
 def _particles(seed=0):
     torch.manual_seed(seed)
     a = Mixed()
@@ -104,7 +110,7 @@ def test_the_environment_switches_fusion_off():
 def test_a_blend_builds_one_module_and_equals_the_eager_one(spawns, eager):
     a, b, _ = _particles()
     spawns[0] = 0
-    fused = 0.5 * a + 0.5 * b
+    fused = _blend(a, b)
     assert spawns[0] == 1
     reference = eager(lambda: 0.5 * a + 0.5 * b)
     assert spawns[0] == 4
@@ -183,13 +189,17 @@ def test_module_level_code_fuses_too(spawns, eager):
 
 def test_an_intermediate_that_is_kept_is_a_module():
     a, b, _ = _particles()
-    x = 0.5 * a
-    y = x + 0.5 * b
-    assert type(x) is Mixed and type(y) is Mixed
-    assert (z := 0.5 * a) is not None and type(z) is Mixed
-    kept = []
-    w = (kept.append(0.5 * a) or 0) + 1  # the product goes to a call: built
-    assert type(kept[0]) is Mixed and w == 1
+
+    def run():
+        x = 0.5 * a
+        y = x + 0.5 * b
+        w = (z := 0.5 * a) + 1
+        kept = []
+        v = (kept.append(0.5 * a) or 0) + 1  # the product goes to a call: built
+        return x, y, z, w, kept[0], v
+
+    x, y, z, w, k, v = run()
+    assert all(type(m) is Mixed for m in (x, y, z, w, k)) and v == 1
 
 
 @pytest.mark.parametrize("fused", [pytest.param(True, marks=requires_fusion), False])
@@ -203,8 +213,10 @@ def test_sources_changed_by_foreign_code_inside_the_expression_are_read_before(f
             a.inner.my_module.weight.data.add_(100.0)  # in place, through .data: no version counter sees it
             return 0
 
-    m = Meddler()
-    out = 0.5 * a + m * 1
+    def run(m):
+        return 0.5 * a + m * 1
+
+    out = run(Meddler())
     assert torch.equal(out.inner.my_module.weight.data, 0.5 * before)
     assert torch.equal(a.inner.my_module.weight.data, before + 100.0)
 
@@ -220,24 +232,26 @@ def test_a_foreign_operand_only_ever_sees_modules():
 
         __radd__ = __mul__ = __rmul__ = __sub__ = __rsub__ = __add__
 
-    p = Probe()
-    # (not inside ``assert``: pytest rewrites asserted expressions into temporaries)
-    results = [p + 0.5 * a, p * (a + a), p - 2 * a * 3, p + (a - 1) * 2]
-    assert results == ["probe"] * 4
+    def run(p):
+        return [p + 0.5 * a, p * (a + a), p - 2 * a * 3, p + (a - 1) * 2]
+
+    assert run(Probe()) == ["probe"] * 4
     assert seen and all(t is Mixed for t in seen), seen
 
 
 def test_explicit_calls_and_c_callers_build_modules(spawns, eager):
     a, b, c = _particles()
-    results = [
-        a.__mul__(0.5) + b,
-        sum([a, b, c], 0.0),
-        functools.reduce(operator.add, [a, b, c]),
-        operator.mul(0.5, a) + 0.5 * b,
-    ]
-    references = eager(
-        lambda: [a.__mul__(0.5) + b, sum([a, b, c], 0.0), functools.reduce(operator.add, [a, b, c]), 0.5 * a + 0.5 * b]
-    )
+
+    def run():
+        return [
+            a.__mul__(0.5) + b,
+            sum([a, b, c], 0.0),
+            functools.reduce(operator.add, [a, b, c]),
+            operator.mul(0.5, a) + 0.5 * b,
+        ]
+
+    results = run()
+    references = eager(run)
     for r, e in zip(results, references):
         _assert_same(r, e, (a, b, c))
 
@@ -246,20 +260,19 @@ def test_species_errors_are_the_eager_ones():
     a, b, _ = _particles()
     stranger = Mixed()
     with pytest.raises(AssertionError, match="different species"):
-        0.5 * a + 0.5 * stranger
+        _blend(a, stranger)
     with pytest.raises(AssertionError, match="different species"):
-        0.5 * stranger + (a - b)
+        (lambda: 0.5 * stranger + (a - b))()
     with pytest.raises(ZeroDivisionError):
-        0.5 * a + 1 / 0 * b
-    out = 0.5 * a + 0.5 * b  # nothing left behind by the failures
-    assert type(out) is Mixed
+        (lambda: 0.5 * a + 1 / 0 * b)()
+    assert type(_blend(a, b)) is Mixed  # nothing left behind by the failures
 
 
 def test_stale_operands_catch_up_as_eagerly(eager):
     a, b, _ = _particles()
     stale_b, stale_a = b.clone(), a.clone()
     a.extra = nn.Parameter(torch.ones(2))
-    fused = 0.5 * stale_a + 0.5 * stale_b
+    fused = _blend(stale_a, stale_b)
     assert torch.equal(fused.extra.data, torch.ones(2))
     reference = eager(lambda: 0.5 * stale_a + 0.5 * stale_b)
     _assert_same(fused, reference, (stale_a, stale_b))
@@ -270,23 +283,25 @@ def test_a_tracer_switches_fusion_off(spawns):
     a, b, _ = _particles()
     previous = sys.gettrace()
     spawns[0] = 0
+    _blend(a, b)
+    assert spawns[0] == 1
     sys.settrace(lambda *args: None)
     try:
-        0.5 * a + 0.5 * b
+        _blend(a, b)
     finally:
         sys.settrace(previous)
-    assert spawns[0] == 3
+    assert spawns[0] == 1 + 3
 
 
 def test_gradients_are_neither_recorded_nor_switched_off():
     a, b, _ = _particles()
     assert torch.is_grad_enabled()
-    out = 0.5 * a + 0.5 * b
+    out = _blend(a, b)
     assert torch.is_grad_enabled()
     assert all(p.grad_fn is None and p.is_leaf for p in out.parameters())
     assert [p.requires_grad for p in out.parameters()] == [p.requires_grad for p in a.parameters()]
     with torch.no_grad():
-        0.5 * a + 0.5 * b
+        _blend(a, b)
         assert not torch.is_grad_enabled()
 
 
@@ -298,13 +313,28 @@ def test_locals_are_intact_and_not_kept_alive():
         ref = weakref.ref(x)
         x = 0.5 * x + 0.5 * b
         alive = ref() is not None  # the old x: held by nothing (3.11's f_locals snapshot is emptied)
-        names = sorted(locals())
-        return alive, names, x
+        return alive, x, y
 
-    alive, names, x = body()
+    y = "untouched"
+    alive, x, same = body()
     assert not alive
-    assert names == ["a", "alive", "b", "ref", "x"]  # free variables included, as ever
-    assert type(x) is Mixed
+    assert type(x) is Mixed and same == "untouched"
+
+
+def test_a_function_that_holds_its_locals_dict_keeps_it_as_it_was(spawns):
+    a, b, _ = _particles()
+
+    def body(x, y):
+        seen = locals()  # the frame's own dict: a peek at the locals would refresh it
+        snapshot = dict(seen)
+        spawns[0] = 0
+        r = 0.5 * x + 0.5 * y
+        return seen, snapshot, r
+
+    seen, snapshot, r = body(a, b)
+    assert seen == snapshot and seen["x"] is a
+    assert spawns[0] == 3  # built eagerly there
+    assert type(r) is Mixed
 
 
 def test_threads_fuse_independently():
