@@ -162,6 +162,17 @@ def test_other_shapes_of_code_equal_their_eager_evaluation(source, eager):
     _assert_same(f(a, b, c), eager(f, a, b, c), (a, b, c))
 
 
+@requires_fusion
+def test_submodule_particles_fuse_into_the_submodule_of_a_new_particle(spawns, eager):
+    a, b, _ = _particles(5)
+    x, y = a.inner, b.inner
+    spawns[0] = 0
+    fused = _blend(x, y)
+    assert spawns[0] == 1
+    _assert_same(fused, eager(_blend, x, y), (x, y))
+    assert fused._particle_kernel is not a._particle_kernel and fused._nyto_pin.inner is fused
+
+
 def test_in_place_operators_take_a_built_module(eager):
     a, b, c = _particles(4)
 
