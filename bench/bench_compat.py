@@ -30,6 +30,8 @@ Cases:
                  implementation that builds every intermediate can reach
   product_ops    (0.5 * net.product() + 0.5 * other.product()).module()
   touch_100      touch() of 100 particles after one edit (adds a parameter)
+  inplace_ops    net += 0.5 * other (the parameters' data replaced, as the
+                 legacy library does)
   cycles         for _ in range(1000): net = 0.5 * net + 1, then count the
                  particles still alive without gc.collect()
 """
@@ -132,6 +134,15 @@ def worker() -> dict:
     runs = sorted(touch_100() for _ in range(5))
     out["touch_100"] = runs[2]
 
+    acc = MLP()
+    step = acc.randn()
+
+    def inplace():
+        nonlocal acc
+        acc += 0.5 * step
+
+    out["inplace_ops"] = timed(inplace, 50)
+
     gc.collect()
     gc.disable()
     try:
@@ -178,6 +189,7 @@ def _table(title: str, ours_runs: list, legacy_runs: list) -> None:
         ("product ops then .module()  (wall)", "product_ops"),
         ("product ops then .module()  (CPU time)", "product_ops_cpu"),
         ("touch() of 100 particles after one edit", "touch_100"),
+        ("net += 0.5*other  (wall)", "inplace_ops"),
     ]
     for label, key in rows:
         print(f"{label:<46}{legacy[key] * 1e3:>10.3f}ms{ours[key] * 1e3:>10.3f}ms{legacy[key] / ours[key]:>13.2f}x")

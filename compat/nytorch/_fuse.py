@@ -51,6 +51,7 @@ _TESTED = {(3, 11)}
 ENABLED = sys.version_info[:2] in _TESTED and os.environ.get("NYTORCH_FUSE", "1") != "0"
 
 _SYMBOLS = {"+", "-", "*", "/", "**"}
+_INPLACE = {"+=", "-=", "*=", "/=", "**="}  # these only ever consume a result: they return their left operand
 _NOPS = {"NOP", "EXTENDED_ARG", "CACHE"}
 
 # Abstract values of the simulation.
@@ -87,7 +88,7 @@ def _step(ins: dis.Instruction) -> Any:
     """The region step for one instruction, "nop", or None (it ends a region)."""
     name = ins.opname
     if name == "BINARY_OP":
-        return (_BINOP, ins.argrepr) if ins.argrepr in _SYMBOLS else None
+        return (_BINOP, ins.argrepr) if ins.argrepr in _SYMBOLS or ins.argrepr in _INPLACE else None
     if name == "LOAD_CONST":
         value = ins.argval
         return (_CONST, NUMBER if type(value) in (int, float) else FOREIGN)

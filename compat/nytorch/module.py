@@ -559,7 +559,8 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
     # one no_grad and no intermediate products; anything else, or a subclass
     # that overrides ``product``/``touch``/``_operand``, takes the generic way.
 
-    def _fast(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+    def _operands(self, other: Any) -> Any:
+        """``(kernel, theirs, b_scale)`` for the inline path, both particles caught up; None: the generic path."""
         cls = type(self)
         if not (cls.product is _PRODUCT and cls.touch is _TOUCH and cls._operand is _OPERAND):
             return None
@@ -570,8 +571,8 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         if kind in _FAST_SCALARS:
             if kernel.version.next_version is not None:
                 kernel.particle_update()
-            theirs: Any = other
-        elif kind is cls:
+            return kernel, other, None
+        if kind is cls:
             if kernel.version.next_version is not None:
                 kernel.particle_update()
             okernel = _get_kernel(other)
@@ -579,14 +580,20 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
             if okernel.version.next_version is not None:
                 okernel.particle_update()
             assert okernel.version is kernel.version, _OTHER_SPECIES
-            theirs = br.particle_of(kernel.version.data.species, list(okernel.data.params.values()))
-        elif kind is _Pending and other.cls is cls:
+            return kernel, br.particle_of(kernel.version.data.species, list(okernel.data.params.values())), None
+        if kind is _Pending and other.cls is cls:
             if kernel.version.next_version is not None:
                 kernel.particle_update()
             assert other.version is kernel.version, _OTHER_SPECIES
-            theirs = other.value
-        else:
+            return kernel, other.value, other.scale
+        return None
+
+    def _fast(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+        found = self._operands(other)
+        if found is None:
             return None
+        kernel, theirs, b_scale = found
+        cls = type(self)
         version = kernel.version
         species = version.data.species
         data = kernel.data
@@ -596,9 +603,9 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         _set_grad_enabled(False)  # torch.no_grad(), without its two context objects: this runs per operator
         try:
             mine = br.particle_of(species, tensors)
-            value = _arith(op, mine, theirs, b_scale=other.scale if kind is _Pending else None)
+            value = _arith(op, mine, theirs, b_scale=b_scale)
             if _fusable(cls) and _consumed(op, cls):
-                scale = (other, mine) if op is _MUL and kind in _FAST_SCALARS else None
+                scale = (other, mine) if op is _MUL and type(other) in _FAST_SCALARS else None
                 grads = [t.requires_grad for t in tensors]
                 return _Pending(cls, version, data, root, self._module_id, grads, value, scale)
             result = value.tensors
@@ -607,13 +614,31 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         params = OrderedDict(zip(br.pids_of(species), _as_params(result, [t.requires_grad for t in tensors])))
         return _spawn(data, version, params, self._module_id)
 
+    def _fast_inplace(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
+        """``self OP= other`` inline: the result's data goes into this particle's parameter objects (as ``product_``)."""
+        found = self._operands(other)
+        if found is None:
+            return None
+        kernel, theirs, b_scale = found
+        tensors = list(kernel.data.params.values())
+        grad = torch.is_grad_enabled()
+        _set_grad_enabled(False)
+        try:
+            result = _arith(op, br.particle_of(kernel.version.data.species, tensors), theirs, b_scale=b_scale).tensors
+        finally:
+            _set_grad_enabled(grad)
+        for param, new in zip(tensors, result):
+            if param is not new:  # a shared non-operational parameter stays as it is
+                param.data = new
+        return self
+
     def __add__(self, other: Any) -> Any:
         out = self._fast(other, _ADD)
-        return Particle.__add__(self, other) if out is None else out
+        return Particle.__add__(self, _built(other)) if out is None else out
 
     def __sub__(self, other: Any) -> Any:
         out = self._fast(other, _SUB)
-        return Particle.__sub__(self, other) if out is None else out
+        return Particle.__sub__(self, _built(other)) if out is None else out
 
     def __rsub__(self, other: Any) -> Any:
         out = self._fast(other, _RSUB) if type(other) in _FAST_SCALARS else None
@@ -621,11 +646,11 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
 
     def __mul__(self, other: Any) -> Any:
         out = self._fast(other, _MUL)
-        return Particle.__mul__(self, other) if out is None else out
+        return Particle.__mul__(self, _built(other)) if out is None else out
 
     def __truediv__(self, other: Any) -> Any:
         out = self._fast(other, _DIV)
-        return Particle.__truediv__(self, other) if out is None else out
+        return Particle.__truediv__(self, _built(other)) if out is None else out
 
     def __rtruediv__(self, other: Any) -> Any:
         out = self._fast(other, _RDIV) if type(other) in _FAST_SCALARS else None
@@ -633,11 +658,31 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
 
     def __pow__(self, power: Any) -> Any:
         out = self._fast(power, _POW)
-        return Particle.__pow__(self, power) if out is None else out
+        return Particle.__pow__(self, _built(power)) if out is None else out
 
     def __rpow__(self, base: Any) -> Any:
         out = self._fast(base, _RPOW) if type(base) in _FAST_SCALARS else None
         return Particle.__rpow__(self, base) if out is None else out
+
+    def __iadd__(self, other: Any) -> Any:
+        out = self._fast_inplace(other, _ADD)
+        return Particle.__iadd__(self, _built(other)) if out is None else out
+
+    def __isub__(self, other: Any) -> Any:
+        out = self._fast_inplace(other, _SUB)
+        return Particle.__isub__(self, _built(other)) if out is None else out
+
+    def __imul__(self, other: Any) -> Any:
+        out = self._fast_inplace(other, _MUL)
+        return Particle.__imul__(self, _built(other)) if out is None else out
+
+    def __itruediv__(self, other: Any) -> Any:
+        out = self._fast_inplace(other, _DIV)
+        return Particle.__itruediv__(self, _built(other)) if out is None else out
+
+    def __ipow__(self, power: Any) -> Any:
+        out = self._fast_inplace(power, _POW)
+        return Particle.__ipow__(self, _built(power)) if out is None else out
 
     # -- particles ---------------------------------------------------------------
 
@@ -755,6 +800,7 @@ _PRODUCT, _TOUCH, _OPERAND = NytoModule.product, NytoModule.touch, Particle._ope
 _DUNDERS = (
     "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
     "__truediv__", "__rtruediv__", "__pow__", "__rpow__",
+    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__",
 )  # fmt: skip
 _OWN_DUNDERS = tuple(getattr(NytoModule, name) for name in _DUNDERS)
 _SYMBOL = {_ADD: "+", _SUB: "-", _RSUB: "-", _MUL: "*", _DIV: "/", _RDIV: "/", _POW: "**", _RPOW: "**"}
@@ -768,7 +814,14 @@ def _fusable(cls: type) -> bool:
         and cls.__add__ is own[0] and cls.__radd__ is own[1] and cls.__sub__ is own[2] and cls.__rsub__ is own[3]
         and cls.__mul__ is own[4] and cls.__rmul__ is own[5] and cls.__truediv__ is own[6]
         and cls.__rtruediv__ is own[7] and cls.__pow__ is own[8] and cls.__rpow__ is own[9]
+        and cls.__iadd__ is own[10] and cls.__isub__ is own[11] and cls.__imul__ is own[12]
+        and cls.__itruediv__ is own[13] and cls.__ipow__ is own[14]
     )  # fmt: skip
+
+
+def _built(value: Any) -> Any:
+    """A pending value as the module it stands for (for the generic operator path); anything else as is."""
+    return value._module() if type(value) is _Pending else value
 
 
 def _consumed(op: Callable[[Any, Any], Any], cls: type) -> bool:
@@ -861,7 +914,7 @@ class _Pending:
 _OUR_CODES = frozenset(
     id(f.__code__)
     for f in (
-        *(getattr(NytoModule, name) for name in _DUNDERS), NytoModule._fast, _consumed,
-        *(getattr(_Pending, name) for name in _DUNDERS), _Pending._op,
+        *(getattr(NytoModule, name) for name in _DUNDERS), NytoModule._fast, NytoModule._fast_inplace, _consumed,
+        *(getattr(_Pending, name) for name in _DUNDERS if not name.startswith("__i")), _Pending._op,
     )
 )  # fmt: skip

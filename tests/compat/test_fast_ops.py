@@ -140,3 +140,52 @@ def test_subclass_overriding_product_keeps_its_override():
     net = Custom()
     out = 2 * net + net
     assert len(seen) == 3 and torch.equal(out.w, torch.full((2,), 3.0))
+
+
+INPLACE = [
+    ("iadd", lambda m, o: m.__iadd__(o), lambda p, o: p + o),
+    ("isub", lambda m, o: m.__isub__(o), lambda p, o: p - o),
+    ("imul", lambda m, o: m.__imul__(o), lambda p, o: p * o),
+    ("idiv", lambda m, o: m.__itruediv__(o), lambda p, o: p / o),
+    ("ipow", lambda m, o: m.__ipow__(o), lambda p, o: p**o),
+]
+
+
+@pytest.mark.parametrize(
+    "op,prod_op,operand",
+    [
+        pytest.param(op, prod_op, operand, id=f"{name}-{label}")
+        for name, op, prod_op in INPLACE
+        for operand, label in ((2, "int"), (0.5, "float"), ("module", "module"))
+    ],
+)
+def test_inline_in_place_operators_match_the_product_path(op, prod_op, operand):
+    torch.manual_seed(1)
+    net = Mixed()
+    other = net.randn()
+    with torch.no_grad():
+        for p in list(net.parameters()) + list(other.parameters()):
+            if p.is_floating_point():
+                p.abs_().add_(0.5)
+    fast, generic = net.clone(), net.clone()
+    objects = list(fast.parameters())
+    old_data = [p.data for p in objects]
+    snapshot = [t.clone() for t in old_data]
+    fast_ptrs, generic_ptrs = [p.data_ptr() for p in objects], [p.data_ptr() for p in generic.parameters()]
+    theirs = other if operand == "module" else operand
+    out = op(fast, theirs)
+    generic.product_(prod_op(generic.product(), other.product() if operand == "module" else operand))
+    assert out is fast
+    assert list(fast.parameters()) == objects and all(a is b for a, b in zip(fast.parameters(), objects))
+    for p, q in zip(fast.parameters(), generic.parameters()):
+        assert p.dtype == q.dtype and p.requires_grad == q.requires_grad and p.grad_fn is None
+        torch.testing.assert_close(p.data, q.data, rtol=0, atol=0)
+    # as product_: the parameters' data is replaced, tensors taken before keep their values
+    assert all(torch.equal(d, s) for d, s in zip(old_data, snapshot))
+    # storage replaced exactly where the product path replaces it (not for shared non-operational parameters)
+    fast_moved = [p.data_ptr() != q for p, q in zip(fast.parameters(), fast_ptrs)]
+    generic_moved = [p.data_ptr() != q for p, q in zip(generic.parameters(), generic_ptrs)]
+    assert fast_moved == generic_moved
+    names = [n for n, _ in fast.named_parameters()]
+    assert not fast_moved[names.index("steps")] and not fast_moved[names.index("shared")]
+    assert fast_moved[names.index("scale")]

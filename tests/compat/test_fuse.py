@@ -173,19 +173,41 @@ def test_submodule_particles_fuse_into_the_submodule_of_a_new_particle(spawns, e
     assert fused._particle_kernel is not a._particle_kernel and fused._nyto_pin.inner is fused
 
 
-def test_in_place_operators_take_a_built_module(eager):
+def test_in_place_operators_equal_their_eager_evaluation(eager):
     a, b, c = _particles(4)
 
     def run():
         x = a.clone()
+        objects = list(x.parameters())
         x += 0.5 * b
-        x -= c * 0.25
+        x -= c * 0.25 - b
         x *= 2
         x /= 0.5 * 4
-        return x
+        x **= 1
+        return x, objects
 
-    fused, reference = run(), eager(run)
+    (fused, kept), (reference, _) = run(), eager(run)
     _assert_same(fused, reference, ())
+    assert all(p is q for p, q in zip(fused.parameters(), kept))  # the same parameter objects, as ever
+
+
+@requires_fusion
+def test_a_right_side_consumed_in_place_is_never_built(spawns):
+    a, b, _ = _particles(4)
+    x = a.clone()
+
+    def run():
+        nonlocal x
+        x += 0.5 * b
+        x -= 0.25 * b + 0.25 * a
+
+    expected = [(p + 0.5 * q - (0.25 * q + 0.25 * r)).detach() for p, q, r in zip(x.parameters(), b.parameters(), a.parameters())]
+    spawns[0] = 0
+    run()
+    assert spawns[0] == 0
+    for p, e, name in zip(x.parameters(), expected, [n for n, _ in x.named_parameters()]):
+        if name not in ("shared", "copied", "steps"):
+            assert torch.equal(p.data, e), name
 
 
 @requires_fusion
@@ -394,7 +416,7 @@ _expression = st.recursive(_leaf, _combine, max_leaves=6)
 
 
 @settings(max_examples=100, deadline=None)
-@given(source=_expression, form=st.sampled_from(["return", "assign", "closure", "products"]))
+@given(source=_expression, form=st.sampled_from(["return", "assign", "closure", "products", "in place"]))
 def test_random_expressions_equal_their_eager_evaluation(source, form):
     """Fused modules, and products (which fold factors the same way), equal the eager modules bit for bit."""
     a, b, c = _particles(2)
@@ -403,6 +425,8 @@ def test_random_expressions_equal_their_eager_evaluation(source, form):
             "def f(a, b, c):\n    a, b, c = a.product(), b.product(), c.product()\n"
             f"    r = {source}\n    return r if isinstance(r, (int, float)) else r.module()\n"
         )
+    elif form == "in place":
+        code = f"def f(a, b, c):\n    x = a.clone()\n    x -= {source}\n    return x\n"
     elif form == "return":
         code = f"def f(a, b, c):\n    return {source}\n"
     elif form == "assign":
@@ -414,7 +438,8 @@ def test_random_expressions_equal_their_eager_evaluation(source, form):
     f = namespace["f"]
     fused = f(a, b, c)
     namespace = {}
-    exec(compile(f"def f(a, b, c):\n    return {source}\n", "<expr>", "exec"), namespace)  # noqa: S102
+    reference_code = code if form == "in place" else f"def f(a, b, c):\n    return {source}\n"
+    exec(compile(reference_code, "<expr>", "exec"), namespace)  # noqa: S102
     previous, _fuse.ENABLED = _fuse.ENABLED, False
     try:
         reference = namespace["f"](a, b, c)
