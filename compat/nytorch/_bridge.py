@@ -255,11 +255,12 @@ class Transition:
             that makes it; None when the edits are not all simple ones
             (then ``advance`` goes through ``migrate``).
         kept_only: every slot is kept (no parameter was added).
+        added: the slots an ``AddParam`` fills (None with ``sources``).
         ndim0: the number of dimensions of ``old``'s first slot (a tensor
             with one more is a population: ``migrate`` handles those).
     """
 
-    __slots__ = ("old", "new", "pids", "sources", "ndim0", "kept_only")
+    __slots__ = ("old", "new", "pids", "sources", "ndim0", "kept_only", "added")
 
     def __init__(self, old: Species, new: Species) -> None:
         self.old = old
@@ -268,6 +269,8 @@ class Transition:
         self.sources: Any = self._plan(old, new)
         self.pids = None if self.sources is None else pids_of(new)
         self.kept_only = self.sources is not None and all(type(s) is int for s in self.sources)
+        # the slots an AddParam fills (the others keep the particle's own objects); None: not known
+        self.added = None if self.sources is None else tuple(i for i, s in enumerate(self.sources) if type(s) is not int)
 
     @staticmethod
     def _plan(old: Species, new: Species) -> Any:

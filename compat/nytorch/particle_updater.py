@@ -14,6 +14,7 @@ import weakref
 from collections import OrderedDict
 from typing import Any, Mapping, Optional
 
+import torch
 from torch import nn
 from typing_extensions import Self
 
@@ -25,6 +26,7 @@ from .utils import clone_param, copy_modules, make_modules_ref
 
 
 _Parameter = nn.Parameter
+_Tensor = torch.Tensor
 
 
 def _remove_from(module: nn.Module, name: str, *tables: str) -> None:
@@ -104,12 +106,15 @@ class _Base(ParticleUpdater[VersionDataImp, ParticleDataImp]):
         if not initiator and self._from is not None and self._to is not None:
             transition = self._transition()
             pids = transition.pids if transition.pids is not None else br.pids_of(self._to)
-            params: ParamDict = OrderedDict(zip(pids, transition.advance(list(pdata.params.values()))))
-            for pid, t in params.items():
-                if type(t) is not _Parameter and not isinstance(t, _Parameter):
-                    source = added.get(pid)
-                    params[pid] = _Parameter(t, requires_grad=True if source is None else source.requires_grad)
-            pdata.params = params
+            tensors = list(transition.advance(list(pdata.params.values())))
+            # kept slots hold the particle's own parameters; wrap the new ones (all, when not known which)
+            for i in range(len(tensors)) if transition.added is None else transition.added:
+                t = tensors[i]
+                kind = type(t)
+                if kind is _Tensor or (kind is not _Parameter and not isinstance(t, _Parameter)):
+                    source = added.get(pids[i])
+                    tensors[i] = _Parameter(t, requires_grad=True if source is None else source.requires_grad)
+            pdata.params = OrderedDict(zip(pids, tensors))
             return
         pdata.remove_params(set(remove) & set(pdata.params))
         for pid, param in added.items():
