@@ -148,7 +148,11 @@ _EXACT_ALPHA_DTYPES = (torch.float32, torch.float64)
 
 
 class _Slots:
-    """Where a species' operational parameters sit, and what their dtypes allow."""
+    """Where a species' operational parameters sit, and what their dtypes allow.
+
+    The core keeps the same facts in its private plan; the compat layer uses
+    public ``nytorch_fn`` names only, so it reads them off ``species.config``.
+    """
 
     __slots__ = ("op", "nonop", "floating", "alpha_exact")
 

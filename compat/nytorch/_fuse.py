@@ -115,7 +115,8 @@ def _compile(code: Any, offset: int) -> Any:
     """
     instrs = list(dis.get_instructions(code))
     at = next((i for i, ins in enumerate(instrs) if ins.offset == offset), None)
-    if at is None or _step(instrs[at]) is None or _step(instrs[at])[0] != _BINOP:
+    step = None if at is None else _step(instrs[at])
+    if step is None or step == "nop" or step[0] != _BINOP:
         return None
     start = at
     while start > 0 and not instrs[start].is_jump_target and _step(instrs[start - 1]) is not None:

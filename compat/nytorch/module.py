@@ -113,6 +113,12 @@ def _spawn(source: ParticleDataImp, version: Any, params: ParamDict, module_id: 
     return _adopt(data, module_id)
 
 
+def _spawn_tensors(source: ParticleDataImp, version: Any, tensors: Any, grads: Any, module_id: ModuleID) -> Module:
+    """``_spawn`` with result tensors (in id order), made parameters with the given ``requires_grad``."""
+    params = OrderedDict(zip(br.pids_of(version.data.species), _as_params(tensors, grads)))
+    return _spawn(source, version, params, module_id)
+
+
 def _as_params(tensors: Any, grads: Any) -> list:
     """Result tensors as parameters with the given ``requires_grad`` (a parameter that already is one is kept)."""
     made = []
@@ -568,25 +574,11 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         if kernel is None:
             return None
         kind = type(other)
-        if kind in _FAST_SCALARS:
-            if kernel.version.next_version is not None:
-                kernel.particle_update()
-            return kernel, other, None
-        if kind is cls:
-            if kernel.version.next_version is not None:
-                kernel.particle_update()
-            okernel = _get_kernel(other)
-            assert okernel is not None, _NO_KERNEL
-            if okernel.version.next_version is not None:
-                okernel.particle_update()
-            assert okernel.version is kernel.version, _OTHER_SPECIES
-            return kernel, br.particle_of(kernel.version.data.species, list(okernel.data.params.values())), None
-        if kind is _Pending and other.cls is cls:
-            if kernel.version.next_version is not None:
-                kernel.particle_update()
-            assert other.version is kernel.version, _OTHER_SPECIES
-            return kernel, other.value, other.scale
-        return None
+        if not (kind in _FAST_SCALARS or kind is cls or (kind is _Pending and other.cls is cls)):
+            return None
+        if kernel.version.next_version is not None:
+            kernel.particle_update()
+        return (kernel, *_theirs(other, kernel.version))
 
     def _fast(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
         found = self._operands(other)
@@ -611,8 +603,7 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
             result = value.tensors
         finally:
             _set_grad_enabled(grad)
-        params = OrderedDict(zip(br.pids_of(species), _as_params(result, [t.requires_grad for t in tensors])))
-        return _spawn(data, version, params, self._module_id)
+        return _spawn_tensors(data, version, result, [t.requires_grad for t in tensors], self._module_id)
 
     def _fast_inplace(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
         """``self OP= other`` inline: the result's data goes into this particle's parameter objects (as ``product_``)."""
@@ -819,6 +810,23 @@ def _fusable(cls: type) -> bool:
     )  # fmt: skip
 
 
+def _theirs(other: Any, version: Any) -> tuple:
+    """``(operand, b_scale)`` for the inline arithmetic: a number, or the particle of a module
+    (caught up) or pending value of ``version`` (``AssertionError`` for another species)."""
+    kind = type(other)
+    if kind in _FAST_SCALARS:
+        return other, None
+    if kind is _Pending:
+        assert other.version is version, _OTHER_SPECIES
+        return other.value, other.scale
+    okernel = _get_kernel(other)
+    assert okernel is not None, _NO_KERNEL
+    if okernel.version.next_version is not None:
+        okernel.particle_update()
+    assert okernel.version is version, _OTHER_SPECIES
+    return br.particle_of(version.data.species, list(okernel.data.params.values())), None
+
+
 def _built(value: Any) -> Any:
     """A pending value as the module it stands for (for the generic operator path); anything else as is."""
     return value._module() if type(value) is _Pending else value
@@ -846,29 +854,20 @@ class _Pending:
 
     def _module(self) -> Module:
         """The module the eager path would have returned."""
-        species = self.version.data.species
         with torch.no_grad():
             tensors = self.value.tensors
-        params = OrderedDict(zip(br.pids_of(species), _as_params(tensors, self.grads)))
-        return _spawn(self.data, self.version, params, self.module_id)
+        return _spawn_tensors(self.data, self.version, tensors, self.grads, self.module_id)
 
     def _op(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
         cls, version = self.cls, self.version
         kind = type(other)
-        scale = None
-        if kind in _FAST_SCALARS:
-            theirs: Any = other
-        elif kind is cls and _get_kernel(other) is not None:
-            okernel = _get_kernel(other)
-            if okernel.version.next_version is not None:
-                okernel.particle_update()
-            assert okernel.version is version, _OTHER_SPECIES
-            theirs = br.particle_of(version.data.species, list(okernel.data.params.values()))
-        elif kind is _Pending and other.cls is cls:
-            assert other.version is version, _OTHER_SPECIES
-            theirs, scale = other.value, other.scale
-        else:  # anything else: as the eager path, on the module this would have been
+        if not (
+            kind in _FAST_SCALARS
+            or (kind is cls and _get_kernel(other) is not None)
+            or (kind is _Pending and other.cls is cls)
+        ):  # anything else: as the eager path, on the module this would have been
             return op(self._module(), other)
+        theirs, scale = _theirs(other, version)
         grad = torch.is_grad_enabled()
         _set_grad_enabled(False)
         try:
@@ -879,8 +878,7 @@ class _Pending:
             tensors = value.tensors
         finally:
             _set_grad_enabled(grad)
-        params = OrderedDict(zip(br.pids_of(version.data.species), _as_params(tensors, self.grads)))
-        return _spawn(self.data, version, params, self.module_id)
+        return _spawn_tensors(self.data, version, tensors, self.grads, self.module_id)
 
     def __add__(self, other: Any) -> Any:
         return self._op(other, _ADD)
@@ -914,7 +912,7 @@ class _Pending:
 _OUR_CODES = frozenset(
     id(f.__code__)
     for f in (
-        *(getattr(NytoModule, name) for name in _DUNDERS), NytoModule._fast, NytoModule._fast_inplace, _consumed,
+        *(getattr(NytoModule, name) for name in _DUNDERS), NytoModule._fast, _consumed,
         *(getattr(_Pending, name) for name in _DUNDERS if not name.startswith("__i")), _Pending._op,
     )
 )  # fmt: skip
