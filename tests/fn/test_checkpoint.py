@@ -108,7 +108,7 @@ def test_manifest_is_json_with_structure_configs_tags_and_versions(tmp_path):
     path = tmp_path / "m.safetensors"
     ck.save(path, nf.migrate(p, s))
     m = ck.read_manifest(path)
-    assert m["format"] == "nytorch_fn.checkpoint" and m["format_version"] == 1 and m["nytorch_fn_version"] == nf.__version__
+    assert m["format"] == "nytorch_fn.checkpoint" and m["format_version"] == 2 and m["nytorch_fn_version"] == nf.__version__
     (rec,) = m["species"]
     assert rec["names"] == list(p.species.names) and rec["version"] == 1 and rec["module"] == "Sequential"
     assert rec["shapes"][0] == [8, 4] and rec["dtypes"][0] == "float32"
