@@ -679,7 +679,8 @@ class _File:
                 step = len(view) if k is None else k * (len(view) // shape[0])
                 for b, d in enumerate(digests):
                     if _sha256(view[b * step:(b + 1) * step]) != d:
-                        what = "the whole tensor" if k is None else f"members {b * k}..{min((b + 1) * k, shape[0]) - 1}"
+                        lo, hi = b * (k or 0), min((b + 1) * (k or 0), shape[0]) - 1
+                        what = "the whole tensor" if k is None else f"member {lo}" if k == 1 else f"members {lo}..{hi}"
                         raise self._corrupt(e, what)
             return out
         out = torch.empty((len(rows), *shape[1:]), dtype=dtype)
