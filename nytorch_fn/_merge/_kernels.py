@@ -1,0 +1,538 @@
+"""Per-tensor merge kernels: the math of every method, on plain tensors.
+
+A kernel merges the inputs of **one** output tensor. It reads them through an
+``Inputs`` object (so the out-of-core path can load each model's tensor when
+the kernel asks for it and drop it afterwards) and returns a tensor in the
+compute dtype (float32, or float64 when an input is float64); the caller
+rounds it to the output dtype once. The particle and the file front ends call
+the same kernels in the same order, so an in-memory merge and an out-of-core
+merge of the same tensors agree bit for bit.
+
+Chunked loops (``_select.chunks``) only run element-wise work, which gives the
+same bits whatever the chunking; reductions run over whole tensors.
+Randomness comes from ``Inputs.generator()``: one generator per output tensor,
+seeded from the merge's seed and the tensor's name (so the draw does not
+depend on the order tensors are visited).
+
+Rules where mergekit 0.1.5 and the papers differ (``compat`` is False: ours,
+True: mergekit's bits) are documented in each method's public docstring and in
+``nytorch_fn.merge``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from typing import Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from ._select import ascending_value, chunks, rank_mask
+
+Loader = Callable[[], torch.Tensor]
+
+
+class MergeInputError(ValueError):
+    """A merge's inputs cannot be merged as asked (the message names the tensor)."""
+
+
+class Inputs:
+    """The inputs of one output tensor: an optional base and ``k`` other models.
+
+    ``owned``: the loaders return fresh tensors the kernel may overwrite (files);
+    otherwise (particles) they alias the caller's tensors and are copied before
+    any in-place write.
+    """
+
+    __slots__ = ("name", "k", "_base", "_models", "_owned", "dtype", "compat", "_seed", "_base_t", "_base_owned")
+
+    def __init__(
+        self,
+        name: str,
+        base: Loader | None,
+        models: Sequence[Loader],
+        *,
+        owned: bool,
+        dtype: torch.dtype,
+        compat: bool,
+        seed: int | None,
+    ) -> None:
+        self.name = name
+        self.k = len(models)
+        self._base = base
+        self._models = models
+        self._owned = owned
+        self.dtype = dtype
+        self.compat = compat
+        self._seed = seed
+        self._base_t = None
+        self._base_owned = False
+
+    @property
+    def has_base(self) -> bool:
+        return self._base is not None
+
+    def _load(self, loader: Loader) -> tuple[torch.Tensor, bool]:
+        t = loader()
+        if t.dtype != self.dtype:
+            return t.to(self.dtype), True
+        return t, self._owned
+
+    def base(self) -> torch.Tensor:
+        """The base tensor in the compute dtype (read-only; loaded once)."""
+        if self._base_t is None:
+            self._base_t, self._base_owned = self._load(self._base)
+        return self._base_t
+
+    def writable_base(self) -> torch.Tensor:
+        """The base for in-place use as the result (the last use of the base)."""
+        b = self.base()
+        return b if self._base_owned else b.clone()
+
+    def model(self, i: int) -> torch.Tensor:
+        """Model ``i``'s tensor in the compute dtype (read-only)."""
+        return self._load(self._models[i])[0]
+
+    def writable(self, i: int) -> torch.Tensor:
+        t, owned = self._load(self._models[i])
+        return t if owned else t.clone()
+
+    def delta(self, i: int) -> torch.Tensor:
+        """``model(i) - base``, a fresh tensor."""
+        t, owned = self._load(self._models[i])
+        b = self.base()
+        return t.sub_(b) if owned else t - b
+
+    def generator(self, device: torch.device) -> torch.Generator:
+        """A generator for this tensor, from the merge's seed and the tensor's name."""
+        if self._seed is None:
+            raise RuntimeError("internal: a random merge method was run without a seed")
+        h = zlib.crc32(self.name.encode("utf-8"))
+        g = torch.Generator(device=device)
+        g.manual_seed((self._seed + h * 0x9E3779B97F4A7C15) % (1 << 63))
+        return g
+
+
+def _scalar(x: torch.Tensor) -> float:
+    return float(x)
+
+
+# ---------------------------------------------------------------------------
+# averaging
+# ---------------------------------------------------------------------------
+
+
+def linear(ctx: Inputs, *, weight: Sequence[float], normalize: bool) -> torch.Tensor:
+    w = list(weight)
+    total = sum(w)
+    if normalize:
+        w = [x / total for x in w]
+    acc = ctx.writable(0)
+    if w[0] != 1.0:
+        acc.mul_(w[0])
+    for i in range(1, ctx.k):
+        acc += ctx.model(i) * w[i]
+    return acc
+
+
+def passthrough(ctx: Inputs, *, scale: Sequence[float | None]) -> torch.Tensor:
+    s = scale[0]
+    t = ctx.writable(0)
+    return t if s is None else t.mul_(s)
+
+
+# ---------------------------------------------------------------------------
+# spherical
+# ---------------------------------------------------------------------------
+
+
+def _lerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    return (1 - t) * a + t * b
+
+
+def slerp(ctx: Inputs, *, t: float, dot_threshold: float = 0.9995, eps: float = 1e-8) -> torch.Tensor:
+    a, b = ctx.base(), ctx.model(0)
+    if a.numel() == 0:
+        return _lerp(a, b, t)
+    na = _scalar(torch.linalg.vector_norm(a))
+    nb = _scalar(torch.linalg.vector_norm(b))
+    if (na <= eps or nb <= eps) and not ctx.compat:
+        return _lerp(a, b, t)  # no direction to rotate from or to
+    na = na if na > eps else 1.0
+    nb = nb if nb > eps else 1.0
+    dot = _scalar(torch.dot(a.reshape(-1), b.reshape(-1))) / (na * nb)
+    dot = min(1.0, max(-1.0, dot))
+    if abs(dot) > dot_threshold:
+        return _lerp(a, b, t)
+    theta = math.acos(dot)
+    s = math.sin(theta)
+    c0, c1 = math.sin((1 - t) * theta) / s, math.sin(t * theta) / s
+    return c0 * a + c1 * b
+
+
+def _pair(ctx: Inputs) -> tuple[torch.Tensor, torch.Tensor]:
+    if ctx.has_base:
+        return ctx.delta(0), ctx.delta(1)
+    return ctx.model(0), ctx.model(1)
+
+
+def nuslerp(ctx: Inputs, *, weight: Sequence[float], row_wise: bool, flatten: bool, eps: float = 1e-8) -> torch.Tensor:
+    w0, w1 = weight
+    total = w0 + w1
+    t = 0.5 if abs(total) < 1e-6 else w1 / total
+    v0, v1 = _pair(ctx)
+    shape = v0.shape
+    if v0.dim() == 0 or flatten:
+        v0, v1 = v0.reshape(-1), v1.reshape(-1)
+    elif row_wise:
+        v0, v1 = v0.transpose(0, -1), v1.transpose(0, -1)
+    n0 = torch.linalg.vector_norm(v0, dim=-1, keepdim=True)
+    n1 = torch.linalg.vector_norm(v1, dim=-1, keepdim=True)
+    cos = ((v0 / n0.clamp(min=1e-7)) * (v1 / n1.clamp(min=1e-7))).sum(-1, keepdim=True).clamp(-1, 1)
+    colinear = (1 - cos.square()) <= eps**2
+    if not ctx.compat:
+        colinear = colinear | (n0 < 1e-7) | (n1 < 1e-7)  # a zero vector has no direction: lerp
+    theta = torch.acos(torch.where(colinear, torch.zeros_like(cos), cos))
+    sin = torch.sin(theta)
+    sin = torch.where(colinear, torch.ones_like(sin), sin)
+    res = (torch.sin((1 - t) * theta) * v0 + torch.sin(t * theta) * v1) / sin
+    res = torch.where(colinear, (1 - t) * v0 + t * v1, res)
+    if row_wise and not flatten and res.dim() > 0 and len(shape) > 0:
+        res = res.transpose(0, -1)
+    res = res.reshape(shape)
+    return res + ctx.base() if ctx.has_base else res
+
+
+def multislerp(ctx: Inputs, *, weight: Sequence[float], normalize: bool, eps: float) -> torch.Tensor:
+    k = ctx.k
+    if k == 1:
+        return ctx.delta(0).add_(ctx.base()) if ctx.has_base else ctx.writable(0)
+    rows = [ctx.delta(i) if ctx.has_base else ctx.writable(i) for i in range(k)]
+    shape = rows[0].shape
+    x = torch.stack([r.reshape(-1) for r in rows])
+    del rows
+    w = torch.tensor(list(weight), dtype=x.dtype, device=x.device)
+    if normalize:
+        w = w / w.sum()
+    norms = torch.linalg.vector_norm(x, dim=1, keepdim=True)
+    u = x.div_(norms + eps)  # unit vectors, in place
+    mean = w @ u
+    mean_norm = _scalar(torch.linalg.vector_norm(mean))
+    if mean_norm < eps:
+        if k == 2:
+            res = (u[0] * (norms[0] + eps)) * w[0] + (u[1] * (norms[1] + eps)) * w[1]
+            res = res.reshape(shape)
+            return res + ctx.base() if ctx.has_base else res
+        raise MergeInputError(
+            f"multislerp: {ctx.name!r}: the weighted mean of the unit directions is zero "
+            f"(antipodal inputs whose weights cancel); change the weights"
+        )
+    mean /= mean_norm
+    dots = u @ mean
+    u.addr_(dots, mean, alpha=-1.0)  # tangent vectors at the mean
+    tangent = w @ u
+    tn = _scalar(torch.linalg.vector_norm(tangent)) + eps
+    res = mean * math.cos(tn) + tangent * (math.sin(tn) / tn)
+    res *= _scalar((norms.squeeze(1) * w).sum())
+    res = res.reshape(shape)
+    return res + ctx.base() if ctx.has_base else res
+
+
+def karcher(ctx: Inputs, *, weight: Sequence[float] | None, max_iter: int, tol: float) -> torch.Tensor:
+    k = ctx.k
+    if k == 1:
+        return ctx.writable(0)
+    alphas = [1.0 / k] * k if weight is None else [x / sum(weight) for x in weight]
+    xs = [ctx.model(i) for i in range(k)]
+    shape = xs[0].shape
+    norms = [_scalar(torch.linalg.vector_norm(x)) for x in xs]
+    valid = [i for i in range(k) if norms[i] > tol]
+    if not valid:
+        return torch.zeros_like(xs[0])
+    units = [(xs[i] / norms[i]).reshape(-1) for i in valid]
+    del xs
+    a_sum = sum(alphas[i] for i in valid)
+    al = [alphas[i] / a_sum for i in valid]
+    u = torch.zeros_like(units[0])
+    for a, ui in zip(al, units):
+        u += a * ui
+    nu = _scalar(torch.linalg.vector_norm(u))
+    u = units[0].clone() if nu < tol else u.div_(nu)
+    for _ in range(max_iter):
+        tangent = torch.zeros_like(u)
+        for a, ui in zip(al, units):
+            dot = min(1.0, max(-1.0, _scalar(torch.dot(u, ui))))
+            theta = math.acos(dot)
+            if theta < tol:
+                continue
+            tangent += (a * theta / math.sin(theta)) * (ui - dot * u)
+        nt = _scalar(torch.linalg.vector_norm(tangent))
+        if nt < tol:
+            break
+        u = math.cos(nt) * u + (math.sin(nt) / nt) * tangent
+        nu = _scalar(torch.linalg.vector_norm(u))
+        if nu > tol:
+            u.div_(nu)
+    scale = sum(a * n for a, n in zip(alphas, norms))
+    return (u * scale).reshape(shape)
+
+
+# ---------------------------------------------------------------------------
+# task vectors: sparsify, then (optionally) TIES' sign consensus
+# ---------------------------------------------------------------------------
+
+
+def _keep_count(density: float, n: int, *, at_least_one: bool) -> int:
+    k = int(density * n)
+    return max(1, k) if at_least_one and n > 0 else k
+
+
+def _l1_rescale(masked: torch.Tensor, before: float, eps: float = 1e-7) -> torch.Tensor:
+    after = _scalar(torch.linalg.vector_norm(masked, 1))
+    if before < eps or after < eps:
+        return masked
+    return masked.mul_(before / after)
+
+
+def _magnitude(d: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
+    n = d.numel()
+    keep = _keep_count(density, n, at_least_one=True)
+    before = _scalar(torch.linalg.vector_norm(d, 1)) if rescale else 0.0
+    d.mul_(_abs_rank_mask(d, 0, keep))
+    return _l1_rescale(d, before) if rescale else d
+
+
+def _abs_rank_mask(d: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    return rank_mask(d.abs(), lo, hi)
+
+
+def _outliers(d: torch.Tensor, density: float, gamma: float, rescale: bool, compat: bool) -> torch.Tensor:
+    n = d.numel()
+    target = _keep_count(density, n, at_least_one=not compat)
+    top = int(gamma * n)
+    bottom = max(0, n - target - top)
+    lo = n - bottom - target  # descending ranks [lo, lo + target) are kept
+    before = _scalar(torch.linalg.vector_norm(d, 1)) if rescale else 0.0
+    d.mul_(_abs_rank_mask(d, lo, lo + target))
+    return _l1_rescale(d, before) if rescale else d
+
+
+def _random(d: torch.Tensor, density: float, rescale: bool, compat: bool, g: torch.Generator) -> torch.Tensor:
+    keep = torch.empty(d.shape, dtype=torch.bool, device=g.device).bernoulli_(density, generator=g).to(d.device)
+    before = _scalar(torch.linalg.vector_norm(d, 1)) if rescale and compat else 0.0
+    d.mul_(keep)
+    if not rescale:
+        return d
+    return _l1_rescale(d, before) if compat else d.div_(density)
+
+
+def _della(d: torch.Tensor, density: float, epsilon: float, rescale: bool, compat: bool, g: torch.Generator) -> torch.Tensor:
+    shape = d.shape
+    rows = d.reshape(1, -1) if d.dim() < 2 else d.reshape(shape[0], -1)
+    m = rows.shape[1]
+    before = _scalar(torch.linalg.vector_norm(d, 1)) if rescale and compat else 0.0
+    step = max(1, (1 << 20) // max(1, m))
+    for s in range(0, rows.shape[0], step):
+        r = rows[s : s + step]
+        ranks = r.abs().argsort(dim=1, stable=True).argsort(dim=1).to(r.dtype)  # 0 = smallest
+        norm = ranks / (m - 1) if m > 1 else torch.full_like(ranks, 0.5)
+        probs = (density - epsilon) + norm * (2 * epsilon)
+        keep = torch.rand(probs.shape, generator=g, device=g.device, dtype=probs.dtype).to(r.device) < probs
+        r.mul_(keep)
+        if rescale and not compat:
+            r.div_(probs)  # each kept entry divided by its own keep probability
+    if rescale and compat:
+        _l1_rescale(d, before)
+    return d
+
+
+def task_vectors(
+    ctx: Inputs,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float] | None = None,
+    gamma: Sequence[float] | None = None,
+    epsilon: Sequence[float] | None = None,
+    lambda_: float = 1.0,
+    normalize: bool = False,
+    rescale: bool = False,
+    sparsify: str | None = None,
+    consensus: bool = False,
+) -> torch.Tensor:
+    """The generalised task arithmetic of mergekit: sparsify each ``tau_i``, weight it,
+    (sign consensus), sum, (normalise), scale by ``lambda_``, add to the base."""
+    taus = []
+    g = None
+    for i in range(ctx.k):
+        d = ctx.delta(i)
+        dens = 1.0 if density is None else density[i]
+        if sparsify is not None and dens < 1.0:
+            if sparsify == "magnitude":
+                d = _magnitude(d, dens, rescale)
+            elif sparsify == "outliers":
+                d = _outliers(d, dens, gamma[i], rescale, ctx.compat)
+            else:
+                g = g or ctx.generator(d.device)
+                if sparsify == "random":
+                    d = _random(d, dens, rescale, ctx.compat, g)
+                else:
+                    d = _della(d, dens, epsilon[i], rescale, ctx.compat, g)
+        if weight[i] != 1.0:
+            d.mul_(weight[i])
+        taus.append(d.reshape(-1))
+    out = ctx.writable_base()
+    flat = out.view(-1)
+    total = sum(weight)
+    for s, e in chunks(flat.numel()):
+        ds = [t[s:e] for t in taus]
+        if consensus:
+            elected = _elect(ds, ctx.compat)
+            mixed = torch.zeros_like(ds[0])
+            div = torch.zeros_like(ds[0]) if normalize else None
+            for i, d in enumerate(ds):
+                agree = d.sign() == elected
+                mixed += torch.where(agree, d, 0.0)
+                if normalize:
+                    div += agree * weight[i]
+            if normalize:
+                div[div == 0] = 1
+                mixed /= div
+        else:
+            mixed = ds[0].clone()
+            for d in ds[1:]:
+                mixed += d
+            if normalize:
+                mixed /= total
+        if lambda_ != 1:
+            mixed *= lambda_
+        flat[s:e] += mixed
+    return out
+
+
+def _elect(ds: Sequence[torch.Tensor], compat: bool) -> torch.Tensor:
+    """TIES' elected sign per entry: the sign of the sum of the (weighted) task vectors.
+    Ours: an exact tie elects 0 (no task agrees: the base is kept); mergekit elects +."""
+    total = ds[0].clone()
+    for d in ds[1:]:
+        total += d
+    if compat:
+        return torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    return total.sign_()
+
+
+def sce(ctx: Inputs, *, select_topk: float) -> torch.Tensor:
+    taus = [ctx.delta(i).reshape(-1) for i in range(ctx.k)]
+    k = ctx.k
+    n = taus[0].numel()
+    if select_topk < 1:
+        var = torch.empty_like(taus[0])
+        for s, e in chunks(n):
+            var[s:e] = torch.stack([t[s:e] for t in taus]).var(dim=0, unbiased=False)
+        keep = int(int(torch.count_nonzero(var)) * select_topk)
+        mask = rank_mask(var, 0, keep)
+        del var
+        for t in taus:
+            t.mul_(mask)
+    w = [_scalar(torch.linalg.vector_norm(t)) ** 2 / max(1, n) for t in taus]
+    total = sum(w)
+    w = [1.0 / k] * k if abs(total) < 1e-6 else [x / total for x in w]
+    out = ctx.writable_base()
+    flat = out.view(-1)
+    for s, e in chunks(n):
+        ds = [t[s:e] for t in taus]
+        elected = _elect(ds, ctx.compat)
+        num = torch.zeros_like(ds[0])
+        den = torch.zeros_like(ds[0])
+        for wi, d in zip(w, ds):
+            agree = d.sign() == elected
+            num += torch.where(agree, d, 0.0) * wi
+            den += agree * wi
+        flat[s:e] += num / den.clamp(min=1e-6)
+    return out
+
+
+def ram(ctx: Inputs, *, epsilon: float, r: float | None = None, alpha: float | None = None) -> torch.Tensor:
+    """RAM (and RAM+ tensor-local when ``r`` is given)."""
+    taus = [ctx.delta(i).reshape(-1) for i in range(ctx.k)]
+    active = [t.abs() > epsilon for t in taus]
+    count = torch.zeros(taus[0].shape, dtype=torch.int64, device=taus[0].device)
+    for a in active:
+        count += a
+    unique = count == 1
+    overlap = count > 1
+    scale = [1.0] * ctx.k
+    if r is not None:
+        for i, a in enumerate(active):
+            shared = int((a & overlap).sum())
+            uniq = int((a & unique).sum())
+            rho = shared / max(uniq, epsilon)
+            scale[i] = 1 + r * min(max(rho, 0.0), alpha)
+    share = count.clamp(min=1).to(taus[0].dtype)
+    out = ctx.writable_base()
+    flat = out.view(-1)
+    for i, (t, a) in enumerate(zip(taus, active)):
+        z = t * a
+        flat += torch.where(unique, z * scale[i], 0.0) + torch.where(overlap, z / share, 0.0)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# specialised
+# ---------------------------------------------------------------------------
+
+
+def model_stock(ctx: Inputs, *, filter_wise: bool) -> torch.Tensor:
+    w0 = ctx.base()
+    shape = w0.shape
+    if filter_wise:
+        view = (lambda x: x.reshape(1, -1)) if w0.dim() <= 1 else (lambda x: x)
+    else:
+        view = lambda x: x.reshape(-1)  # noqa: E731
+    offsets = [view(ctx.delta(i)) for i in range(ctx.k)]
+    cos = []
+    for i in range(len(offsets)):
+        for j in range(i + 1, len(offsets)):
+            a, b = offsets[i], offsets[j]
+            prod = torch.linalg.vector_norm(a, dim=-1) * torch.linalg.vector_norm(b, dim=-1)
+            cos.append(((a * b).sum(dim=-1) / prod.clamp(min=1e-6)).clamp(-1, 1))
+    c = torch.stack(cos).mean(dim=0).unsqueeze(-1)
+    n = len(offsets)
+    den = 1 + (n - 1) * c
+    singular = den.abs() < 1e-6
+    t = torch.where(singular, torch.zeros_like(c), (n * c) / torch.where(singular, torch.ones_like(den), den))
+    avg = offsets[0].clone()
+    for o in offsets[1:]:
+        avg += o
+    avg /= n  # mean offset: w_avg - w_0
+    return (view(w0) + t * avg).reshape(shape)
+
+
+def nearswap(ctx: Inputs, *, t: float) -> torch.Tensor:
+    a, b = ctx.base(), ctx.model(0)
+    w = (t / (a - b).abs().clamp(min=1e-6)).clamp(min=0, max=1)
+    return w * b + (1 - w) * a
+
+
+def arcee_fusion(ctx: Inputs) -> torch.Tensor:
+    a, b = ctx.base(), ctx.model(0)
+    shape = a.shape
+    a2, b2 = (a.reshape(1), b.reshape(1)) if a.dim() == 0 else (a, b)
+    p = F.softmax(b2, dim=-1) + 1e-8
+    q = F.softmax(a2, dim=-1) + 1e-8
+    kl = (p * torch.log(p / q)).sum(dim=-1, keepdim=True)
+    importance = (b2 - a2).abs() * kl
+    flat = importance.reshape(-1)
+    n = flat.numel()
+    q1, med, q3 = (_quantile(flat, q, n) for q in (0.25, 0.5, 0.75))
+    threshold = med + 1.5 * (q3 - q1)
+    mask = importance >= threshold
+    return (a2 + (b2 - a2) * mask).reshape(shape)
+
+
+def _quantile(flat: torch.Tensor, q: float, n: int) -> float:
+    """Order statistic at ascending position ``floor(q (n - 1))``, exact (no sampling)."""
+    r = int(q * (n - 1))
+    if bool((flat >= 0).all()):
+        return ascending_value(flat, r)
+    return float(flat.kthvalue(r + 1).values)
