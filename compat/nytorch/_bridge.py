@@ -15,12 +15,10 @@ changes to them (an optimiser step) are always seen.
 
 from __future__ import annotations
 
-import math
 import weakref
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
-import torch.utils._pytree as pytree
 from torch import nn
 
 from nytorch_fn import AddBuffer, AddParam, Remove, SetConfig, SetNone, Species, migrate
@@ -33,9 +31,7 @@ from .mtype import ParamConfig
 _FIELDS = ("operational", "clone")
 DEFAULT_CORE = CoreConfig()
 
-_specs: "weakref.WeakKeyDictionary[Species, Any]" = weakref.WeakKeyDictionary()
 _pids: "weakref.WeakKeyDictionary[Species, tuple[int, ...]]" = weakref.WeakKeyDictionary()
-_contexts: "weakref.WeakKeyDictionary[Species, Any]" = weakref.WeakKeyDictionary()
 
 
 def pname(pid: int) -> str:
@@ -103,126 +99,18 @@ def fresh_copy(species: Species) -> Species:
     return species_from(slots, configs, buffers)
 
 
-def _spec(species: Species) -> Any:
-    spec = _specs.get(species)
-    if spec is None:
-        metas = {
-            n: torch.empty(species.shapes[n], dtype=species.dtypes[n], device="meta") for n in species.names
-        }
-        spec = _specs[species] = pytree.tree_flatten(Particle(species, metas))[1]
-    return spec
-
-
-_UNFLATTEN = pytree.SUPPORTED_NODES[Particle].unflatten_fn  # the core's registered pytree unflatten
-
-
 def particle_of(species: Species, tensors: Sequence[torch.Tensor]) -> Particle:
     """The core particle of ``species`` holding exactly ``tensors`` (in id order, no copy).
 
-    Built through the pytree registration, so the tensors are taken as they
-    are (a module converted with ``.double()`` still works). The spec of a
-    particle has its tensors as direct leaves, so this calls the registered
-    unflatten function with the spec's context, which is what
-    ``tree_unflatten`` does, without its generic walk over the spec (this
-    runs on every particle operation).
+    Only for the core's own operations (``migrate``); the legacy layer's
+    arithmetic runs on the tensors themselves (``_arith``).
 
     Raises:
         AssertionError: the number of tensors is not the species' number of parameters.
     """
-    assert len(tensors) == len(species.names), (
-        f"expected {len(species.names)} parameters for this species, got {len(tensors)}"
-    )
-    return _UNFLATTEN(list(tensors), _context(species))
-
-
-def _context(species: Species) -> Any:
-    ctx = _contexts.get(species)
-    if ctx is None:
-        spec = _spec(species)
-        assert spec.type is Particle and all(c.is_leaf() for c in spec.children()), spec
-        ctx = _contexts[species] = spec.context
-    return ctx
-
-
-_EXACT_ALPHA_DTYPES = (torch.float32, torch.float64)
-
-
-class _Slots:
-    """Where a species' operational parameters sit, and what their dtypes allow.
-
-    The core keeps the same facts in its private plan; the compat layer uses
-    public ``nytorch_fn`` names only, so it reads them off ``species.config``.
-    """
-
-    __slots__ = ("op", "nonop", "floating", "alpha_exact")
-
-    def __init__(self, species: Species) -> None:
-        config, dtypes = species.config, species.dtypes
-        names = species.names
-        self.op = tuple(i for i, n in enumerate(names) if config[n].operational)
-        self.nonop = tuple((i, config[n].clone) for i, n in enumerate(names) if not config[n].operational)
-        self.floating = all(dtypes[names[i]].is_floating_point for i in self.op)
-        # x + d*y as one add(alpha=d) rounds once; with d a power of two, d*y is exact, so that is
-        # the legacy library's rounding of x + (d*y). Not so in half precision (computed in float32).
-        self.alpha_exact = all(dtypes[names[i]] in _EXACT_ALPHA_DTYPES for i in self.op)
-
-
-_slots_of: "weakref.WeakKeyDictionary[Species, _Slots]" = weakref.WeakKeyDictionary()
-
-
-def _slots(species: Species) -> _Slots:
-    found = _slots_of.get(species)
-    if found is None:
-        found = _slots_of[species] = _Slots(species)
-    return found
-
-
-def _power_of_two(c: Any) -> bool:
-    if type(c) is int:
-        return c != 0 and (abs(c) & (abs(c) - 1)) == 0
-    return type(c) is float and c != 0.0 and math.isfinite(c) and abs(math.frexp(c)[0]) == 0.5
-
-
-def combine(a: Particle, b: Particle, sign: int, *, b_scale: Any = None, writable: bool = False) -> Particle:
-    """``a + sign * b`` rounded as the legacy library rounds it, in as few passes as that allows.
-
-    The legacy library builds both operands, then adds: ``c*p + d*q`` rounds
-    three times. The core fuses pending scalar factors into one ``lerp`` or
-    ``add(alpha=)`` pass instead (one rounding). Here ``a`` is built as the
-    legacy library builds it, and ``b``'s factor is only folded into the
-    addition when that cannot change a bit. Call without gradients.
-
-    Args:
-        a, b: core particles of one species (either may carry a pending factor).
-        sign: 1 or -1.
-        b_scale: ``(d, q)`` when ``b`` is ``d * q``: added as ``add(alpha=d)``
-            when ``d`` is a power of two and the operational tensors are
-            float32/float64 (``d*q`` is then exact, except in the subnormal
-            range, below 2e-38 in float32); otherwise ``b`` is built first.
-        writable: ``a`` belongs to an unseen intermediate: its operational
-            tensors may take the result, and ``a`` is returned.
-    """
-    species = a.species
-    slots = _slots(species)
-    lead = a.tensors  # builds a pending c*p (as the legacy library does)
-    if not slots.floating or not slots.op:
-        b.tensors  # noqa: B018 - built first: the core then adds as the legacy library does
-        return a + b if sign == 1 else a - b
-    if b_scale is not None and slots.alpha_exact and _power_of_two(b_scale[0]):
-        alpha, q = sign * b_scale[0], b_scale[1].tensors
-    else:
-        alpha, q = sign, b.tensors
-    op = slots.op
-    xs, ys = [lead[i] for i in op], [q[i] for i in op]
-    if writable:
-        torch._foreach_add_(xs, ys, alpha=alpha)
-        return a
-    out = list(lead)
-    for i, r in zip(op, torch._foreach_add(xs, ys, alpha=alpha)):
-        out[i] = r
-    for i, clone in slots.nonop:  # taken from the left operand, as the core and the legacy library do
-        out[i] = lead[i].clone() if clone else lead[i]
-    return particle_of(species, out)
+    names = species.names
+    assert len(tensors) == len(names), f"expected {len(names)} parameters for this species, got {len(tensors)}"
+    return Particle(species, dict(zip(names, tensors)))
 
 
 def leaves(p: Particle) -> tuple[torch.Tensor, ...]:
@@ -327,6 +215,14 @@ class Transition:
 
 
 # -- configs ---------------------------------------------------------------
+
+
+def legacy_config(core: CoreConfig) -> ParamConfig:
+    """A plain, writable legacy config with the values of a core one (tags become attributes)."""
+    cfg = ParamConfig(core.operational, core.clone)
+    for key, value in core.tags.items():
+        object.__setattr__(cfg, key, value)
+    return cfg
 
 
 def to_core(cfg: Any) -> CoreConfig:

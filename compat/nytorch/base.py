@@ -23,11 +23,13 @@ from pyrsistent import PMap, pmap
 from torch import nn
 
 from . import _bridge as br
+from ._arith import Plan, plan_of
 from .kernel import ParticleData, ParticleKernel, VersionData, VersionKernel
 from .mtype import (
     ModuleDict,
     ModuleID,
     ModuleMeta,
+    ParamConfig,
     ParamDict,
     ParamID,
     ROOT_MODULE_ID,
@@ -38,6 +40,13 @@ VersionKernelImp = VersionKernel["VersionDataImp", "ParticleDataImp"]
 ParticleKernelImp = ParticleKernel["VersionDataImp", "ParticleDataImp"]
 
 _WEAK = object()  # marks the weakly held root in ParticleDataImp._modules
+
+
+def _legacy_copy(cfg: Any) -> ParamConfig:
+    """A writable legacy copy of a config (legacy or core), user attributes included."""
+    if isinstance(cfg, ParamConfig):
+        return cfg.copy()
+    return br.legacy_config(cfg)
 
 
 def create_new_group(ref: nn.Module) -> ParticleKernelImp:
@@ -257,15 +266,17 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
         species: the ``nytorch_fn.Species`` of this version.
     """
 
-    __slots__ = ("_meta", "_species", "_pending", "_plan")
+    __slots__ = ("_meta", "_species", "_pending", "_plan", "_arith")
 
     def __init__(self, meta: Mapping, config: Mapping, *, species: Any = None) -> None:
         self._meta = pmap({int(k): v for k, v in meta.items()})
-        self._pending: Optional[dict] = None
+        self._pending: Optional[OrderedDict] = None
         self._plan: Optional[_BuildPlan] = None
+        self._arith: Optional[Plan] = None
         if species is None:
             if len(config):
-                self._pending = {int(k): br.to_core(v) for k, v in config.items()}
+                # legacy configs, kept as given (writable) until the first particle enters
+                self._pending = config if isinstance(config, OrderedDict) else OrderedDict(config)
             else:
                 species = br.empty_species()
         self._species = species
@@ -274,14 +285,28 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
         return f"VersionDataImp(meta={self.meta!r}, config={self.config!r})"
 
     def __getstate__(self) -> tuple:
-        # the build plan is a cache: not pickled (nor deep-copied)
+        # the build and arithmetic plans are caches: not pickled (nor deep-copied)
         return (None, {"_meta": self._meta, "_species": self._species, "_pending": self._pending})
+
+    def __setstate__(self, state: tuple) -> None:
+        for key in ("_plan", "_arith"):
+            object.__setattr__(self, key, None)
+        for key, value in state[1].items():
+            object.__setattr__(self, key, value)
 
     def _build_plan(self) -> "_BuildPlan":
         """The wiring of this version's module tree (cached for the current ``_meta`` only)."""
-        plan = getattr(self, "_plan", None)
+        plan = self._plan
         if plan is None or plan.meta is not self._meta:
             plan = self._plan = _BuildPlan(self._meta)
+        return plan
+
+    def _arith_plan(self) -> Plan:
+        """Where this version's operational parameters sit (cached for the current species only)."""
+        plan = self._arith
+        species = self._species
+        if plan is None or plan.species is not species:
+            plan = self._arith = plan_of(self.species)
         return plan
 
     # -- documented attributes ----------------------------------------------
@@ -304,7 +329,7 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
     @property
     def config(self) -> Mapping:
         if self._species is None:
-            return OrderedDict(sorted(self._pending.items()))  # type: ignore[union-attr]
+            return self._pending  # the legacy configs given to the constructor, writable
         return _ConfigView(self)
 
     @config.setter
@@ -344,7 +369,7 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
 
     def _adopt(self, params: Mapping) -> None:
         """Build the species of a user-made version from the first particle's parameters."""
-        pending = self._pending or {}
+        pending = {int(k): v for k, v in (self._pending or {}).items()}
         slots = [(pid, p.shape, p.dtype, p.requires_grad) for pid, p in sorted(params.items()) if pid in pending]
         self._species = br.species_from(slots, pending)
         self._pending = None
@@ -353,18 +378,20 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
         """A deep copy: the same metadata under a new species (its own identity and history)."""
         new = VersionDataImp.__new__(VersionDataImp)
         new._meta = pmap({k: v.copy() for k, v in self._meta.items()})
-        new._pending = None if self._pending is None else dict(self._pending)
+        new._pending = None if self._pending is None else OrderedDict((k, _legacy_copy(v)) for k, v in self._pending.items())
         new._species = None if self._species is None else br.fresh_copy(self._species)
         new._plan = None
+        new._arith = None
         return new
 
     def _derive(self) -> "VersionDataImp":
         """The starting point of the next version: same metadata, same species chain."""
         new = VersionDataImp.__new__(VersionDataImp)
         new._meta = self._meta
-        new._pending = self._pending
+        new._pending = None
         new._species = self.species
         new._plan = None
+        new._arith = None
         return new
 
     # -- queries ---------------------------------------------------------------
@@ -399,7 +426,7 @@ class VersionDataImp(VersionData["VersionDataImp", "ParticleDataImp"]):
 
     def _param_ids(self) -> tuple[ParamID, ...]:
         if self._species is None:
-            return tuple(sorted(self._pending or {}))
+            return tuple(sorted(int(k) for k in self._pending or {}))
         return br.pids_of(self._species)
 
     # -- edits (on a version under construction) ------------------------------
@@ -641,6 +668,71 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
         new._root_ref = None
         new.params = OrderedDict(params)
         return new
+
+
+def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDict, module_id: ModuleID) -> nn.Module:
+    """Module ``module_id`` of a new particle of ``version``: ``source``'s modules (copied) holding ``params``.
+
+    What ``ParticleKernel(version, source.create(version.data, params))``
+    gives, with its root module holding the particle (the kernel holds it
+    weakly), in one pass over the modules. ``params`` (id -> parameter, in
+    this version's id order) is taken over, not copied. A submodule result
+    keeps its particle's root alive (``_nyto_pin``).
+    """
+    vdata = version.data
+    plan = vdata._build_plan()
+    src = source._modules
+    kernel = ParticleKernel.__new__(ParticleKernel)
+    kernel.version = version
+    if tuple(src) != plan.mids:  # not this version's tree: the generic path (and its errors)
+        data = source.create(vdata, params)
+        kernel.data = data
+        data.init_kernel(kernel)
+    else:
+        modules: OrderedDict = OrderedDict()
+        weak = None
+        for mid, mod in src.items():
+            if mod is _WEAK:
+                mod = source._root_ref()  # type: ignore[misc]
+                assert mod is not None, "the root module of this particle has been freed"
+            clone = mod.__new__(type(mod))
+            state = mod.__dict__.copy()
+            object.__setattr__(clone, "__dict__", state)
+            state["_buffers"] = state["_buffers"].copy()
+            kept = state.get("_non_persistent_buffers_set")
+            if kept is not None:
+                state["_non_persistent_buffers_set"] = set(kept)
+            if isinstance(mod, NytoModuleBase):  # as ParticleDataImp.init_kernel
+                state.pop("_nyto_pin", None)
+                if state.get("_module_id", ROOT_MODULE_ID) == ROOT_MODULE_ID:
+                    state["_pk"] = kernel
+                else:
+                    if weak is None:
+                        weak = weakref.ref(kernel)
+                    state["_pk"] = weak
+            modules[mid] = clone
+        for mid, subs, slots in plan.wiring:
+            module = modules[mid]
+            state = module.__dict__
+            state["_modules"] = (
+                OrderedDict([(name, None if sub is None else modules[sub]) for name, sub in subs]) if subs else OrderedDict()
+            )
+            state["_parameters"] = (
+                OrderedDict([(name, None if pid is None else params[pid]) for name, pid in slots]) if slots else OrderedDict()
+            )
+            if "_flat_weights_names" in state:  # RNNs cache references to their weights
+                module._init_flat_weights()
+        data = ParticleDataImp.__new__(ParticleDataImp)
+        data._modules = modules
+        data._root_ref = None
+        data.params = params
+        kernel.data = data
+    root = data._modules.get(ROOT_MODULE_ID)
+    data._weaken_root()
+    module = data._module(module_id)
+    if module_id != ROOT_MODULE_ID:
+        module.__dict__["_nyto_pin"] = root
+    return module
 
 
 def _copy_module(module: nn.Module) -> nn.Module:

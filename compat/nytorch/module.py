@@ -1,11 +1,13 @@
 """NytoModule (a particle that is an ``nn.Module``) and ParamProduct (its arithmetic).
 
-A ``ParamProduct`` holds a core ``nytorch_fn.Particle`` whose tensors are,
-for a product made from a module, that module's very parameter objects.
-Arithmetic is the core's (fused ``foreach`` kernels, ``a*p + b*q`` in one
-pass), run under ``torch.no_grad()``; turning the result back into a module
-wraps each new tensor in an ``nn.Parameter`` with the ``requires_grad`` of the
-parameter it came from.
+Every operator computes its result when it runs and returns a real object:
+``0.5 * net`` a new NytoModule particle, ``0.5 * net.product()`` a new
+ParamProduct. The arithmetic is the legacy library's, parameter by
+parameter (``_arith``), so results have nytorch 1.1.0's bits. A product
+made from a module holds that module's very parameter objects; the tensors
+of a computed product become ``nn.Parameter`` objects (with the
+``requires_grad`` of the parameter they came from) when a module is built
+from it or its ``params`` are read.
 """
 
 from __future__ import annotations
@@ -19,8 +21,8 @@ import torch
 from torch import nn
 from typing_extensions import Self
 
+from . import _arith as ar
 from . import _bridge as br
-from . import _fuse
 from .base import (
     _NO_KERNEL,
     NytoModuleBase,
@@ -28,6 +30,7 @@ from .base import (
     ParticleKernelImp,
     VersionDataImp,
     _get_kernel,
+    spawn,
 )
 from .kernel import Particle, ParticleKernel, Product
 from .mtype import Module, ModuleID, ParamConfig, ParamDict, ParamID, ParamType, ROOT_MODULE_ID
@@ -103,31 +106,19 @@ def product_to_module(product: "ParamProduct") -> Module:
     The new particle is of the product's species and version. When the
     module is not the root, it keeps its particle's root alive.
     """
-    return _spawn(product.kernel.data, product._version, product.params, product.module_id)
+    params = product.params
+    return spawn(product.kernel.data, product._version, OrderedDict(params), product.module_id)
 
 
-def _spawn(source: ParticleDataImp, version: Any, params: ParamDict, module_id: ModuleID) -> Module:
-    """Module ``module_id`` of a new particle of ``version`` with ``source``'s structure and ``params``."""
-    data = source.create(version.data, params)
-    ParticleKernel(version, data)
-    return _adopt(data, module_id)
-
-
-def _spawn_tensors(source: ParticleDataImp, version: Any, tensors: Any, grads: Any, module_id: ModuleID) -> Module:
-    """``_spawn`` with result tensors (in id order), made parameters with the given ``requires_grad``."""
-    params = OrderedDict(zip(br.pids_of(version.data.species), _as_params(tensors, grads)))
-    return _spawn(source, version, params, module_id)
-
-
-def _as_params(tensors: Any, grads: Any) -> list:
-    """Result tensors as parameters with the given ``requires_grad`` (a parameter that already is one is kept)."""
-    made = []
-    for t, g in zip(tensors, grads):
+def _as_params(pids: Any, tensors: Any, grads: Any) -> OrderedDict:
+    """id -> parameter: result tensors wrapped with the given ``requires_grad`` (a parameter that already is one is kept)."""
+    made: OrderedDict = OrderedDict()
+    for pid, t, g in zip(pids, tensors, grads):
         if type(t) is torch.Tensor:  # a fresh result: what Parameter.__new__ does for one, minus its frame
             t = _make_param(ParamType, t, g)
         elif not (isinstance(t, ParamType) and t.requires_grad == g):
             t = ParamType(t, requires_grad=g)
-        made.append(t)
+        made[pid] = t
     return made
 
 
@@ -176,18 +167,20 @@ class ParamProduct(Product[Tmodule]):
 
     Attributes:
         kernel, module_id: as given.
-        params: parameter id -> ``nn.Parameter`` (materialised on first read).
+        params: parameter id -> ``nn.Parameter`` (made on first read for a
+            computed product).
         vdata, pdata: the version data and particle data of ``kernel``.
 
     Arithmetic with numbers, 0-d tensors and products of the same species
-    runs on the functional core without recording gradients. Products of
-    different species raise ``AssertionError``.
+    is computed at once, parameter by parameter as nytorch 1.1.0 computes
+    it, without recording gradients. Products of different species raise
+    ``AssertionError``.
 
     Example:
         >>> new_net = (0.5 * net1.product() + 0.5 * net2.product()).module()
     """
 
-    __slots__ = ("kernel", "module_id", "_particle", "_grads", "_params", "_version", "_pin", "_scale")
+    __slots__ = ("kernel", "module_id", "_values", "_grads", "_species", "_params", "_version", "_pin")
 
     kernel: ParticleKernelImp
     module_id: ModuleID
@@ -199,47 +192,38 @@ class ParamProduct(Product[Tmodule]):
         assert tuple(params.keys()) == ids, (
             f"expected parameters with ids {list(ids)} (this version's), got {list(params.keys())}"
         )
-        tensors = list(params.values())
-        self._set(kernel, module_id, br.particle_of(species, tensors), tuple(t.requires_grad for t in tensors), version)
-        self._params = params if all(isinstance(t, ParamType) for t in tensors) else None
+        self._set(kernel, module_id, version, species, list(params.values()))
+        self._params = params if all(isinstance(t, ParamType) for t in self._values) else None
 
-    def _set(self, kernel: Any, module_id: ModuleID, particle: Any, grads: tuple, version: Any) -> None:
+    def _set(self, kernel: Any, module_id: ModuleID, version: Any, species: Any, values: list) -> None:
         self.kernel = kernel
         self.module_id = module_id
-        self._particle = particle
-        self._grads = grads
         self._version = version
+        self._species = species
+        self._values = values
+        self._grads = tuple([t.requires_grad for t in values])
         self._params = None
-        self._pin = kernel.data._root()
-        self._scale = None
+        self._pin = kernel.data._root()  # keeps the source particle (its modules) alive
 
     @classmethod
     def _of_kernel(cls, kernel: ParticleKernelImp, module_id: ModuleID) -> "ParamProduct":
-        data = kernel.data
-        params = data.params
+        params = kernel.data.params
         version = kernel.version
-        tensors = list(params.values())
         self = cls.__new__(cls)
-        self.kernel = kernel
-        self.module_id = module_id
-        self._particle = br.particle_of(version.data.species, tensors)
-        self._grads = tuple([t.requires_grad for t in tensors])
-        self._version = version
+        self._set(kernel, module_id, version, version.data.species, list(params.values()))
         self._params = params
-        self._pin = data._root()
-        self._scale = None
         return self
 
-    def _derive(self, particle: Any, grads: Optional[tuple] = None, scale: Any = None) -> "ParamProduct":
+    def _derive(self, values: list, species: Any, grads: Optional[tuple] = None) -> "ParamProduct":
         new = ParamProduct.__new__(ParamProduct)
         new.kernel = self.kernel
         new.module_id = self.module_id
-        new._particle = particle
-        new._grads = self._grads if grads is None else grads
         new._version = self._version
+        new._species = species
+        new._values = values
+        new._grads = self._grads if grads is None else grads
         new._params = None
         new._pin = self._pin
-        new._scale = scale  # (d, q) when particle is d * q (see _bridge.combine)
         return new
 
     def __repr__(self) -> str:
@@ -251,18 +235,15 @@ class ParamProduct(Product[Tmodule]):
     def params(self) -> ParamDict:
         params = self._params
         if params is None:
-            made = _as_params(br.leaves(self._particle), self._grads)
-            params = self._params = OrderedDict(zip(br.pids_of(self._particle.species), made))
+            params = self._params = _as_params(br.pids_of(self._species), self._values, self._grads)
         return params
 
     @params.setter
     def params(self, value: ParamDict) -> None:
-        species = self._particle.species
-        tensors = list(value.values())
-        self._particle = br.particle_of(species, tensors)
-        self._grads = tuple(t.requires_grad for t in tensors)
+        values = list(value.values())
+        self._values = values
+        self._grads = tuple(t.requires_grad for t in values)
         self._params = OrderedDict(value)
-        self._scale = None
 
     @property
     def vdata(self) -> VersionDataImp:
@@ -274,9 +255,12 @@ class ParamProduct(Product[Tmodule]):
         """The particle data of the product's particle."""
         return self.kernel.data
 
-    def _core(self) -> Any:
-        """The core particle, brought to the current config of the product's version."""
-        return br.bring_to(self._particle, self._version.data.species)
+    def _now(self) -> tuple:
+        """``(tensors, species)``: the values under the current config of the product's version."""
+        species = self._version.data.species
+        if self._species is species:
+            return self._values, species
+        return list(br.Transition(self._species, species).advance(self._values)), species
 
     # -- conversion -----------------------------------------------------------------
 
@@ -292,7 +276,7 @@ class ParamProduct(Product[Tmodule]):
 
     def _configs(self) -> list:
         view = self._version.data.config
-        return [view[pid] for pid in br.pids_of(self._core().species)]
+        return [view[pid] for pid in br.pids_of(self._version.data.species)]
 
     def unary_operator(self, fn: Callable[[ParamType, ParamConfig], ParamType]) -> "ParamProduct":
         """A new product with ``fn(param, config)`` for every parameter (no gradient recorded).
@@ -322,12 +306,14 @@ class ParamProduct(Product[Tmodule]):
         return self._from_results(results)
 
     def _from_results(self, results: list) -> "ParamProduct":
-        species = self._core().species
+        species = self._version.data.species
         for pid, r in zip(br.pids_of(species), results):
             if not isinstance(r, torch.Tensor):
                 raise TypeError(f"the operator must return a tensor for parameter {pid}, got {type(r).__name__}")
         grads = tuple(r.requires_grad if isinstance(r, ParamType) else g for r, g in zip(results, self._grads))
-        new = self._derive(br.particle_of(species, results), grads)
+        new = self._derive(list(results), species, grads)
+        if all(isinstance(r, ParamType) for r in results):
+            new._params = OrderedDict(zip(br.pids_of(species), results))  # the very objects fn made
         return new
 
     def _check_other(self, other: Any) -> None:
@@ -336,69 +322,73 @@ class ParamProduct(Product[Tmodule]):
 
     # -- arithmetic -------------------------------------------------------------------
 
-    def _binary(self, other: Any, op: Callable[[Any, Any], Any], fallback: Callable) -> "ParamProduct":
+    def _binary(self, other: Any, kind: int, fallback: Callable) -> "ParamProduct":
         assert not isinstance(other, NytoModule), (
             "a product cannot be combined with a NytoModule; call .product() on the module too"
         )
         if isinstance(other, ParamProduct):
             self._check_other(other)
-            with torch.no_grad():
-                mine, theirs = self._core(), other._core()
-                scale = other._scale if other._scale is not None and other._scale[1].species is theirs.species else None
-                own = self._scale
-                if (op is _ADD or op is _SUB) and own is not None and own[1].species is mine.species:
-                    # this product is c*q: build a private c*q, which the sum may then be written into
-                    return self._derive(_arith(op, own[1] * own[0], theirs, b_scale=scale, writable=True))
-                return self._derive(_arith(op, mine, theirs, b_scale=scale))
+            mine, species = self._now()
+            theirs, their_species = other._now()
+            assert their_species is species, _OTHER_SPECIES
+            return self._derive(ar.apply(ar.plan_of(species), kind, mine, list(theirs)), species)
         if _is_scalar(other):
-            with torch.no_grad():
-                mine = self._core()
-                scale = (other, mine) if op is _MUL and type(other) in _FAST_SCALARS else None
-                return self._derive(op(mine, other), scale=scale)
+            mine, species = self._now()
+            return self._derive(ar.apply(ar.plan_of(species), kind, mine, other), species)
+        return self.unary_operator(unary_lambda_wrapper(fallback))
+
+    def _reflected(self, other: Any, kind: int, fallback: Callable) -> "ParamProduct":
+        assert not isinstance(other, NytoModule), (
+            "a product cannot be combined with a NytoModule; call .product() on the module too"
+        )
+        if _is_scalar(other):
+            mine, species = self._now()
+            return self._derive(ar.apply(ar.plan_of(species), kind, mine, other), species)
         return self.unary_operator(unary_lambda_wrapper(fallback))
 
     def __neg__(self) -> "ParamProduct":
-        with torch.no_grad():
-            return self._derive(-self._core())
+        mine, species = self._now()
+        return self._derive(ar.apply(ar.plan_of(species), ar.NEG, mine), species)
 
     def __pow__(self, power: Any) -> "ParamProduct":
-        return self._binary(power, lambda a, b: a**b, lambda p: p**power)
+        return self._binary(power, ar.POW, lambda p: p**power)
 
     def __rpow__(self, base: Any) -> "ParamProduct":
-        return self._binary(base, lambda a, b: b**a, lambda p: base**p)
+        return self._reflected(base, ar.RPOW, lambda p: base**p)
 
     def __add__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, _ADD, lambda p: p + other)
+        return self._binary(other, ar.ADD, lambda p: p + other)
 
     def __sub__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, _SUB, lambda p: p - other)
+        return self._binary(other, ar.SUB, lambda p: p - other)
 
     def __rsub__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, lambda a, b: b - a, lambda p: other - p)
+        return self._reflected(other, ar.RSUB, lambda p: other - p)
 
     def __mul__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, _MUL, lambda p: p * other)
+        return self._binary(other, ar.MUL, lambda p: p * other)
 
     def __truediv__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, lambda a, b: a / b, lambda p: p / other)
+        return self._binary(other, ar.DIV, lambda p: p / other)
 
     def __rtruediv__(self, other: Any) -> "ParamProduct":
-        return self._binary(other, lambda a, b: b / a, lambda p: other / p)
+        return self._reflected(other, ar.RDIV, lambda p: other / p)
+
+    def _each(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ParamProduct":
+        mine, species = self._now()
+        return self._derive(ar.apply_each(ar.plan_of(species), mine, fn), species)
 
     def clone(self) -> "ParamProduct":
         """A copy (non-operational parameters as their config says)."""
-        with torch.no_grad():
-            return self._derive(self._core().clone())
+        return self._each(torch.Tensor.clone)
 
     def randn(self) -> "ParamProduct":
-        """Operational parameters redrawn from N(0, 1) (torch's global RNG)."""
-        with torch.no_grad():
-            return self._derive(self._core().randn())
+        """Operational parameters redrawn from N(0, 1) (torch's global RNG, one draw per parameter in id order)."""
+        return self._each(torch.randn_like)
 
     def rand(self) -> "ParamProduct":
-        """Operational parameters redrawn from U[0, 1) (torch's global RNG)."""
-        with torch.no_grad():
-            return self._derive(self._core().rand())
+        """Operational parameters redrawn from U[0, 1) (torch's global RNG, one draw per parameter in id order)."""
+        return self._each(torch.rand_like)
 
 
 # ---------------------------------------------------------------------------
@@ -419,6 +409,12 @@ def _check_name(module: nn.Module, name: Any, what: str) -> None:
         raise KeyError(f"attribute '{name}' already exists")
 
 
+def _catch_up(module: nn.Module) -> None:
+    kernel = _get_kernel(module)
+    if kernel is not None and kernel.version.next_version is not None:
+        kernel.particle_update()
+
+
 def _apply_configs(vdata: VersionDataImp, pids: Any, fn: Callable[[ParamID, ParamConfig], None]) -> None:
     view = vdata.config
     wanted = set(pids)
@@ -427,32 +423,10 @@ def _apply_configs(vdata: VersionDataImp, pids: Any, fn: Callable[[ParamID, Para
             fn(pid, view[pid])
 
 
-_FAST_SCALARS = (int, float)
-_set_grad_enabled = torch._C._set_grad_enabled
 _OTHER_SPECIES = (
     "particles of different species (or of different versions of one species: touch() them first) "
     "cannot be combined"
 )
-_ADD = lambda a, b: a + b  # noqa: E731
-_SUB = lambda a, b: a - b  # noqa: E731
-_RSUB = lambda a, b: b - a  # noqa: E731
-_MUL = lambda a, b: a * b  # noqa: E731
-_DIV = lambda a, b: a / b  # noqa: E731
-_RDIV = lambda a, b: b / a  # noqa: E731
-_POW = lambda a, b: a**b  # noqa: E731
-_RPOW = lambda a, b: b**a  # noqa: E731
-
-
-def _arith(op: Callable[[Any, Any], Any], a: Any, b: Any, *, b_scale: Any = None, writable: bool = False) -> Any:
-    """``op(a, b)`` on core particles (``b`` may be a number); sums and differences rounded as the legacy library's.
-
-    ``b_scale``: ``(d, q)`` when ``b`` is ``d * q``. ``writable``: ``a``'s
-    operational tensors belong to an unseen intermediate and may receive the
-    result. See ``_bridge.combine``.
-    """
-    if (op is _ADD or op is _SUB) and type(b) is br.Particle:
-        return br.combine(a, b, 1 if op is _ADD else -1, b_scale=b_scale, writable=writable)
-    return op(a, b)
 
 
 class NytoModule(NytoModuleBase, Particle[ParamProduct]):
@@ -535,11 +509,16 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         """Add (or replace, or set to None) submodule ``name``; makes a new version."""
         if "_modules" not in self.__dict__:
             raise AttributeError("cannot assign module before Module.__init__() call")
+        _catch_up(self)  # the names another particle added are checked too, as in the legacy library
         _check_name(self, name, "module")
         if module is None:
             return self._version_update(SetModuleNoneVersionUpdater(self._module_id, name))
         if not isinstance(module, Module):
             raise _TypeAssertionError(f"{torch.typename(module)} is not a Module subclass")
+        if name in self._parameters:  # as torch's Module.__setattr__, which the legacy library runs here
+            raise TypeError(
+                f"cannot assign '{torch.typename(module)}' as parameter '{name}' (torch.nn.Parameter or None expected)"
+            )
         self._version_update(AddModuleVersionUpdater(self._module_id, name, module))
 
     def register_buffer(self, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
@@ -550,7 +529,10 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
         """
         if "_buffers" not in self.__dict__:
             raise AttributeError("cannot assign buffer before Module.__init__() call")
+        _catch_up(self)  # the names another particle added are checked too, as in the legacy library
         _check_name(self, name, "buffer")
+        if name not in self._buffers and (name in self.__dict__ or name in self._parameters or name in self._modules):
+            raise KeyError(f"attribute '{name}' already exists")  # as torch's register_buffer (the legacy refusal)
         if tensor is not None and not isinstance(tensor, torch.Tensor):
             raise _TypeAssertionError(
                 f"cannot assign '{torch.typename(tensor)}' object to buffer '{name}' (torch Tensor or None required)"
@@ -561,119 +543,70 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
 
     # ``self OP other`` is ``(self.product() OP other.product()).particle()``
     # (kernel.Particle). For the common operands (a Python int or float, or a
-    # module of the very same class) this does the same steps inline, with
-    # one no_grad and no intermediate products; anything else, or a subclass
-    # that overrides ``product``/``touch``/``_operand``, takes the generic way.
-
-    def _operands(self, other: Any) -> Any:
-        """``(kernel, theirs, b_scale)`` for the inline path, both particles caught up; None: the generic path."""
-        cls = type(self)
-        if not (cls.product is _PRODUCT and cls.touch is _TOUCH and cls._operand is _OPERAND):
-            return None
-        kernel = _get_kernel(self)
-        if kernel is None:
-            return None
-        kind = type(other)
-        if not (kind in _FAST_SCALARS or kind is cls or (kind is _Pending and other.cls is cls)):
-            return None
-        if kernel.version.next_version is not None:
-            kernel.particle_update()
-        return (kernel, *_theirs(other, kernel.version))
-
-    def _fast(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
-        found = self._operands(other)
-        if found is None:
-            return None
-        kernel, theirs, b_scale = found
-        cls = type(self)
-        version = kernel.version
-        species = version.data.species
-        data = kernel.data
-        root = data._root()  # keeps the particle alive (as a product's pin does)
-        tensors = list(data.params.values())
-        grad = torch.is_grad_enabled()
-        _set_grad_enabled(False)  # torch.no_grad(), without its two context objects: this runs per operator
-        try:
-            mine = br.particle_of(species, tensors)
-            value = _arith(op, mine, theirs, b_scale=b_scale)
-            if _fusable(cls) and _consumed(op, cls):
-                scale = (other, mine) if op is _MUL and type(other) in _FAST_SCALARS else None
-                grads = [t.requires_grad for t in tensors]
-                return _Pending(cls, version, data, root, self._module_id, grads, value, scale)
-            result = value.tensors
-        finally:
-            _set_grad_enabled(grad)
-        return _spawn_tensors(data, version, result, [t.requires_grad for t in tensors], self._module_id)
-
-    def _fast_inplace(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
-        """``self OP= other`` inline: the result's data goes into this particle's parameter objects (as ``product_``)."""
-        found = self._operands(other)
-        if found is None:
-            return None
-        kernel, theirs, b_scale = found
-        tensors = list(kernel.data.params.values())
-        grad = torch.is_grad_enabled()
-        _set_grad_enabled(False)
-        try:
-            result = _arith(op, br.particle_of(kernel.version.data.species, tensors), theirs, b_scale=b_scale).tensors
-        finally:
-            _set_grad_enabled(grad)
-        for param, new in zip(tensors, result):
-            if param is not new:  # a shared non-operational parameter stays as it is
-                param.data = new
-        return self
+    # module of the very same class) ``_inline`` does the same steps without
+    # the intermediate products; anything else, or a subclass that overrides
+    # ``product``/``touch``/``_operand``, takes the generic way. Both give a
+    # new, real module computed now.
 
     def __add__(self, other: Any) -> Any:
-        out = self._fast(other, _ADD)
-        return Particle.__add__(self, _built(other)) if out is None else out
+        out = _inline(self, other, ar.ADD)
+        return Particle.__add__(self, other) if out is None else out
+
+    def __radd__(self, other: Any) -> Any:
+        out = _inline(self, other, ar.ADD)
+        return Particle.__radd__(self, other) if out is None else out
 
     def __sub__(self, other: Any) -> Any:
-        out = self._fast(other, _SUB)
-        return Particle.__sub__(self, _built(other)) if out is None else out
+        out = _inline(self, other, ar.SUB)
+        return Particle.__sub__(self, other) if out is None else out
 
     def __rsub__(self, other: Any) -> Any:
-        out = self._fast(other, _RSUB) if type(other) in _FAST_SCALARS else None
+        out = _inline(self, other, ar.RSUB) if type(other) in _NUMBERS else None
         return Particle.__rsub__(self, other) if out is None else out
 
     def __mul__(self, other: Any) -> Any:
-        out = self._fast(other, _MUL)
-        return Particle.__mul__(self, _built(other)) if out is None else out
+        out = _inline(self, other, ar.MUL)
+        return Particle.__mul__(self, other) if out is None else out
+
+    def __rmul__(self, other: Any) -> Any:
+        out = _inline(self, other, ar.MUL)
+        return Particle.__rmul__(self, other) if out is None else out
 
     def __truediv__(self, other: Any) -> Any:
-        out = self._fast(other, _DIV)
-        return Particle.__truediv__(self, _built(other)) if out is None else out
+        out = _inline(self, other, ar.DIV)
+        return Particle.__truediv__(self, other) if out is None else out
 
     def __rtruediv__(self, other: Any) -> Any:
-        out = self._fast(other, _RDIV) if type(other) in _FAST_SCALARS else None
+        out = _inline(self, other, ar.RDIV) if type(other) in _NUMBERS else None
         return Particle.__rtruediv__(self, other) if out is None else out
 
     def __pow__(self, power: Any) -> Any:
-        out = self._fast(power, _POW)
-        return Particle.__pow__(self, _built(power)) if out is None else out
+        out = _inline(self, power, ar.POW)
+        return Particle.__pow__(self, power) if out is None else out
 
     def __rpow__(self, base: Any) -> Any:
-        out = self._fast(base, _RPOW) if type(base) in _FAST_SCALARS else None
+        out = _inline(self, base, ar.RPOW) if type(base) in _NUMBERS else None
         return Particle.__rpow__(self, base) if out is None else out
 
     def __iadd__(self, other: Any) -> Any:
-        out = self._fast_inplace(other, _ADD)
-        return Particle.__iadd__(self, _built(other)) if out is None else out
+        out = _inline_inplace(self, other, ar.ADD)
+        return Particle.__iadd__(self, other) if out is None else out
 
     def __isub__(self, other: Any) -> Any:
-        out = self._fast_inplace(other, _SUB)
-        return Particle.__isub__(self, _built(other)) if out is None else out
+        out = _inline_inplace(self, other, ar.SUB)
+        return Particle.__isub__(self, other) if out is None else out
 
     def __imul__(self, other: Any) -> Any:
-        out = self._fast_inplace(other, _MUL)
-        return Particle.__imul__(self, _built(other)) if out is None else out
+        out = _inline_inplace(self, other, ar.MUL)
+        return Particle.__imul__(self, other) if out is None else out
 
     def __itruediv__(self, other: Any) -> Any:
-        out = self._fast_inplace(other, _DIV)
-        return Particle.__itruediv__(self, _built(other)) if out is None else out
+        out = _inline_inplace(self, other, ar.DIV)
+        return Particle.__itruediv__(self, other) if out is None else out
 
     def __ipow__(self, power: Any) -> Any:
-        out = self._fast_inplace(power, _POW)
-        return Particle.__ipow__(self, _built(power)) if out is None else out
+        out = _inline_inplace(self, power, ar.POW)
+        return Particle.__ipow__(self, power) if out is None else out
 
     # -- particles ---------------------------------------------------------------
 
@@ -782,137 +715,61 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
 
 
 _PRODUCT, _TOUCH, _OPERAND = NytoModule.product, NytoModule.touch, Particle._operand
+_NUMBERS = (int, float)
 
 
-# ---------------------------------------------------------------------------
-# Results that stay unbuilt inside one expression (see _fuse.py)
-# ---------------------------------------------------------------------------
+def _operands(self: NytoModule, other: Any) -> Any:
+    """``(kernel, theirs)`` for the inline path, both particles caught up; None: take the generic path.
 
-_DUNDERS = (
-    "__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__",
-    "__truediv__", "__rtruediv__", "__pow__", "__rpow__",
-    "__iadd__", "__isub__", "__imul__", "__itruediv__", "__ipow__",
-)  # fmt: skip
-_OWN_DUNDERS = tuple(getattr(NytoModule, name) for name in _DUNDERS)
-_SYMBOL = {_ADD: "+", _SUB: "-", _RSUB: "-", _MUL: "*", _DIV: "/", _RDIV: "/", _POW: "**", _RPOW: "**"}
-
-
-def _fusable(cls: type) -> bool:
-    """Every operator of ``cls`` is NytoModule's own, so an operand of ``cls`` only meets our code."""
-    own = _OWN_DUNDERS
-    return (
-        _fuse.ENABLED
-        and cls.__add__ is own[0] and cls.__radd__ is own[1] and cls.__sub__ is own[2] and cls.__rsub__ is own[3]
-        and cls.__mul__ is own[4] and cls.__rmul__ is own[5] and cls.__truediv__ is own[6]
-        and cls.__rtruediv__ is own[7] and cls.__pow__ is own[8] and cls.__rpow__ is own[9]
-        and cls.__iadd__ is own[10] and cls.__isub__ is own[11] and cls.__imul__ is own[12]
-        and cls.__itruediv__ is own[13] and cls.__ipow__ is own[14]
-    )  # fmt: skip
-
-
-def _theirs(other: Any, version: Any) -> tuple:
-    """``(operand, b_scale)`` for the inline arithmetic: a number, or the particle of a module
-    (caught up) or pending value of ``version`` (``AssertionError`` for another species)."""
+    ``theirs`` is the number, or the other module's parameters (a list in
+    id order). Catches up as ``product()`` does: ``self`` first, then
+    ``other``; a module of another species (or version) raises the generic
+    path's ``AssertionError``.
+    """
+    cls = type(self)
+    if not (cls.product is _PRODUCT and cls.touch is _TOUCH and cls._operand is _OPERAND):
+        return None
     kind = type(other)
-    if kind in _FAST_SCALARS:
-        return other, None
-    if kind is _Pending:
-        assert other.version is version, _OTHER_SPECIES
-        return other.value, other.scale
+    if not (kind is float or kind is int or kind is cls):
+        return None
+    kernel = _get_kernel(self)
+    if kernel is None:
+        return None
+    if kernel.version.next_version is not None:
+        kernel.particle_update()
+    if kind is not cls:
+        return kernel, other
     okernel = _get_kernel(other)
     assert okernel is not None, _NO_KERNEL
     if okernel.version.next_version is not None:
         okernel.particle_update()
-    assert okernel.version is version, _OTHER_SPECIES
-    return br.particle_of(version.data.species, list(okernel.data.params.values())), None
+    assert okernel.version is kernel.version, _OTHER_SPECIES
+    return kernel, list(okernel.data.params.values())
 
 
-def _built(value: Any) -> Any:
-    """A pending value as the module it stands for (for the generic operator path); anything else as is."""
-    return value._module() if type(value) is _Pending else value
+def _inline(self: NytoModule, other: Any, kind: int) -> Any:
+    """``self OP other`` as a new module (module ``self._module_id`` of a new particle); None: not inline."""
+    found = _operands(self, other)
+    if found is None:
+        return None
+    kernel, theirs = found
+    version = kernel.version
+    vdata = version.data
+    data = kernel.data
+    mine = list(data.params.values())
+    out = ar.apply(vdata._arith_plan(), kind, mine, theirs)
+    return spawn(data, version, _as_params(br.pids_of(vdata._species), out, [t.requires_grad for t in mine]), self._module_id)
 
 
-def _consumed(op: Callable[[Any, Any], Any], cls: type) -> bool:
-    """Whether this operator's result can only reach another of our operators in the caller's expression."""
-    return _fuse.result_is_consumed(_fuse.caller(_OUR_CODES), _SYMBOL[op], cls, _Pending)
-
-
-class _Pending:
-    """An operator's result that only our operators will ever see: a core particle, no module yet.
-
-    Never returned to user code (``_fuse.result_is_consumed`` proves it);
-    the operator whose result leaves the expression builds the module, from
-    ``data``'s structure, exactly as the eager path would have.
-    """
-
-    __slots__ = ("cls", "version", "data", "root", "module_id", "grads", "value", "scale")
-
-    def __init__(self, cls, version, data, root, module_id, grads, value, scale=None) -> None:  # noqa: ANN001
-        self.cls, self.version, self.data, self.root = cls, version, data, root
-        self.module_id, self.grads, self.value = module_id, grads, value
-        self.scale = scale  # (d, q) when value is d * q
-
-    def _module(self) -> Module:
-        """The module the eager path would have returned."""
-        with torch.no_grad():
-            tensors = self.value.tensors
-        return _spawn_tensors(self.data, self.version, tensors, self.grads, self.module_id)
-
-    def _op(self, other: Any, op: Callable[[Any, Any], Any]) -> Any:
-        cls, version = self.cls, self.version
-        kind = type(other)
-        if not (
-            kind in _FAST_SCALARS
-            or (kind is cls and _get_kernel(other) is not None)
-            or (kind is _Pending and other.cls is cls)
-        ):  # anything else: as the eager path, on the module this would have been
-            return op(self._module(), other)
-        theirs, scale = _theirs(other, version)
-        grad = torch.is_grad_enabled()
-        _set_grad_enabled(False)
-        try:
-            value = _arith(op, self.value, theirs, b_scale=scale, writable=True)
-            if _fusable(cls) and _consumed(op, cls):
-                scale = (other, self.value) if op is _MUL and kind in _FAST_SCALARS else None
-                return _Pending(cls, version, self.data, self.root, self.module_id, self.grads, value, scale)
-            tensors = value.tensors
-        finally:
-            _set_grad_enabled(grad)
-        return _spawn_tensors(self.data, version, tensors, self.grads, self.module_id)
-
-    def __add__(self, other: Any) -> Any:
-        return self._op(other, _ADD)
-
-    __radd__ = __add__
-
-    def __sub__(self, other: Any) -> Any:
-        return self._op(other, _SUB)
-
-    def __rsub__(self, other: Any) -> Any:
-        return self._op(other, _RSUB)
-
-    def __mul__(self, other: Any) -> Any:
-        return self._op(other, _MUL)
-
-    __rmul__ = __mul__
-
-    def __truediv__(self, other: Any) -> Any:
-        return self._op(other, _DIV)
-
-    def __rtruediv__(self, other: Any) -> Any:
-        return self._op(other, _RDIV)
-
-    def __pow__(self, other: Any) -> Any:
-        return self._op(other, _POW)
-
-    def __rpow__(self, other: Any) -> Any:
-        return self._op(other, _RPOW)
-
-
-_OUR_CODES = frozenset(
-    id(f.__code__)
-    for f in (
-        *(getattr(NytoModule, name) for name in _DUNDERS), NytoModule._fast, _consumed,
-        *(getattr(_Pending, name) for name in _DUNDERS if not name.startswith("__i")), _Pending._op,
-    )
-)  # fmt: skip
+def _inline_inplace(self: NytoModule, other: Any, kind: int) -> Any:
+    """``self OP= other``: the result's data goes into this particle's parameter objects, as ``product_``."""
+    found = _operands(self, other)
+    if found is None:
+        return None
+    kernel, theirs = found
+    mine = list(kernel.data.params.values())
+    out = ar.apply(kernel.version.data._arith_plan(), kind, mine, theirs)
+    for param, new in zip(mine, out):
+        if param is not new:  # a shared non-operational parameter stays as it is
+            param.data = new
+    return self

@@ -306,16 +306,23 @@ def test_detach_and_bare_module_are_independent(pair):
     assert a.more is not m.more
 
 
-def test_product_is_built_on_a_core_particle(pair):
+def test_product_arithmetic_gives_a_product_of_the_same_version_now(pair):
     a, b = pair
     product = 0.5 * a.product() + 0.5 * b.product()
     assert isinstance(product, ParamProduct)
-    core = product._particle
-    from nytorch_fn import Particle
-
-    assert isinstance(core, Particle)
-    assert core.species is a._version_kernel.data.species
+    assert product.kernel is a._particle_kernel and product.module_id == a._module_id
     assert list(product.params) == list(a._version_kernel.data.config)
+    sources = list(a._particle_kernel.data.params.values())  # in id order
+    theirs = list(b._particle_kernel.data.params.values())
+    expected = [(0.5 * p.detach() + 0.5 * q.detach()) for p, q in zip(sources, theirs)]
+    with torch.no_grad():
+        for p in a.parameters():
+            p.add_(100.0)  # after the operator: the product was computed already
+    for got, want, source in zip(product.params.values(), expected, sources):
+        assert type(got) is nn.Parameter and got.grad_fn is None and got.requires_grad == source.requires_grad
+        assert torch.equal(got.data, want)
+    out = product.module()
+    assert out._version_kernel is a._version_kernel and out is not a
 
 
 def test_version_data_is_readable_by_id(pair):

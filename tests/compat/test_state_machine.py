@@ -69,6 +69,8 @@ class EditMachine(RuleBasedStateMachine):
     def add_module(self, i, name, nyto):
         target = self._target(i, False)
         module = Leaf() if nyto else nn.Linear(2, 1)
+        if self._refused(target, name, ("_parameters",), TypeError, lambda: setattr(target, name, module)):
+            return  # a parameter never becomes a module (the legacy suite)
         setattr(target, name, module)
         assert getattr(target, name) is module
 
@@ -76,8 +78,25 @@ class EditMachine(RuleBasedStateMachine):
     def add_buffer(self, i, name, deep):
         target = self._target(i, deep)
         buf = torch.randn(2)
+        if self._refused(target, name, ("_parameters", "_modules"), KeyError, lambda: target.register_buffer(name, buf)):
+            return  # neither a parameter nor a module becomes a buffer (the legacy suite)
         target.register_buffer(name, buf)
         assert getattr(target, name) is buf
+
+    def _refused(self, target, name, tables, error, edit):
+        """When ``name`` is in one of ``tables`` (after catching up): ``edit`` raises ``error`` and changes nothing."""
+        target.touch()
+        if not any(name in getattr(target, table) for table in tables):
+            return False
+        version, before = target._version_kernel, _structure(target)
+        try:
+            edit()
+        except error:
+            pass
+        else:
+            raise AssertionError(f"expected {error.__name__} for {name!r}")
+        assert target._version_kernel is version and version.is_newest and _structure(target) == before
+        return True
 
     def _existing(self, target, name):
         target.touch()
