@@ -137,7 +137,7 @@ def linear(ctx: Inputs, *, weight: Sequence[float], normalize: bool) -> torch.Te
 
 
 def passthrough(ctx: Inputs, *, scale: Sequence[float | None]) -> torch.Tensor:
-    s = scale[0]
+    s = None if scale is None else scale[0]
     t = ctx.writable(0)
     return t if s is None else t.mul_(s)
 

@@ -229,7 +229,7 @@ def merge_particles(
         raise TypeError(f"{where}: {m.name} needs a base model")
     k = len(refs)
     _check_count(m, k, where)
-    params = resolve(m, parameters, k, where)
+    params = resolve(m, parameters, k, where) if _per_tensor is None else None
     flag = compat_flag(compat, where)
     seed = seed_from(generator, where) if m.random else None
     everyone = ([base_ref] if base_ref else []) + refs

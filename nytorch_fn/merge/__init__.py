@@ -38,6 +38,8 @@ from .._merge._files import Checkpoint as Checkpoint
 from .._merge._files import CheckpointError as CheckpointError
 from .._merge._files import merge_files as merge_files
 from .._merge._kernels import MergeInputError as MergeInputError
+from .._merge._yaml import ConfigError as ConfigError
+from .._merge._yaml import run_config as run_config
 from .._merge._methods import NAMES as METHODS
 from .._merge._particles import layer_groups as layer_groups
 from .._merge._particles import merge_grouped as merge_grouped
@@ -68,6 +70,7 @@ __all__ = [
     "METHODS",
     "Checkpoint",
     "CheckpointError",
+    "ConfigError",
     "MergeInputError",
     "arcee_fusion",
     "breadcrumbs",
@@ -89,6 +92,7 @@ __all__ = [
     "passthrough",
     "ram",
     "ramplus_tl",
+    "run_config",
     "sce",
     "slerp",
     "task_arithmetic",
