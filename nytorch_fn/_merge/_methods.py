@@ -101,7 +101,7 @@ def _add(m: Method) -> None:
     METHODS[m.name] = m
 
 
-_add(Method("linear", K.linear, (_w(1.0), Param("normalize", "normalize", bool, True)), "ignored",
+_add(Method("linear", K.linear, (_w(), Param("normalize", "normalize", bool, True)), "ignored",
             normalize_checks_sum=True))
 _add(Method("slerp", K.slerp, (Param("t", "t", float, check="unit"),), "required", 1, 1))
 _add(Method("multislerp", K.multislerp, (_w(), Param("normalize", "normalize_weights", bool, True),
