@@ -125,14 +125,13 @@ def _scalar(x: torch.Tensor) -> float:
 
 def linear(ctx: Inputs, *, weight: Sequence[float], normalize: bool) -> torch.Tensor:
     w = list(weight)
-    total = sum(w)
-    if normalize:
-        w = [x / total for x in w]
     acc = ctx.writable(0)
     if w[0] != 1.0:
         acc.mul_(w[0])
     for i in range(1, ctx.k):
         acc += ctx.model(i) * w[i]
+    if normalize:
+        acc /= sum(w)  # after the sum, as mergekit: exact for dyadic weights, one rounding less
     return acc
 
 
