@@ -443,7 +443,7 @@ def _atomic_write(
             f.seek(8)
             f.write(final)
             f.flush()
-            if mode is not None:
+            if mode is not None and hasattr(os, "fchmod"):
                 os.fchmod(f.fileno(), mode)
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -490,6 +490,8 @@ class _File:
 
     def __init__(self, path: str | os.PathLike, *, kind: str) -> None:
         self.where = os.fspath(path)
+        if sys.byteorder != "little":  # pragma: no cover - no big-endian CI
+            raise CheckpointError(f"{self.where}: safetensors files are read on little-endian machines only")
         self.f = open(self.where, "rb", buffering=0)
         try:
             self._parse(kind)
