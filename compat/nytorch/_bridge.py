@@ -152,7 +152,7 @@ class Transition:
             with one more is a population: ``migrate`` handles those).
     """
 
-    __slots__ = ("old", "new", "pids", "sources", "ndim0", "kept_only", "added")
+    __slots__ = ("old", "new", "pids", "sources", "ndim0", "kept_only", "added", "removed", "appended")
 
     def __init__(self, old: Species, new: Species) -> None:
         self.old = old
@@ -163,6 +163,39 @@ class Transition:
         self.kept_only = self.sources is not None and all(type(s) is int for s in self.sources)
         # the slots an AddParam fills (the others keep the particle's own objects); None: not known
         self.added = None if self.sources is None else tuple(i for i, s in enumerate(self.sources) if type(s) is not int)
+        # the same as edits of an id-keyed dict: drop ``removed``, then append ``appended`` ((id, AddParam)
+        # in id order); None when that does not give ``new``'s order (then ``advance`` rebuilds)
+        self.removed: Any = None
+        self.appended: Any = None
+        if self.sources is not None:
+            old_ids, new_ids = pids_of(old), self.pids
+            kept = [i for i, s in zip(new_ids, self.sources) if type(s) is int]
+            added = [(i, s) for i, s in zip(new_ids, self.sources) if type(s) is not int]
+            if kept == [old_ids[s] for s in self.sources if type(s) is int] and list(new_ids) == kept + [i for i, _ in added]:
+                kept_set = set(kept)
+                self.removed = tuple(i for i in old_ids if i not in kept_set)
+                self.appended = tuple(added)
+
+    def advance_params(self, params: "dict[int, Any]", grads: Mapping[int, bool]) -> None:
+        """Bring an id-keyed parameter dict of a particle of ``old`` to ``new``, in place (``removed`` and ``appended`` known).
+
+        Kept parameters stay the same objects; each added one is a new
+        ``nn.Parameter`` holding a fresh copy of the edit's value (what
+        ``migrate`` gives), with ``requires_grad`` from ``grads`` (by id,
+        True where missing).
+
+        Raises:
+            AssertionError: ``params`` does not hold ``old``'s ids.
+        """
+        assert len(params) == len(self.old.names), (
+            f"expected {len(self.old.names)} parameters for this species, got {len(params)}"
+        )
+        for pid in self.removed:
+            del params[pid]
+        if self.appended:
+            device = next(iter(params.values())).device if params else None
+            for pid, edit in self.appended:
+                params[pid] = _Parameter(_fresh(edit.value, device), grads.get(pid, True))
 
     @staticmethod
     def _plan(old: Species, new: Species) -> Any:
@@ -199,19 +232,28 @@ class Transition:
         if self.kept_only:
             return tuple([tensors[i] for i in sources])
         device = tensors[0].device if tensors else None
-        out = []
-        for src in sources:
-            if type(src) is int:
-                out.append(tensors[src])
-            else:
-                made: dict[str, torch.Tensor] = {}
-                if src.value.requires_grad or src.value.device != device:
-                    with torch.no_grad():  # as migrate: the copy records no gradient
-                        src.replay(made, None, device)
-                else:  # a copy of a tensor that needs no gradient records none anyway
-                    src.replay(made, None, device)
-                out.append(made[src.name])
-        return tuple(out)
+        return tuple([tensors[src] if type(src) is int else _fresh(src.value, device) for src in sources])
+
+
+def _fresh(value: torch.Tensor, device: Any) -> torch.Tensor:
+    """A new copy of an edit's ``value`` on ``device`` (None: its own), recording no gradient (as ``migrate``)."""
+    if value.requires_grad:
+        with torch.no_grad():
+            return _copy(value, device)
+    return _copy(value, device)
+
+
+def _copy(value: torch.Tensor, device: Any) -> torch.Tensor:
+    if device is not None and value.device != device:
+        return value.to(device, copy=True)
+    return value.clone()
+
+
+def _Parameter(t: torch.Tensor, requires_grad: bool) -> nn.Parameter:  # noqa: N802 - what nn.Parameter does for a plain tensor
+    return _make_subclass(nn.Parameter, t, requires_grad)
+
+
+_make_subclass = torch.Tensor._make_subclass
 
 
 # -- configs ---------------------------------------------------------------

@@ -670,6 +670,17 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
         return new
 
 
+_object_new = object.__new__
+_nyto_classes: dict = {}  # class -> is it a NytoModuleBase (isinstance through ABCMeta costs a microsecond)
+
+
+def _is_nyto(cls: type) -> bool:
+    found = _nyto_classes.get(cls)
+    if found is None:
+        found = _nyto_classes[cls] = issubclass(cls, NytoModuleBase)
+    return found
+
+
 def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDict, module_id: ModuleID) -> nn.Module:
     """Module ``module_id`` of a new particle of ``version``: ``source``'s modules (copied) holding ``params``.
 
@@ -688,6 +699,9 @@ def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDic
         data = source.create(vdata, params)
         kernel.data = data
         data.init_kernel(kernel)
+        root = data._root()
+        data._weaken_root()
+        module = data._module(module_id)
     else:
         modules: OrderedDict = OrderedDict()
         weak = None
@@ -695,14 +709,18 @@ def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDic
             if mod is _WEAK:
                 mod = source._root_ref()  # type: ignore[misc]
                 assert mod is not None, "the root module of this particle has been freed"
-            clone = mod.__new__(type(mod))
-            state = mod.__dict__.copy()
-            object.__setattr__(clone, "__dict__", state)
+            cls = type(mod)
+            clone = _object_new(cls) if cls.__new__ is _object_new else cls.__new__(cls)
+            state = clone.__dict__  # copy_module, less the tables the wiring below replaces
+            state.update(mod.__dict__)
             state["_buffers"] = state["_buffers"].copy()
             kept = state.get("_non_persistent_buffers_set")
             if kept is not None:
                 state["_non_persistent_buffers_set"] = set(kept)
-            if isinstance(mod, NytoModuleBase):  # as ParticleDataImp.init_kernel
+            nyto = _nyto_classes.get(cls)
+            if nyto is None:
+                nyto = _is_nyto(cls)
+            if nyto:  # as ParticleDataImp.init_kernel
                 state.pop("_nyto_pin", None)
                 if state.get("_module_id", ROOT_MODULE_ID) == ROOT_MODULE_ID:
                     state["_pk"] = kernel
@@ -711,7 +729,7 @@ def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDic
                         weak = weakref.ref(kernel)
                     state["_pk"] = weak
             modules[mid] = clone
-        for mid, subs, slots in plan.wiring:
+        for mid, subs, slots in plan.wiring:  # make_modules_ref
             module = modules[mid]
             state = module.__dict__
             state["_modules"] = (
@@ -727,9 +745,11 @@ def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDic
         data._root_ref = None
         data.params = params
         kernel.data = data
-    root = data._modules.get(ROOT_MODULE_ID)
-    data._weaken_root()
-    module = data._module(module_id)
+        module = modules[module_id]
+        root = modules.get(ROOT_MODULE_ID)
+        if root is not None and _is_nyto(type(root)) and root.__dict__.get("_pk") is kernel:
+            data._root_ref = weakref.ref(root)  # as _weaken_root: the root owns the particle
+            modules[ROOT_MODULE_ID] = _WEAK
     if module_id != ROOT_MODULE_ID:
         module.__dict__["_nyto_pin"] = root
     return module

@@ -105,6 +105,9 @@ class _Base(ParticleUpdater[VersionDataImp, ParticleDataImp]):
         initiator = self._owner is not None and self._owner() is pdata
         if not initiator and self._from is not None and self._to is not None:
             transition = self._transition()
+            if transition.removed is not None:  # edits of the id-keyed dict (the usual case): no rebuild
+                transition.advance_params(pdata.params, {pid: p.requires_grad for pid, p in added.items() if p is not None})
+                return
             pids = transition.pids if transition.pids is not None else br.pids_of(self._to)
             tensors = list(transition.advance(list(pdata.params.values())))
             # kept slots hold the particle's own parameters; wrap the new ones (all, when not known which)
@@ -222,8 +225,13 @@ class AddParamParticleUpdater(_Base):
         if self.remove_modules:
             pdata.remove_modules(set(self.remove_modules) & set(pdata._modules))
         this = pdata._module(self.module_id)
-        _remove_from(this, self.attr_name, "__dict__", "_buffers", "_modules", "_non_persistent_buffers_set")
-        Module.register_parameter(this, self.attr_name, pdata.params[self.add_param_id])
+        name = self.attr_name
+        state = this.__dict__  # as _remove_from(this, name, "__dict__", "_buffers", "_modules", ...)
+        state.pop(name, None)
+        state["_buffers"].pop(name, None)
+        state["_modules"].pop(name, None)
+        state["_non_persistent_buffers_set"].discard(name)
+        Module.register_parameter(this, name, pdata.params[self.add_param_id])
 
 
 class _Dropping(_Base):
