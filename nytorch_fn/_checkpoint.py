@@ -42,7 +42,7 @@ from torch import nn
 
 from ._config import ParamConfig
 from ._errors import describe
-from ._particle import Particle, _population_size
+from ._particle import Particle, build
 from ._species import Species
 
 FORMAT = "nytorch_fn.checkpoint"
@@ -161,7 +161,7 @@ class _Encoder:
                 self.species.append(_species_record(sp))
                 self._species_alive.append(sp)  # keeps id() unique while we encode
             keys = [self.tensor(t, f"{path}.params[{n!r}]") for n, t in zip(sp.names, obj.tensors)]
-            return {"kind": "particle", "species": index, "population": _population_size(obj), "tensors": keys}
+            return {"kind": "particle", "species": index, "population": obj.population_size, "tensors": keys}
         if isinstance(obj, torch.Tensor):
             return {"kind": "tensor", "key": self.tensor(obj, path)}
         if obj is None:
@@ -544,10 +544,10 @@ class _Decoder:
         population = node.get("population")
         if population is not None and (not isinstance(population, int) or isinstance(population, bool) or population < 0):
             raise self.corrupt(path, f"population {population!r}")
-        if isinstance(like, Particle) and _population_size(like) != population:
+        if isinstance(like, Particle) and like.population_size != population:
             def size(n: int | None) -> str:
                 return "a single particle" if n is None else f"a population of {n}"
-            raise self.fail(path, f"the file has {size(population)}, `like` {size(_population_size(like))}")
+            raise self.fail(path, f"the file has {size(population)}, `like` {size(like.population_size)}")
         keys = node.get("tensors")
         if not isinstance(keys, list) or len(keys) != len(sp.names):
             raise self.corrupt(path, "tensor list does not match the species")
@@ -559,7 +559,7 @@ class _Decoder:
             if t.shape != shape or t.dtype != sp.dtypes[name]:
                 raise self.corrupt(path, f"tensor of {name!r} is {tuple(t.shape)} {t.dtype}, the manifest says {tuple(shape)} {sp.dtypes[name]}")
             out.append(t.to(target, copy=True))
-        return Particle._make(sp, out)
+        return build(sp, out)
 
     def _check_species(self, rec: Any, sp: Species, path: str) -> None:
         if not isinstance(rec, dict):

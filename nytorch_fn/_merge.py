@@ -22,9 +22,9 @@ from typing import Any, Callable
 import torch
 
 from ._errors import PopulationSizeError, describe
-from ._particle import Particle, _assemble, _population_size, plan
-from ._migrate import migrate
-from ._population import _check_generator, concat
+from ._checks import check_generator
+from ._particle import Particle, assemble, build, migrate
+from ._population import concat
 
 
 # ---------------------------------------------------------------------------
@@ -36,7 +36,7 @@ def _gather(particles: Any, where: str, lead: Particle | None = None) -> tuple[P
     """``[lead] + particles`` as one population (species aligned, migrated to the newest),
     and the first of them as a single particle (the source of non-merged parameters)."""
     if isinstance(particles, Particle):
-        if _population_size(particles) is None:
+        if particles.population_size is None:
             raise TypeError(f"{where}: expected a sequence of particles or a population, got a single particle")
         items = [particles]
     elif isinstance(particles, (list, tuple)):
@@ -44,18 +44,18 @@ def _gather(particles: Any, where: str, lead: Particle | None = None) -> tuple[P
         for i, p in enumerate(items):
             if not isinstance(p, Particle):
                 raise TypeError(f"{where}: element {i} expected a Particle, got {describe(p)}")
-            if _population_size(p) is not None:
+            if p.population_size is not None:
                 raise TypeError(f"{where}: element {i} expected a single particle, got a population of {len(p)}")
     else:
         raise TypeError(f"{where}: expected a sequence of particles or a population, got {describe(particles)}")
     if lead is not None:
-        if not isinstance(lead, Particle) or _population_size(lead) is not None:
+        if not isinstance(lead, Particle) or lead.population_size is not None:
             raise TypeError(f"{where}: base expects a single Particle, got {describe(lead)}")
         items = [lead, *items]
     if not items or (lead is not None and len(items) == 1):
         raise ValueError(f"{where}: expected at least one particle to merge, got none")
     stacked = concat(items)
-    first = items[0] if _population_size(items[0]) is None else items[0][0]
+    first = items[0] if items[0].population_size is None else items[0][0]
     if first.species is not stacked.species:
         first = migrate(first, stacked.species)
     return stacked, first
@@ -94,10 +94,10 @@ def _merge(stacked: Particle, first: Particle, fn: Callable[[torch.Tensor], torc
     sp = stacked.species
     leaves, lead = stacked.tensors, first.tensors
     results = []
-    for i in plan(sp).op:
+    for i in sp.layout().op:
         t = leaves[i]
         results.append(fn(t).to(t.dtype) if t.is_floating_point() else lead[i].clone())
-    return Particle._make(sp, _assemble(sp, lead, results, None))
+    return build(sp, assemble(sp, lead, results, None))
 
 
 def _view(w: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -160,7 +160,7 @@ def slerp(a: Particle, b: Particle, t: float, *, dot_threshold: float = 0.9995, 
     if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not eps > 0:
         raise ValueError(f"slerp: eps expects a number > 0, got {eps!r}")
     for name, p in (("a", a), ("b", b)):
-        if not isinstance(p, Particle) or _population_size(p) is not None:
+        if not isinstance(p, Particle) or p.population_size is not None:
             raise TypeError(f"slerp: {name} expects a single Particle, got {describe(p)}")
     stacked, first = _gather([a, b], "slerp")
     t = float(t)
@@ -298,7 +298,7 @@ def dare(
     Example:
         >>> merged = dare(base, [ft_a, ft_b], density=0.3, generator=torch.Generator().manual_seed(0))
     """
-    _check_generator(generator, "dare")
+    check_generator(generator, "dare")
     stacked, first = _gather(finetuned, "dare", lead=base)
     k = len(stacked) - 1
     w = _weights(weights, k, "dare")
