@@ -1,6 +1,6 @@
 """Run the benches and print side-by-side ratios (ours vs the raw-torch floor vs legacy nytorch).
 
-Usage: python bench/run.py [core|population|all] [--processes N]
+Usage: python bench/run.py [core|population|values|all] [--processes N]
 
 Each suite runs in N fresh processes (default 3): on glibc, whether a fresh
 large allocation page-faults depends on the process's heap history, so one
@@ -28,7 +28,7 @@ warnings.filterwarnings("ignore", message="Failed to initialize NumPy")
 #: suite -> (module, torch threads or None for torch's default): the core's
 #: figures are single-threaded Python-overhead measurements; populations use
 #: the whole machine.
-SUITES = {"core": ("bench_core", 1), "population": ("bench_population", None)}
+SUITES = {"core": ("bench_core", 1), "population": ("bench_population", None), "values": ("bench_values", 1)}
 MARK = "@@summary "
 
 

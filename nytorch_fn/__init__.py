@@ -19,13 +19,14 @@ from ._errors import OperatorResultError as OperatorResultError
 from ._errors import PopulationSizeError as PopulationSizeError
 from ._errors import SpeciesMismatchError as SpeciesMismatchError
 from ._errors import UnknownNameError as UnknownNameError
-from ._migrate import migrate as migrate
 from ._module import apply as apply
 from ._module import apply_with_buffers as apply_with_buffers
 from ._module import particle as particle
 from ._module import to_module as to_module
 from ._particle import Particle as Particle
-from ._particle import donate as donate
+from ._particle import lerp as lerp
+from ._particle import lincomb as lincomb
+from ._particle import migrate as migrate
 from ._population import best as best
 from ._population import concat as concat
 from ._population import init_population as init_population
@@ -71,8 +72,9 @@ __all__ = [
     "apply_with_buffers",
     "best",
     "concat",
-    "donate",
     "init_population",
+    "lerp",
+    "lincomb",
     "mean",
     "migrate",
     "particle",

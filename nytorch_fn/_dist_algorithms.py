@@ -33,14 +33,15 @@ from torch import nn
 
 from ._algorithms._apso import APSO
 from ._algorithms._common import check_generator, rebuild, scores, update_best, worst_fitness
-from ._algorithms._es import ESState, OpenAIES, centered_ranks, quantized_sum
+from ._algorithms._es import ESState, OpenAIES, quantized_sum
+from ._fitness import centered_ranks
 from ._algorithms._ga import GeneticAlgorithm
 from ._algorithms._hybrid import Hybrid, HybridState
 from ._algorithms._pbt import PBT, PBTState
 from ._distributed import Shard, _all_reduce, _device_of, block_sizes, gather_fitness, member, take, world
 from ._errors import describe
 from ._module import particle
-from ._particle import Particle
+from ._particle import Particle, build
 from ._population import random_population
 
 
@@ -261,7 +262,7 @@ def _index_population(n: int, device: torch.device) -> Particle:
     if not _stand_in:
         _stand_in.append(particle(_Slot()))
     p = _stand_in[0]
-    return Particle._make(p.species, [torch.empty(n, 0, device=device)])
+    return build(p.species, [torch.empty(n, 0, device=device)])
 
 
 class ShardedPBTState(NamedTuple):

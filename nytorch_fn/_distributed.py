@@ -38,8 +38,8 @@ import torch
 import torch.distributed as dist
 
 from ._errors import PopulationSizeError, SpeciesMismatchError, describe
-from ._particle import Particle, _assemble, _population_size, plan
-from ._population import _require_population, fitness_order
+from ._fitness import centered_ranks, fitness_order
+from ._particle import Particle, assemble, build, require_population
 from ._species import Species
 
 # ---------------------------------------------------------------------------
@@ -313,31 +313,9 @@ def check_alive(*, timeout: float = 30.0, group: Any = None) -> None:
 # ---------------------------------------------------------------------------
 
 
-class _Layout:
-    """Per-species grouping of leaves by dtype (cached on the species)."""
-
-    def __init__(self, species: Species) -> None:
-        groups: dict[torch.dtype, list[int]] = {}
-        for i, n in enumerate(species.names):
-            groups.setdefault(species.dtypes[n], []).append(i)
-        self.groups = [(dt, tuple(ix)) for dt, ix in groups.items()]
-        self.numel = tuple(species.shapes[n].numel() for n in species.names)
-        self.shapes = tuple(species.shapes[n] for n in species.names)
-
-    def width(self, g: int) -> int:
-        return sum(self.numel[i] for i in self.groups[g][1])
-
-
-def _layout(species: Species) -> _Layout:
-    lay = species._cache.get("dist_layout")
-    if lay is None:
-        lay = species._cache["dist_layout"] = _Layout(species)
-    return lay
-
-
 def _pack(species: Species, leaves: Sequence[torch.Tensor], rows: int) -> list[torch.Tensor]:
     """``[rows, P_d]`` buffers (one per dtype) from leaves with a leading ``rows``."""
-    lay = _layout(species)
+    lay = species.layout()
     out = []
     for _, ix in lay.groups:
         parts = [leaves[i].detach().reshape(rows, lay.numel[i]) for i in ix]
@@ -347,19 +325,21 @@ def _pack(species: Species, leaves: Sequence[torch.Tensor], rows: int) -> list[t
 
 def _unpack(species: Species, bufs: Sequence[torch.Tensor], rows: int | None) -> list[torch.Tensor]:
     """Leaves (``[rows, *shape]``, or ``[*shape]`` for ``rows=None``) from packed buffers."""
-    lay = _layout(species)
+    lay = species.layout()
     leaves: list[Any] = [None] * len(lay.numel)
     for buf, (_, ix) in zip(bufs, lay.groups):
         cols = buf.split([lay.numel[i] for i in ix], dim=1)
         for i, c in zip(ix, cols):
-            shape = lay.shapes[i]
+            shape = species.shapes[species.names[i]]
             leaves[i] = c.reshape(*shape) if rows is None else c.reshape(rows, *shape)
     return leaves
 
 
 def _empty_bufs(species: Species, rows: int, device: torch.device) -> list[torch.Tensor]:
-    lay = _layout(species)
-    return [torch.empty(rows, lay.width(g), dtype=dt, device=device) for g, (dt, _) in enumerate(lay.groups)]
+    lay = species.layout()
+    return [
+        torch.empty(rows, sum(lay.numel[i] for i in ix), dtype=dt, device=device) for dt, ix in lay.groups
+    ]
 
 
 def _device_of(p: Particle) -> torch.device:
@@ -498,8 +478,8 @@ class Shard:
         """
         n = self.size
         if isinstance(x, Particle):
-            if _population_size(x) != n:
-                raise PopulationSizeError(f"Shard.block: expected a population of {n}, got {_population_size(x)}")
+            if x.population_size != n:
+                raise PopulationSizeError(f"Shard.block: expected a population of {n}, got {x.population_size}")
         elif isinstance(x, torch.Tensor):
             if x.dim() == 0 or x.shape[0] != n:
                 raise PopulationSizeError(f"Shard.block: expected a tensor with leading dimension {n}, got {describe(x)}")
@@ -509,7 +489,7 @@ class Shard:
 
     def replace(self, local: Particle) -> "Shard":
         """The same layout with new local members (e.g. after an optimiser step)."""
-        n = _require_population(local, "Shard.replace")
+        n = require_population(local, "Shard.replace")
         if n != self.sizes[self.world.rank]:
             raise PopulationSizeError(
                 f"Shard.replace: expected {self.sizes[self.world.rank]} local members, got {n}"
@@ -539,7 +519,7 @@ def shard(population: Particle, *, group: Any = None) -> Shard:
         >>> len(sh.local)          # 32 on each of 2 ranks
     """
     _require_initialized("shard")
-    n = _require_population(population, "shard")
+    n = require_population(population, "shard")
     w = world(group)
     sizes = block_sizes(n, w.size)
     seen = _exchange_header(w, population.species, n, "shard")
@@ -547,7 +527,7 @@ def shard(population: Particle, *, group: Any = None) -> Shard:
         raise PopulationSizeError(f"shard: expected the same population size on every rank, got {seen} (by rank)")
     off = sum(sizes[: w.rank])
     local = population[off:off + sizes[w.rank]]
-    local = Particle._make(local.species, [t.clone() for t in local.tensors])
+    local = build(local.species, [t.clone() for t in local.tensors])
     return Shard(local, sizes, w)
 
 
@@ -560,7 +540,7 @@ def from_local(local: Particle, *, group: Any = None) -> Shard:
         SpeciesMismatchError: the species differs across ranks.
     """
     _require_initialized("from_local")
-    n = _require_population(local, "from_local")
+    n = require_population(local, "from_local")
     w = world(group)
     sizes = tuple(_exchange_header(w, local.species, n, "from_local"))
     return Shard(local, sizes, w)
@@ -622,7 +602,7 @@ def member(sh: Shard, index: int) -> Particle:
     else:
         bufs = _empty_bufs(sp, 1, _device_of(sh.local))
     bufs = [_broadcast(w, b, src, op="broadcast(member)") for b in bufs]
-    return Particle._make(sp, _unpack(sp, bufs, None))
+    return build(sp, _unpack(sp, bufs, None))
 
 
 class Best(NamedTuple):
@@ -675,7 +655,7 @@ def fetch(sh: Shard, index: Any) -> Particle:
         parts = _all_gather(w, pad, op="all_gather(members)")
         flat = torch.cat([p[:c] for p, c in zip(parts, counts)])
         out_bufs.append(flat[inverse.to(dev)])
-    return Particle._make(sp, _unpack(sp, out_bufs, len(idx)))
+    return build(sp, _unpack(sp, out_bufs, len(idx)))
 
 
 def _global_index(sh: Shard, index: Any, where: str) -> torch.Tensor:
@@ -728,7 +708,7 @@ def take(sh: Shard, index: Any) -> Shard:
         _run("all_to_all(members)", w, sent, sent, lambda out=out, buf=buf: dist.all_to_all_single(
             out, buf, output_split_sizes=recv_counts, input_split_sizes=send_counts, group=w.group))
         out_bufs.append(out[inverse.to(dev)])
-    local = Particle._make(sp, _unpack(sp, out_bufs, out_sizes[w.rank]))
+    local = build(sp, _unpack(sp, out_bufs, out_sizes[w.rank]))
     return Shard(local, out_sizes, w)
 
 
@@ -759,7 +739,7 @@ def gather(sh: Shard, *, dst: int = 0) -> Particle | None:
             out_bufs.append(torch.cat([p[:s] for p, s in zip(parts, sh.sizes)]))
     if w.rank != dst:
         return None
-    return Particle._make(sp, _unpack(sp, out_bufs, sh.size))
+    return build(sp, _unpack(sp, out_bufs, sh.size))
 
 
 def broadcast(value: Particle, *, src: int = 0, group: Any = None) -> Particle:
@@ -772,7 +752,7 @@ def broadcast(value: Particle, *, src: int = 0, group: Any = None) -> Particle:
     if not isinstance(value, Particle):
         raise TypeError(f"broadcast: expected a Particle, got {describe(value)}")
     w = world(group)
-    n = _population_size(value)
+    n = value.population_size
     sizes = _exchange_header(w, value.species, -1 if n is None else n, "broadcast")
     if len(set(sizes)) != 1:
         raise PopulationSizeError(f"broadcast: expected the same population size on every rank, got {sizes} (by rank)")
@@ -780,13 +760,12 @@ def broadcast(value: Particle, *, src: int = 0, group: Any = None) -> Particle:
     lead = [t.reshape(rows, *t.shape[(0 if n is None else 1):]) for t in value.tensors]
     bufs = _pack(value.species, lead, rows) if w.rank == src else _empty_bufs(value.species, rows, _device_of(value))
     bufs = [_broadcast(w, b, src, op="broadcast(particle)") for b in bufs]
-    return Particle._make(value.species, _unpack(value.species, bufs, n))
+    return build(value.species, _unpack(value.species, bufs, n))
 
 
 def shaped_fitness(sh: Shard, local_fitness: Any, *, maximize: bool = True) -> torch.Tensor:
     """The local block of the global centred ranks (``[n_local]``, float64, as
     ``nytorch_fn.algorithms.centered_ranks``); one fitness ``all_gather``."""
-    from ._algorithms._es import centered_ranks
 
     return sh.block(centered_ranks(gather_fitness(sh, local_fitness), maximize=maximize))
 
@@ -818,7 +797,7 @@ def weighted_mean(sh: Shard, local_weights: Any) -> Particle:
 
 def _weighted(sh: Shard, w_local: torch.Tensor | None, where: str) -> Particle:
     w, sp = sh.world, sh.species
-    pl = plan(sp)
+    pl = sp.layout()
     leaves = sh.local.tensors
     n = sh.sizes[w.rank]
     sums = []
@@ -843,4 +822,4 @@ def _weighted(sh: Shard, w_local: torch.Tensor | None, where: str) -> Particle:
         results.append((flat[pos:pos + k].reshape(s.shape) / denom).to(leaves[i].dtype).to(dev))
         pos += k
     first = member(sh, 0).tensors if pl.nonop else [t[0] for t in leaves]
-    return Particle._make(sp, _assemble(sp, first, results, None))
+    return build(sp, assemble(sp, first, results, None))

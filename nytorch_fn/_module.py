@@ -2,9 +2,15 @@
 
 ``torch.func.functional_call`` wants a plain ``dict`` (it checks
 ``isinstance(x, dict)``) and temporarily swaps tensors into a module; this is
-the only place that builds that dict and calls it. Each thread other than the
-main one gets its own copy of a species' skeleton, so forward passes from
-several threads never swap tensors into the same module object at once.
+the only place that builds that dict and calls it.
+
+Thread safety: ``functional_call`` swaps tensors into the module object for
+the duration of the call, so eager forward passes from several threads must
+not share one. Each thread other than the main one gets its own copy of a
+species' skeleton. Under ``torch.compile`` the swap happens only while
+tracing (the compiled graph is a pure function of the tensors and never
+touches the module), so traced code uses the species' skeleton itself and
+the per-thread lookup, which dynamo cannot trace, is not reached.
 """
 
 from __future__ import annotations
@@ -18,8 +24,8 @@ import torch
 from torch import nn
 
 from . import _skeleton as sk
-from ._errors import NotAPopulationError, UnknownNameError, describe
-from ._particle import Particle, _population_size
+from ._errors import UnknownNameError, describe
+from ._particle import Particle, build, require_single
 from ._species import Species, capture
 
 _local = threading.local()
@@ -50,20 +56,13 @@ def particle(module: nn.Module, *, copy: bool = True) -> Particle:
     if not isinstance(copy, bool):
         raise TypeError(f"particle(): copy expects a bool, got {describe(copy)}")
     species, leaves = capture(module, copy=copy)
-    return Particle._make(species, leaves)
+    return build(species, leaves)
 
 
 def skeleton_for(species: Species, training: bool | None = None) -> nn.Module:
-    """The species' skeleton in the requested mode, private to the calling thread."""
-    base = species.skeleton
-    if training is not None and training != base.training:
-        key = ("skeleton", training)
-        moded = species._cache.get(key)
-        if moded is None:
-            moded = copy.deepcopy(base).train(training)
-            species._cache[key] = moded
-        base = moded
-    if threading.current_thread() is threading.main_thread():
+    """The species' skeleton in the requested mode, private to the calling thread (eager)."""
+    base = species.skeleton if training is None else species.moded_skeleton(training)
+    if torch.compiler.is_compiling() or threading.current_thread() is threading.main_thread():
         return base
     mine = getattr(_local, "skeletons", None)
     if mine is None:
@@ -74,21 +73,10 @@ def skeleton_for(species: Species, training: bool | None = None) -> nn.Module:
     return own
 
 
-def _check_single(p: Any, where: str) -> Particle:
-    if not isinstance(p, Particle):
-        raise TypeError(f"{where}: expected a Particle, got {describe(p)}")
-    if _population_size(p) is not None:
-        raise NotAPopulationError(
-            f"{where}: expected a single particle, got a population of {_population_size(p)} "
-            "(use vmap_apply / to_modules for populations)"
-        )
-    return p
-
-
 def _buffer_copies(species: Species, buffers: Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
-    if buffers is None:
-        source: Mapping[str, Any] = species.buffers
-    else:
+    """Copies of every buffer: the species' own, or those in ``buffers`` where given."""
+    given: Mapping[str, Any] = {}
+    if buffers is not None:
         if not isinstance(buffers, Mapping):
             raise TypeError(f"buffers: expected a mapping name -> tensor, got {describe(buffers)}")
         unknown = [n for n in buffers if n not in species.buffers]
@@ -96,10 +84,10 @@ def _buffer_copies(species: Species, buffers: Mapping[str, torch.Tensor] | None)
             raise UnknownNameError(
                 f"buffers: expected names among {list(species.buffer_names)}, got unknown {unknown}"
             )
-        source = {**species.buffers, **buffers}
+        given = buffers
     copies = {}
-    for n in species.buffer_names:
-        b = source[n]
+    for n, b in species.layout().buffers:
+        b = given.get(n, b) if given else b
         if b is not None:
             copies[n] = b.clone()
     return copies
@@ -129,10 +117,10 @@ def apply(particle: Particle, *args: Any, **kwargs: Any) -> Any:
     Example:
         >>> y = apply(p, torch.randn(16, 4))
     """
-    p = _check_single(particle, "apply")
+    p = require_single(particle, "apply")
     sp = p.species
     tensors = dict(zip(sp.names, p.tensors))
-    if sp.buffers:
+    if sp.buffer_names:
         tensors.update(_buffer_copies(sp, None))
     return call(sp, tensors, args, kwargs)
 
@@ -166,7 +154,7 @@ def apply_with_buffers(
         >>> out, stats = apply_with_buffers(p, None, (x,), training=True)
         >>> out2, stats = apply_with_buffers(p, stats, (x2,), training=True)
     """
-    p = _check_single(particle, "apply_with_buffers")
+    p = require_single(particle, "apply_with_buffers")
     sp = p.species
     if not isinstance(args, tuple):
         raise TypeError(f"apply_with_buffers: args expects a tuple, got {describe(args)}")
@@ -188,7 +176,7 @@ def to_module(particle: Particle) -> nn.Module:
         >>> net = to_module(p)
         >>> torch.optim.SGD(net.parameters(), lr=0.1)
     """
-    p = _check_single(particle, "to_module")
+    p = require_single(particle, "to_module")
     sp = p.species
     module = copy.deepcopy(sp.skeleton)
     made: dict[str, torch.Tensor | None] = {}

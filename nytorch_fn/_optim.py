@@ -11,6 +11,21 @@ An optimiser is ``GradientTransformation(init, update)``::
 a Python number or a ``[N]`` tensor (one per member of a population).
 States are NamedTuples of particles and tensors (pytrees). Non-operational
 parameters are never changed: ``apply_updates`` takes them from ``params``.
+
+In-place at a named boundary: ``update(..., donate=True)`` may write the new
+state into the old state's buffers, and ``apply_updates(params, updates,
+donate=True)`` the new parameters into ``params``' (as JAX's
+``donate_argnums``); the donated object must not be used afterwards. The
+values are the same bits with or without donation.
+
+Numerics: ``adam`` computes what ``torch.optim.Adam`` (single-tensor
+implementation) computes, operation for operation (``lerp`` for the first
+moment, ``mul`` + ``addcmul`` for the second, float64 bias corrections,
+``(-step_size * mu) / denom`` then ``params + updates`` as ``addcdiv`` does),
+so on float32/float64 CPU tensors its steps equal torch's bit for bit.
+``sgd`` forms ``-lr * g`` and adds it, where ``torch.optim.SGD`` fuses the
+multiply into the add (``add_(g, alpha=-lr)``): the two can differ in the
+last bit.
 """
 
 from __future__ import annotations
@@ -21,8 +36,9 @@ from typing import Any, Callable, NamedTuple
 
 import torch
 
+from ._checks import require_floating
 from ._errors import describe
-from ._particle import Particle, require_floating
+from ._particle import Particle, assemble, build, check_donation, lerp, operational, writable
 
 
 class GradientTransformation(NamedTuple):
@@ -63,9 +79,7 @@ def _check_rate(value: Any, name: str, *, low: float = 0.0, high: float = math.i
 
 def _scale(grads: Particle, lr: Any) -> Particle:
     """``-lr * grads``; a ``[N]`` lr scales each member."""
-    if isinstance(lr, torch.Tensor) and lr.dim() == 1:
-        return grads * (-lr)
-    return -lr * grads if not isinstance(lr, torch.Tensor) else grads * (-lr)
+    return grads * (-lr)
 
 
 def _check_params(params: Any, where: str) -> None:
@@ -79,8 +93,29 @@ def _check_state(state: Any, cls: type, where: str) -> None:
         raise TypeError(f"{where}: expected the {cls.__name__} made by init, got {describe(state)}")
 
 
+def _check_donate(donate: Any, where: str) -> None:
+    if not isinstance(donate, bool):
+        raise TypeError(f"{where}: donate expects a bool, got {describe(donate)}")
+
+
+def _per_tensor(fn: Callable[..., torch.Tensor], lead: Particle, *others: Particle) -> Particle:
+    """``fn(x, *ys)`` on the operational tensors; the others from ``lead`` as their config says."""
+    columns = [operational(p) for p in (lead, *others)]
+    results = [fn(*ts) for ts in zip(*columns)]
+    return build(lead.species, assemble(lead.species, lead.tensors, results, None))
+
+
+def _in_place(state: Particle, others: list[Particle], donate: bool, where: str) -> bool:
+    """Whether ``state``'s operational tensors may take the new values (donation granted and possible)."""
+    if not donate:
+        return False
+    check_donation(state, others, where)
+    xs = operational(state)
+    return writable(xs, [x.shape for x in xs], [operational(o) for o in others])
+
+
 def _gradient(grads: Any, state: Any, state_type: type, params: Any, weight_decay: float, where: str) -> Particle:
-    """The checked gradient, with the L2 penalty ``weight_decay * params`` added when asked."""
+    """The checked gradient, with the L2 penalty added as torch.optim does (``g.add(p, alpha=wd)``)."""
     if not isinstance(grads, Particle):
         raise TypeError(f"{where}: expected a Particle of gradients, got {describe(grads)}")
     _check_state(state, state_type, where)
@@ -88,7 +123,7 @@ def _gradient(grads: Any, state: Any, state_type: type, params: Any, weight_deca
         return grads
     if params is None:
         raise ValueError(f"{where}: weight_decay needs params")
-    return grads + weight_decay * params
+    return _per_tensor(lambda g, p: g.add(p, alpha=weight_decay), grads, params)
 
 
 def _zeros_like(p: Particle) -> Particle:
@@ -98,11 +133,25 @@ def _zeros_like(p: Particle) -> Particle:
 def sgd(lr: Any, *, momentum: float = 0.0, nesterov: bool = False, weight_decay: float = 0.0) -> GradientTransformation:
     """Stochastic gradient descent with optional momentum, as ``torch.optim.SGD`` computes it.
 
+    The update is ``-lr * g`` with ``g`` the gradient (plus ``weight_decay *
+    params``), or with momentum ``buf = momentum * buf + g`` and ``g = buf``
+    (Nesterov: ``g + momentum * buf``).
+
     Args:
         lr: learning rate, a number > 0 or a ``[N]`` tensor for a population.
         momentum: in [0, 1).
         nesterov: Nesterov momentum (needs ``momentum > 0``).
         weight_decay: L2 penalty added to the gradient (needs ``params`` in ``update``).
+
+    Returns:
+        ``GradientTransformation(init, update)``; ``update(grads, state,
+        params=None, *, donate=False)`` returns ``(updates, state)``, and with
+        ``donate=True`` may write the new momentum into the old state's buffers.
+
+    Example:
+        >>> opt = sgd(0.1, momentum=0.9)
+        >>> updates, state = opt.update(grads, opt.init(params))
+        >>> params = apply_updates(params, updates)
     """
     _check_rate(lr, "sgd: lr")
     _check_rate(momentum, "sgd: momentum", high=1.0, closed_high=False)
@@ -114,10 +163,16 @@ def sgd(lr: Any, *, momentum: float = 0.0, nesterov: bool = False, weight_decay:
         _check_params(params, "sgd.init")
         return SGDState(_zeros_like(params) if momentum else None)
 
-    def update(grads: Particle, state: SGDState, params: Particle | None = None) -> tuple[Particle, SGDState]:
+    def update(
+        grads: Particle, state: SGDState, params: Particle | None = None, *, donate: bool = False
+    ) -> tuple[Particle, SGDState]:
+        _check_donate(donate, "sgd.update")
         g = _gradient(grads, state, SGDState, params, weight_decay, "sgd.update")
         if momentum:
-            buf = momentum * state.momentum + g
+            if _in_place(state.momentum, [g], donate, "sgd.update"):
+                buf = _per_tensor(lambda b, gg: b.mul_(momentum).add_(gg), state.momentum, g)
+            else:
+                buf = momentum * state.momentum + g
             g = g + momentum * buf if nesterov else buf
             return _scale(g, lr), SGDState(buf)
         return _scale(g, lr), state
@@ -130,11 +185,26 @@ def adam(
 ) -> GradientTransformation:
     """Adam, as ``torch.optim.Adam`` computes it (bias-corrected moments).
 
+    Per tensor, with step count ``t``: ``mu = lerp(mu, g, 1 - b1)``,
+    ``nu = nu * b2 + (1 - b2) * g * g`` (``addcmul``), ``denom =
+    sqrt(nu) / sqrt(1 - b2**t) + eps`` and the update ``(-lr / (1 - b1**t)) *
+    mu / denom``, the operations ``torch.optim.Adam`` runs, in its order.
+
     Args:
         lr: learning rate, a number > 0 or a ``[N]`` tensor for a population.
         b1, b2: moment decay rates in [0, 1).
         eps: added to the denominator, >= 0 (as torch.optim.Adam).
         weight_decay: L2 penalty added to the gradient (needs ``params`` in ``update``).
+
+    Returns:
+        ``GradientTransformation(init, update)``; ``update(grads, state,
+        params=None, *, donate=False)`` returns ``(updates, state)``, and with
+        ``donate=True`` may write the new moments into the old state's buffers.
+
+    Example:
+        >>> opt = adam(1e-3)
+        >>> state = opt.init(params)
+        >>> updates, state = opt.update(grads, state)
     """
     _check_rate(lr, "adam: lr")
     _check_rate(b1, "adam: b1", high=1.0, closed_high=False)
@@ -144,32 +214,67 @@ def adam(
 
     def init(params: Particle) -> AdamState:
         _check_params(params, "adam.init")
-        zeros = _zeros_like(params)
         device = params.tensors[0].device if params.tensors else None
-        return AdamState(torch.zeros((), dtype=torch.int64, device=device), zeros, zeros)
+        # two buffers, never one shared: a donated update writes each in place
+        return AdamState(torch.zeros((), dtype=torch.int64, device=device), _zeros_like(params), _zeros_like(params))
 
-    def update(grads: Particle, state: AdamState, params: Particle | None = None) -> tuple[Particle, AdamState]:
+    def update(
+        grads: Particle, state: AdamState, params: Particle | None = None, *, donate: bool = False
+    ) -> tuple[Particle, AdamState]:
+        _check_donate(donate, "adam.update")
         g = _gradient(grads, state, AdamState, params, weight_decay, "adam.update")
         count = state.count + 1
-        mu = b1 * state.mu + (1 - b1) * g
-        nu = b2 * state.nu + (1 - b2) * (g * g)
         t = count.to(torch.float64)
-        bc1 = 1 - torch.pow(torch.tensor(b1, dtype=torch.float64, device=t.device), t)
-        bc2 = 1 - torch.pow(torch.tensor(b2, dtype=torch.float64, device=t.device), t)
-        denom = nu.map(lambda v, cfg: (v.sqrt() / bc2.sqrt().to(v.dtype)) + eps if cfg.operational else v)
-        direction = mu.zip_with(denom, lambda m, d, cfg: m / (bc1.to(m.dtype) * d) if cfg.operational else m)
-        return _scale(direction, lr), AdamState(count, mu, nu)
+        bc1 = 1 - torch.pow(b1, t)
+        bc2_sqrt = (1 - torch.pow(b2, t)).sqrt()
+        rate = lr.to(torch.float64) if isinstance(lr, torch.Tensor) else torch.tensor(lr, dtype=torch.float64)
+        step_size = torch.div(rate.to(t.device), bc1)
+        in_place = _in_place(state.mu, [g, state.nu], donate, "adam.update") and _in_place(
+            state.nu, [g, state.mu], donate, "adam.update"
+        )
+        mu = lerp(state.mu, g, 1 - b1, donate=in_place)
+        if in_place:
+            nu = _per_tensor(lambda v, gg: v.mul_(b2).addcmul_(gg, gg, value=1 - b2), state.nu, g)
+        else:
+            nu = _per_tensor(lambda v, gg: torch.addcmul(v * b2, gg, gg, value=1 - b2), state.nu, g)
+        denom = nu.map(lambda v, cfg: (v.sqrt() / bc2_sqrt).add_(eps) if cfg.operational else v)
+        updates = _per_tensor(torch.div, mu * (-step_size), denom)
+        return updates, AdamState(count, mu, nu)
 
     return GradientTransformation(init, update)
 
 
-def apply_updates(params: Particle, updates: Particle) -> Particle:
+def apply_updates(params: Particle, updates: Particle, *, donate: bool = False) -> Particle:
     """``params + updates`` (non-operational parameters kept from ``params``).
 
-    Wrap ``params`` in ``donate`` to write the step into its storage.
+    Args:
+        params, updates: particles (or populations) of one species.
+        donate: allow writing the new parameters into ``params``' tensors
+            (``params``, and every view of it, must not be used afterwards);
+            the call allocates where that is impossible (autograd, transforms,
+            broadcasting). The values are the same either way.
+
+    Raises:
+        TypeError: not two particles.
+        ValueError: ``donate=True`` and ``updates`` shares storage with ``params``.
+
+    Example:
+        >>> params = apply_updates(params, updates, donate=True)   # in place, in a training loop
     """
     if not isinstance(params, Particle) or not isinstance(updates, Particle):
         raise TypeError(
             f"apply_updates: expected two Particles, got {describe(params)} and {describe(updates)}"
         )
+    _check_donate(donate, "apply_updates")
+    if donate and params.species is updates.species and params.population_size == updates.population_size:
+        if _in_place(params, [updates], donate, "apply_updates"):
+            xs, us = operational(params), operational(updates)
+            if xs and xs[0].device.type == "cpu":
+                torch._foreach_add_(xs, us)
+            else:
+                for x, u in zip(xs, us):
+                    x.add_(u)
+            return build(params.species, assemble(params.species, params.tensors, xs, None))
+    elif donate:
+        check_donation(params, [updates], "apply_updates")
     return params + updates

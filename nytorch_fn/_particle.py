@@ -1,4 +1,15 @@
-"""Particles: immutable parameter pytrees, and their arithmetic."""
+"""Particles: immutable parameter pytrees, their arithmetic, and the one-pass primitives.
+
+A particle is a value. Every operation computes its result tensors when it
+runs (nothing is pending, memoised or resolved later), and each operator is
+the plain torch expression applied tensor by tensor, so ``0.3 * p + 0.7 * q``
+holds exactly ``0.3 * a + 0.7 * b`` for every pair of tensors, with torch's
+own promotion and rounding, for single particles, populations and inside
+``torch.func.vmap``. Work fused into fewer passes is explicit and named:
+``lerp`` (``torch.lerp`` per tensor) and ``lincomb`` (a linear combination
+with one allocation). Writing in place happens only where a caller passes
+``donate=True`` to such a call.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +18,9 @@ import operator
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
+from torch import nn
 
+from ._checks import check_generator, require_floating
 from ._config import ParamConfig
 from ._errors import (
     NotAPopulationError,
@@ -20,34 +33,10 @@ from ._errors import (
 )
 from ._species import Species
 
-_foreach_ok_types = (int, float)
-
 
 def transforms_active() -> bool:
     """True inside ``torch.func.vmap``/``grad``/...: ``torch._foreach_*`` has no batching rule there."""
     return torch._C._functorch.peek_interpreter_stack() is not None
-
-
-class _Plan:
-    """Per-species positions used by every operation (computed once, cached on the species)."""
-
-    __slots__ = ("op", "nonop", "all_op", "nonfloat", "ndim0")
-
-    def __init__(self, species: Species) -> None:
-        names = species.names
-        configs = [species.config[n] for n in names]
-        self.op = tuple(i for i, c in enumerate(configs) if c.operational)
-        self.nonop = tuple((i, c.clone) for i, c in enumerate(configs) if not c.operational)
-        self.all_op = not self.nonop
-        self.nonfloat = any(not species.dtypes[n].is_floating_point for n in names)
-        self.ndim0 = len(species.shapes[names[0]]) if names else 0
-
-
-def plan(species: Species) -> _Plan:
-    p = species._cache.get("plan")
-    if p is None:
-        p = species._cache["plan"] = _Plan(species)
-    return p
 
 
 class ParamsView(Mapping):
@@ -85,15 +74,12 @@ class Particle:
 
     Arithmetic (``+ - * / **``, unary ``-``/``+``, reflected forms) takes
     Python numbers, 0-d tensors, particles of the same species and, for a
-    population, ``[N]`` vectors (one value per member). Only operational
-    parameters take part; the others are copied (``clone=True``) or shared
-    (``clone=False``) from the left particle. Results keep each parameter's
-    dtype and shape, and the arithmetic is differentiable.
-
-    ``a * p + b * q`` (and ``p - lr * g``) is evaluated in one fused pass
-    per tensor: ``a * p`` with a Python number is held as a pending scaled
-    particle until the next ``+``/``-`` or until its tensors are read. The
-    fused result may differ from the unfused one in the last bit.
+    population, ``[N]`` vectors (one value per member). Each operator is the
+    same torch expression evaluated tensor by tensor (``p * 0.3`` holds
+    ``t * 0.3`` for every tensor ``t``), computed when it runs. Only
+    operational parameters take part; the others are copied (``clone=True``)
+    or shared (``clone=False``) from the left particle. Results keep each
+    parameter's dtype and shape, and the arithmetic is differentiable.
 
     Args:
         species: the structure.
@@ -106,7 +92,7 @@ class Particle:
         >>> apply(mid, x).shape
     """
 
-    __slots__ = ("species", "_t", "_lazy", "_donated", "__weakref__")
+    __slots__ = ("species", "_t", "__weakref__")
 
     species: Species
 
@@ -141,26 +127,6 @@ class Particle:
                 raise TypeError(f"Particle(): {n!r} expected dtype {species.dtypes[n]}, got {t.dtype}")
         object.__setattr__(self, "species", species)
         object.__setattr__(self, "_t", leaves)
-        object.__setattr__(self, "_lazy", None)
-        object.__setattr__(self, "_donated", False)
-
-    @classmethod
-    def _make(cls, species: Species, leaves: Sequence[torch.Tensor]) -> "Particle":
-        self = object.__new__(cls)
-        object.__setattr__(self, "species", species)
-        object.__setattr__(self, "_t", tuple(leaves))
-        object.__setattr__(self, "_lazy", None)
-        object.__setattr__(self, "_donated", False)
-        return self
-
-    @classmethod
-    def _scaled(cls, coef: float, base: "Particle") -> "Particle":
-        self = object.__new__(cls)
-        object.__setattr__(self, "species", base.species)
-        object.__setattr__(self, "_t", None)
-        object.__setattr__(self, "_lazy", (coef, base))
-        object.__setattr__(self, "_donated", False)
-        return self
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError(f"Particle is immutable; cannot set {name!r} (build a new particle instead)")
@@ -169,20 +135,14 @@ class Particle:
         raise AttributeError(f"Particle is immutable; cannot delete {name!r}")
 
     def __reduce__(self):
-        return (_rebuild, (self.species, self.tensors))
+        return (build, (self.species, self._t))
 
     # -- reading ------------------------------------------------------------
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
         """The tensors in ``species.names`` order."""
-        t = self._t
-        if t is None:
-            coef, base = self._lazy
-            t = _scalar_op(base, "mul", coef)
-            object.__setattr__(self, "_t", t)
-            object.__setattr__(self, "_lazy", None)
-        return t
+        return self._t
 
     @property
     def params(self) -> Mapping[str, torch.Tensor]:
@@ -192,16 +152,20 @@ class Particle:
     @property
     def population_size(self) -> int | None:
         """``N`` for a population, None for a single particle."""
-        return _population_size(self)
+        sp = self.species
+        if not sp.names:
+            return None
+        t = self._t[0]
+        return t.shape[0] if t.dim() == sp.layout().ndim0 + 1 else None
 
     def __repr__(self) -> str:
-        n = _population_size(self)
+        n = self.population_size
         kind = "Population" if n is not None else "Particle"
         extra = f", size={n}" if n is not None else ""
         return f"{kind}({self.species!r}{extra})"
 
     def __len__(self) -> int:
-        n = _population_size(self)
+        n = self.population_size
         if n is None:
             raise NotAPopulationError(
                 "len() of a single particle: expected a population (a particle whose tensors "
@@ -211,7 +175,8 @@ class Particle:
 
     def __getitem__(self, index: Any) -> "Particle":
         """Members of a population: an int (negative too) gives one particle; a slice,
-        an index tensor or a boolean mask gives a population (views, not copies)."""
+        an index tensor or a boolean mask gives a population (views for an int or a
+        slice, copies for an index tensor or mask, as torch indexing gives)."""
         n = len(self)
         if isinstance(index, bool):
             raise TypeError("population index: expected an int, slice, index tensor or boolean mask, got bool")
@@ -239,7 +204,7 @@ class Particle:
             return self[torch.as_tensor(index, dtype=torch.bool if as_mask else torch.long)]
         elif not isinstance(index, slice):
             raise TypeError(f"population index: expected an int, slice, index tensor or boolean mask, got {describe(index)}")
-        return Particle._make(self.species, [t[index] for t in self.tensors])
+        return build(self.species, [t[index] for t in self._t])
 
     # -- custom operators ---------------------------------------------------
 
@@ -257,9 +222,9 @@ class Particle:
             raise TypeError(f"map: expected a callable fn(tensor, config) -> tensor, got {describe(fn)}")
         sp = self.species
         out = []
-        for name, t in zip(sp.names, self.tensors):
-            out.append(_check_result(fn(t, sp.config[name]), t, name, "map"))
-        return Particle._make(sp, out)
+        for name, t, config in zip(sp.names, self._t, sp.layout().configs):
+            out.append(_check_result(fn(t, config), t, name, "map"))
+        return build(sp, out)
 
     def zip_with(
         self, other: "Particle", fn: Callable[[torch.Tensor, torch.Tensor, ParamConfig], torch.Tensor]
@@ -275,41 +240,42 @@ class Particle:
         if not callable(fn):
             raise TypeError(f"zip_with: expected a callable fn(a, b, config) -> tensor, got {describe(fn)}")
         a, b = align(self, other)
-        _result_population(a, b)
+        result_population(a, b)
         sp = a.species
         out = []
-        for name, x, y in zip(sp.names, a.tensors, b.tensors):
-            r = fn(x, y, sp.config[name])
+        for name, x, y, config in zip(sp.names, a._t, b._t, sp.layout().configs):
+            r = fn(x, y, config)
             expected = torch.broadcast_shapes(x.shape, y.shape) if isinstance(r, torch.Tensor) else x.shape
             out.append(_check_result(r, x, name, "zip_with", shape=expected))
-        return Particle._make(sp, out)
+        return build(sp, out)
 
     # -- copies and randomness ----------------------------------------------
 
     def clone(self) -> "Particle":
         """A copy: operational parameters cloned, the others as their config says."""
-        return Particle._make(self.species, _fill(self, lambda t: t.clone()))
+        return build(self.species, fill(self, lambda t: t.clone()))
 
     def randn(self, generator: torch.Generator | None = None) -> "Particle":
         """Operational parameters redrawn from N(0, 1); the others as their config says.
 
         Args:
-            generator: a ``torch.Generator`` on the tensors' device, for
-                reproducible draws; None uses torch's global RNG.
+            generator: a ``torch.Generator`` for reproducible draws (drawn on
+                its device, then moved to each tensor's); None uses torch's
+                global RNG.
         """
-        return Particle._make(self.species, _fill(self, _draw(torch.randn, generator, self.species)))
+        return build(self.species, fill(self, _draw(torch.randn, generator, self.species)))
 
     def rand(self, generator: torch.Generator | None = None) -> "Particle":
         """Operational parameters redrawn from U[0, 1); the others as their config says."""
-        return Particle._make(self.species, _fill(self, _draw(torch.rand, generator, self.species)))
+        return build(self.species, fill(self, _draw(torch.rand, generator, self.species)))
 
     def detach(self) -> "Particle":
         """The same values cut from any autograd graph (storage shared)."""
-        return Particle._make(self.species, [t.detach() for t in self.tensors])
+        return build(self.species, [t.detach() for t in self._t])
 
     def to(self, device: torch.device | str) -> "Particle":
         """The same particle with every tensor on ``device`` (dtypes are structure and stay)."""
-        return Particle._make(self.species, [t.to(device) for t in self.tensors])
+        return build(self.species, [t.to(device) for t in self._t])
 
     # -- arithmetic ---------------------------------------------------------
 
@@ -329,7 +295,7 @@ class Particle:
         return _binary(self, other, "mul")
 
     def __rmul__(self, other: Any) -> "Particle":
-        return _binary(self, other, "mul")
+        return _binary(self, other, "rmul")
 
     def __truediv__(self, other: Any) -> "Particle":
         return _binary(self, other, "div")
@@ -343,8 +309,29 @@ class Particle:
     def __rpow__(self, other: Any) -> "Particle":
         return _binary(self, other, "rpow")
 
+    @classmethod
+    def __torch_function__(cls, func: Any, types: Any, args: tuple = (), kwargs: Any = None) -> Any:
+        """A tensor operator met a particle (``t * p``): hand it to the particle's own operator.
+
+        ``torch.Tensor.__mul__(t, p)`` is ``t * p``, i.e. ``p.__rmul__(t)``
+        (and ``torch.mul(t, p)`` the same); reflected tensor methods map to the
+        particle's forward ones. This is also how ``torch.compile`` traces a
+        tensor beside a particle without a graph break. Any other torch
+        function given a particle, or these with keyword arguments, is refused
+        by torch with a ``TypeError``.
+        """
+        entry = _TORCH_OPERATORS.get(getattr(func, "__name__", None)) if not kwargs and len(args) == 2 else None
+        if entry is not None:
+            op, reflected = entry
+            left, right = (args[1], args[0]) if reflected else args
+            if isinstance(left, Particle):
+                return getattr(left, f"__{op}__")(right)
+            if isinstance(right, Particle):
+                return getattr(right, f"__r{op}__")(left)
+        return NotImplemented
+
     def __neg__(self) -> "Particle":
-        return Particle._make(self.species, _unary(self, "neg"))
+        return _unary(self, operator.neg, torch._foreach_neg)
 
     def __pos__(self) -> "Particle":
         return self.clone()
@@ -352,72 +339,134 @@ class Particle:
     __hash__ = object.__hash__
 
 
-def donate(particle: Particle) -> Particle:
-    """Hand ``particle``'s storage to the next arithmetic operation, which may overwrite it.
+#: torch operator name -> (our operator, reflected): ``f(a, b)`` is ``a op b``, or ``b op a`` when reflected.
+_TORCH_OPERATORS: dict[str, tuple[str, bool]] = {
+    **{n: ("add", False) for n in ("add", "__add__")},
+    "__radd__": ("add", True),
+    **{n: ("sub", False) for n in ("sub", "subtract", "__sub__")},
+    **{n: ("sub", True) for n in ("rsub", "__rsub__")},
+    **{n: ("mul", False) for n in ("mul", "multiply", "__mul__")},
+    "__rmul__": ("mul", True),
+    **{n: ("truediv", False) for n in ("div", "divide", "true_divide", "__truediv__", "__div__")},
+    **{n: ("truediv", True) for n in ("__rtruediv__", "__rdiv__")},
+    **{n: ("pow", False) for n in ("pow", "__pow__")},
+    "__rpow__": ("pow", True),
+}
 
-    Fresh allocation of large stacked tensors costs several times an
-    in-place pass over the same memory. ``donate`` lets a long-running loop
-    reuse its population's storage, as JAX's ``donate_argnums`` does::
 
-        pop = 0.5 * donate(pop) + 0.5 * best      # lerp in place into pop's tensors
-        params = donate(params) - lr * grads      # SGD step in place
+def build(species: Species, tensors: Sequence[torch.Tensor]) -> Particle:
+    """A particle of ``species`` holding ``tensors`` as they are, without any check.
 
-    The donated particle (and every particle sharing its tensors, such as
-    ``pop`` above and views like ``pop[3]`` taken before) must not be used
-    afterwards. Donation is a hint: where writing in place would be wrong
-    or impossible (inside ``torch.func`` transforms, tensors that require
-    grad, a result of another shape, operands sharing the storage) the
-    operation allocates as usual. Supported: ``+``/``-`` between particles
-    (with scalar factors, fused) and ``* / + -`` with a number.
+    For code that already knows the tensors fit (names order, shapes, dtypes);
+    everything else goes through ``Particle(species, params)``.
     """
-    if not isinstance(particle, Particle):
-        raise TypeError(f"donate: expected a Particle, got {describe(particle)}")
-    out = Particle._make(particle.species, particle.tensors)
-    object.__setattr__(out, "_donated", True)
-    return out
-
-
-def _can_write(xs: list[torch.Tensor], ys: list[torch.Tensor] | None) -> bool:
-    """In-place into ``xs`` is safe: no gradient to record, no storage shared with ``ys``.
-
-    With gradients off (``torch.no_grad()``) an operand that requires grad
-    records nothing either, so it does not stop the in-place write.
-    """
-    grad = torch.is_grad_enabled()
-    if grad and any(x.requires_grad for x in xs):
-        return False
-    if ys is not None:
-        for x, y in zip(xs, ys):
-            # same species: y is x's shape, or x's without the population dimension
-            if (grad and y.requires_grad) or y.dim() > x.dim():
-                return False
-            if x.untyped_storage().data_ptr() == y.untyped_storage().data_ptr():
-                return False
-    return True
-
-
-def _rebuild(species: Species, leaves: tuple) -> Particle:
-    return Particle._make(species, leaves)
+    p = object.__new__(Particle)
+    object.__setattr__(p, "species", species)
+    object.__setattr__(p, "_t", tuple(tensors))
+    return p
 
 
 # ---------------------------------------------------------------------------
-# helpers
+# checks and helpers that need Particle (shared by the modules above this one)
 # ---------------------------------------------------------------------------
 
 
-def _population_size(p: Particle) -> int | None:
-    sp = p.species
-    if not sp.names:
-        return None
-    t = (p._t if p._t is not None else p._lazy[1]._t)[0]
-    return t.shape[0] if t.dim() == plan(sp).ndim0 + 1 else None
+def require_population(pop: Any, where: str) -> int:
+    """``N`` for a population; a clear error for anything else."""
+    if not isinstance(pop, Particle):
+        raise TypeError(
+            f"{where}: expected a population (a Particle with a leading population dimension), got {describe(pop)}"
+        )
+    n = pop.population_size
+    if n is None:
+        raise NotAPopulationError(
+            f"{where}: expected a population (tensors with a leading population dimension, e.g. from stack()), "
+            "got a single particle"
+        )
+    return n
 
 
-def _result_population(a: Particle, b: Particle) -> int | None:
-    na, nb = _population_size(a), _population_size(b)
+def require_single(p: Any, where: str) -> Particle:
+    """``p`` when it is a single particle (not a population)."""
+    if not isinstance(p, Particle):
+        raise TypeError(f"{where}: expected a Particle, got {describe(p)}")
+    n = p.population_size
+    if n is not None:
+        raise NotAPopulationError(
+            f"{where}: expected a single particle, got a population of {n} "
+            "(use vmap_apply / to_modules, or index one member)"
+        )
+    return p
+
+
+def as_list(items: Any, where: str) -> list:
+    """``list(items)``, with a clear ``TypeError`` for a non-iterable (or a lone particle, module, tensor)."""
+    if isinstance(items, (Particle, nn.Module, torch.Tensor)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"{where}: expected a sequence, got {describe(items)}")
+    return list(items)
+
+
+def result_population(a: Particle, b: Particle) -> int | None:
+    """The population size of an operation between ``a`` and ``b`` (one may be single)."""
+    na, nb = a.population_size, b.population_size
     if na is not None and nb is not None and na != nb:
         raise PopulationSizeError(f"population sizes differ: the left operand has {na} members, the right {nb}")
     return na if na is not None else nb
+
+
+def common_population(particles: Sequence[Particle]) -> int | None:
+    """The population size shared by ``particles`` (single particles broadcast); None if all are single."""
+    found: int | None = None
+    for k, p in enumerate(particles):
+        n = p.population_size
+        if n is not None:
+            if found is not None and n != found:
+                raise PopulationSizeError(
+                    f"population sizes differ: an earlier operand has {found} members, operand {k} has {n}"
+                )
+            found = n
+    return found
+
+
+def migrate(particle: Particle, species: Species) -> Particle:
+    """``particle`` brought up to ``species``, a later version of its own species.
+
+    Replays the recorded edits (the legacy ``touch()``): each added
+    parameter arrives as this particle's own copy of the value the edit
+    carried (repeated along the population dimension for a population);
+    removed or None-d ones disappear; config and buffer edits change no
+    tensor. Tensors that no edit touched are shared with ``particle``.
+
+    Raises:
+        TypeError: ``particle`` is not a Particle or ``species`` not a Species.
+        SpeciesMismatchError: ``species`` is not ``particle.species`` or a
+            later version of it (an earlier version, another branch or
+            another species).
+
+    Example:
+        >>> s2 = p.species.add_param("scale", torch.ones(1))
+        >>> migrate(p, s2).params["scale"]
+        tensor([1.])
+    """
+    if not isinstance(particle, Particle):
+        raise TypeError(f"migrate: expected a Particle, got {describe(particle)}")
+    if not isinstance(species, Species):
+        raise TypeError(f"migrate: expected a Species, got {describe(species)}")
+    old = particle.species
+    if old is species:
+        return particle
+    if not old.is_ancestor_of(species):
+        relation = (
+            "it is an earlier version of the particle's species (migration only goes forward)"
+            if species.is_ancestor_of(old)
+            else "it is on another branch or of another species"
+        )
+        raise SpeciesMismatchError(
+            f"migrate: expected {old!r} or a later version of it, got {species!r}: {relation}"
+        )
+    leaves = particle.tensors
+    device = leaves[0].device if leaves else None
+    return build(species, species.replay(old, leaves, population=particle.population_size, device=device))
 
 
 def align(a: Particle, b: Particle) -> tuple[Particle, Particle]:
@@ -425,8 +474,6 @@ def align(a: Particle, b: Particle) -> tuple[Particle, Particle]:
     sa, sb = a.species, b.species
     if sa is sb:
         return a, b
-    from ._migrate import migrate
-
     if sa.is_ancestor_of(sb):
         return migrate(a, sb), b
     if sb.is_ancestor_of(sa):
@@ -435,6 +482,21 @@ def align(a: Particle, b: Particle) -> tuple[Particle, Particle]:
         f"particles of different species: expected a particle of {sa!r} (or of an earlier or later "
         f"version of it), got one of {sb!r}"
     )
+
+
+def align_all(particles: Sequence[Any], where: str) -> list[Particle]:
+    """Particles of several versions of one species, all brought to the newest of them."""
+    first = particles[0]
+    out = [first]
+    for k, p in enumerate(particles[1:], 1):
+        if not isinstance(p, Particle):
+            raise TypeError(f"{where}: expected Particles, got {describe(p)} as element {k}")
+        a, b = align(first, p)
+        if a is not first:  # the newcomer is newer: move everything seen so far
+            out = [align(q, b)[0] for q in out]
+            first = out[0]
+        out.append(b)
+    return out
 
 
 def _check_result(r: Any, t: torch.Tensor, name: str, where: str, shape: Any = None) -> torch.Tensor:
@@ -452,28 +514,17 @@ def _check_result(r: Any, t: torch.Tensor, name: str, where: str, shape: Any = N
     return r
 
 
-def _fill(p: Particle, make: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
-    """Apply ``make`` to operational tensors; non-operational ones follow their config."""
-    pl = plan(p.species)
+def fill(p: Particle, make: Callable[[torch.Tensor], torch.Tensor]) -> list[torch.Tensor]:
+    """``make`` applied to the operational tensors; non-operational ones follow their config."""
+    lay = p.species.layout()
     leaves = p.tensors
     out = list(leaves)
-    for i in pl.op:
+    for i in lay.op:
         out[i] = make(leaves[i])
-    for i, clone in pl.nonop:
+    for i, clone in lay.nonop:
         if clone:
             out[i] = leaves[i].clone()
     return out
-
-
-def require_floating(species: Species, where: str, why: str = "cannot draw random values for") -> None:
-    """Refuse operational parameters that are not floating point, naming the first one."""
-    for name in species.names:
-        dtype = species.dtypes[name]
-        if species.config[name].operational and not (dtype.is_floating_point or dtype.is_complex):
-            raise TypeError(
-                f"{where}: {why} the {dtype} parameter {name!r}; mark it non-operational "
-                f"(species.with_config({name!r}, operational=False))"
-            )
 
 
 def draw_like(
@@ -486,39 +537,44 @@ def draw_like(
 
 
 def _draw(fn: Callable, generator: torch.Generator | None, species: Species) -> Callable:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"expected a torch.Generator or None, got {describe(generator)}")
+    check_generator(generator, fn.__name__)
     require_floating(species, fn.__name__)
     return lambda t: draw_like(fn, t.shape, generator, t)
 
 
-def _assemble(
+def assemble(
     species: Species, lead: Sequence[torch.Tensor], results: Sequence[torch.Tensor], population: int | None
 ) -> tuple[torch.Tensor, ...]:
-    """Put operational results back among the non-operational tensors taken from ``lead``."""
-    pl = plan(species)
-    if pl.all_op:
+    """Put operational results back among the non-operational tensors taken from ``lead``.
+
+    A non-operational tensor of a single ``lead`` is repeated along the
+    population dimension when the result is a population of ``population``
+    members (a copy with ``clone=True``, an expanded view with ``clone=False``).
+    """
+    lay = species.layout()
+    if lay.all_op:
         return tuple(results)
     out: list[Any] = [None] * len(species.names)
-    for i, r in zip(pl.op, results):
+    for i, r in zip(lay.op, results):
         out[i] = r
-    for i, clone in pl.nonop:
+    for i, clone in lay.nonop:
         t = lead[i]
-        if population is not None and t.dim() == len(species.shapes[species.names[i]]):
+        if population is not None and t.dim() == len(lay.shapes[i]):
             t = t.unsqueeze(0).expand(population, *t.shape)
         out[i] = t.clone() if clone else t
     return tuple(out)
 
 
-def _restore_dtypes(species: Species, results: list[torch.Tensor]) -> list[torch.Tensor]:
-    pl = plan(species)
-    names, dtypes = species.names, species.dtypes
-    for k, i in enumerate(pl.op):
-        dt = dtypes[names[i]]
-        if results[k].dtype != dt:
-            results[k] = results[k].to(dt)
-    return results
+def operational(p: Particle) -> list[torch.Tensor]:
+    """The operational tensors of ``p``, in ``names`` order."""
+    lay = p.species.layout()
+    leaves = p.tensors
+    return list(leaves) if lay.all_op else [leaves[i] for i in lay.op]
 
+
+# ---------------------------------------------------------------------------
+# arithmetic: each operator is the plain torch expression per tensor
+# ---------------------------------------------------------------------------
 
 _PER_TENSOR: dict[str, Callable[[Any, Any], torch.Tensor]] = {
     "add": operator.add,
@@ -526,84 +582,68 @@ _PER_TENSOR: dict[str, Callable[[Any, Any], torch.Tensor]] = {
     "sub": operator.sub,
     "rsub": lambda x, y: y - x,
     "mul": operator.mul,
+    "rmul": lambda x, y: y * x,
     "div": operator.truediv,
     "rdiv": lambda x, y: y / x,
     "pow": operator.pow,
     "rpow": lambda x, y: y ** x,
 }
 
-_FOREACH: dict[str, Callable[[list, Any], list]] = {
+# ``torch._foreach_*`` equivalents, used only where they run the very same
+# per-tensor kernels as ``_PER_TENSOR`` (on the CPU, outside ``torch.func``
+# transforms, with a Python number or a list of tensors): there the CPU
+# implementation of every foreach op is a loop calling the plain op, so the
+# bits are the same and only the Python overhead goes. Operators without an
+# exact foreach twin (``rsub``, ``rdiv``: no reflected foreach op) stay per tensor.
+_FOREACH: dict[str, Callable[[list, Any], Any]] = {
     "add": torch._foreach_add,
     "radd": torch._foreach_add,
     "sub": torch._foreach_sub,
-    "rsub": lambda xs, y: torch._foreach_add(torch._foreach_neg(xs), y),
     "mul": torch._foreach_mul,
+    "rmul": torch._foreach_mul,
     "div": torch._foreach_div,
-    "rdiv": lambda xs, y: torch._foreach_mul(torch._foreach_reciprocal(xs), y),
     "pow": torch._foreach_pow,
     "rpow": lambda xs, y: torch._foreach_pow(y, xs),
 }
 
-
-_FOREACH_INPLACE: dict[str, Callable[[list, Any], None]] = {
-    "add": torch._foreach_add_,
-    "radd": torch._foreach_add_,
-    "sub": torch._foreach_sub_,
-    "mul": torch._foreach_mul_,
-    "div": torch._foreach_div_,
-}
+_NUMBER = (int, float)
 
 
-def _ops(op: str, xs: list[torch.Tensor], y: Any, *, foreach: bool) -> list[torch.Tensor]:
-    if not xs:
-        return []
-    if foreach:
-        return list(_FOREACH[op](xs, y))
-    f = _PER_TENSOR[op]
-    if isinstance(y, list):
-        return [f(x, yy) for x, yy in zip(xs, y)]
-    return [f(x, y) for x in xs]
+def _foreach_ok(xs: list[torch.Tensor]) -> bool:
+    return bool(xs) and xs[0].device.type == "cpu" and not transforms_active()
 
 
-def _scalar_op(p: Particle, op: str, y: Any) -> tuple[torch.Tensor, ...]:
-    """Apply ``op`` with a number or 0-d tensor ``y`` to the operational tensors of ``p``."""
-    sp = p.species
-    pl = plan(sp)
-    leaves = p.tensors
-    xs = list(leaves) if pl.all_op else [leaves[i] for i in pl.op]
-    # ``torch._foreach_*`` only with a Python number: with a 0-d tensor it
-    # either converts it to a number (``sub``/``pow``: the gradient to ``y`` is
-    # lost, or refused when ``y`` requires grad) or has a broken backward
-    # (``add``/``mul``/``div``: "inconsistent range for TensorList output").
-    foreach = not transforms_active() and type(y) in _foreach_ok_types
-    results = _ops(op, xs, y, foreach=foreach)
-    if pl.nonfloat or isinstance(y, torch.Tensor):
-        results = _restore_dtypes(sp, results)
-    return _assemble(sp, leaves, results, None)
+def _keep_dtypes(results: list[torch.Tensor], xs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Results in their parameters' dtypes (an integer parameter times 0.5 stays an integer)."""
+    for k, (r, x) in enumerate(zip(results, xs)):
+        if r.dtype != x.dtype:
+            results[k] = r.to(x.dtype)
+    return results
 
 
-def _unary(p: Particle, op: str) -> tuple[torch.Tensor, ...]:
-    sp = p.species
-    pl = plan(sp)
-    leaves = p.tensors
-    xs = list(leaves) if pl.all_op else [leaves[i] for i in pl.op]
-    if not xs:
-        results: list = []
-    elif transforms_active():
-        results = [torch.neg(x) for x in xs]
-    else:
-        results = list(torch._foreach_neg(xs))
-    return _assemble(sp, leaves, results, None)
+class _PerMember:
+    """A ``[N]`` vector for a population: member ``i`` is combined with ``v[i]``."""
+
+    __slots__ = ("v",)
+
+    def __init__(self, v: torch.Tensor) -> None:
+        self.v = v
+
+    def view_for(self, x: torch.Tensor) -> torch.Tensor:
+        """``v`` shaped ``[N, 1, ...]`` against ``x``; in ``x``'s dtype when ``x`` is floating
+        (so member ``i`` gets the bits of ``x_i op v[i].to(x.dtype)``)."""
+        v = self.v.to(x.dtype) if x.is_floating_point() else self.v
+        return v.view(v.shape[0], *([1] * (x.dim() - 1)))
 
 
 def _coerce_scalar(p: Particle, other: Any, op: str) -> Any:
-    """A number or 0-d tensor as is; a ``[N]`` vector for a population as a per-tensor list."""
-    if type(other) in _foreach_ok_types:
+    """A Python number or 0-d tensor as is; a ``[N]`` vector for a population as ``_PerMember``."""
+    if type(other) in _NUMBER:
         return other
     if isinstance(other, torch.Tensor):
         if other.dim() == 0:
             return other
-        n = _population_size(p)
+        n = p.population_size
         if n is not None and other.dim() == 1:
             if other.shape[0] != n:
                 raise PopulationSizeError(
@@ -627,117 +667,282 @@ def _coerce_scalar(p: Particle, other: Any, op: str) -> Any:
     )
 
 
-class _PerMember:
-    __slots__ = ("v",)
-
-    def __init__(self, v: torch.Tensor) -> None:
-        self.v = v
-
-    def views(self, xs: list[torch.Tensor]) -> list[torch.Tensor]:
-        n = self.v.shape[0]
-        return [self.v.view(n, *([1] * (x.dim() - 1))) for x in xs]
+def _with_coefficient(op: str, xs: list[torch.Tensor], y: Any) -> list[torch.Tensor]:
+    """``xs op y`` per tensor for a number, a 0-d tensor or a per-member vector ``y``."""
+    f = _PER_TENSOR[op]
+    if isinstance(y, _PerMember):
+        return [f(x, y.view_for(x)) for x in xs]
+    if not isinstance(y, torch.Tensor) and op in _FOREACH and _foreach_ok(xs):
+        return list(_FOREACH[op](xs, y))
+    # A coefficient enters as torch treats it next to a tensor with dimensions;
+    # a 0-d parameter is computed as a one-element one so it gets the same bits
+    # (beside a 0-d tensor coefficient, two 0-d tensors would promote to the
+    # wider dtype; inside vmap, torch casts a number to a logically 0-d
+    # tensor's low-precision dtype first).
+    return [f(x, y) if x.dim() else f(x.reshape(1), y).reshape(()) for x in xs]
 
 
 def _binary(p: Particle, other: Any, op: str) -> Particle:
     if isinstance(other, Particle):
+        if op in ("radd", "rsub", "rmul", "rdiv", "rpow"):  # pragma: no cover - Python calls the left's method
+            raise AssertionError(op)
         a, b = align(p, other)
-        if op in ("add", "sub"):
-            return _lincomb(a, b, 1 if op == "add" else -1)
-        return _particle_op(a, b, op)
-    y = _coerce_scalar(p, other, op)
-    if isinstance(y, _PerMember):
-        sp = p.species
-        pl = plan(sp)
-        leaves = p.tensors
-        xs = [leaves[i] for i in pl.op]
-        results = _restore_dtypes(sp, _ops(op, xs, y.views(xs), foreach=False))
-        return Particle._make(sp, _assemble(sp, leaves, results, None))
-    if op == "mul" and type(y) in _foreach_ok_types and not transforms_active():
-        base = p if p._t is not None else Particle._make(p.species, p.tensors)
-        return Particle._scaled(y, base)
-    if p._lazy is not None and p._lazy[1]._donated:
-        p = _materialise_donated(p)
-    return Particle._make(p.species, _scalar_op(p, op, y))
-
-
-def _particle_op(a: Particle, b: Particle, op: str) -> Particle:
-    population = _result_population(a, b)
-    sp = a.species
-    pl = plan(sp)
-    la, lb = a.tensors, b.tensors
-    if pl.all_op:
-        xs, ys = list(la), list(lb)
-    else:
-        xs, ys = [la[i] for i in pl.op], [lb[i] for i in pl.op]
-    results = _ops(op, xs, ys, foreach=not transforms_active())
-    if pl.nonfloat:
-        results = _restore_dtypes(sp, results)
-    return Particle._make(sp, _assemble(sp, la, results, population))
-
-
-def _materialise_donated(p: Particle) -> Particle:
-    """``c * donate(q)`` used other than in ``+``/``-``: scale in place, stay donated."""
-    coef, base = p._lazy
-    out = Particle._make(base.species, _scalar_op(base, "mul", coef))
-    object.__setattr__(out, "_donated", True)
-    return out
-
-
-def _decompose(p: Particle) -> tuple[float, Particle]:
-    lazy = p._lazy
-    if lazy is not None:
-        return lazy
-    return 1, p
-
-
-def _lincomb(a: Particle, b: Particle, sign: int) -> Particle:
-    """``a + sign * b``, fusing pending scalar factors into one pass per tensor."""
-    population = _result_population(a, b)
-    sp = a.species
-    pl = plan(sp)
-    ca, P = _decompose(a)
-    cb, Q = _decompose(b)
-    cb = cb * sign
-    if pl.nonfloat:
-        P, Q, ca, cb = Particle._make(sp, a.tensors), Particle._make(sp, b.tensors), 1, sign
-    lp, lq = P.tensors, Q.tensors
-    if pl.all_op:
-        xs, ys = list(lp), list(lq)
-    else:
-        xs, ys = [lp[i] for i in pl.op], [lq[i] for i in pl.op]
-    if not xs:
-        results: list = []
-    elif transforms_active():
-        if ca == 1 and cb in (1, -1):
-            f = torch.add if cb == 1 else torch.sub
+        population = result_population(a, b)
+        xs, ys = operational(a), operational(b)
+        if op in _FOREACH and _foreach_ok(xs):
+            results = list(_FOREACH[op](xs, ys))
+        else:
+            f = _PER_TENSOR[op]
             results = [f(x, y) for x, y in zip(xs, ys)]
-        elif ca == 1:
-            results = [torch.add(x, y, alpha=cb) for x, y in zip(xs, ys)]
+        if a.species.layout().nonfloat:
+            results = _keep_dtypes(results, xs)
+        return build(a.species, assemble(a.species, a.tensors, results, population))
+    y = _coerce_scalar(p, other, op)
+    xs = operational(p)
+    results = _with_coefficient(op, xs, y)
+    if p.species.layout().nonfloat or not isinstance(y, _NUMBER):
+        results = _keep_dtypes(results, xs)
+    return build(p.species, assemble(p.species, p.tensors, results, None))
+
+
+def _unary(p: Particle, per_tensor: Callable, foreach: Callable) -> Particle:
+    xs = operational(p)
+    results = list(foreach(xs)) if _foreach_ok(xs) else [per_tensor(x) for x in xs]
+    return build(p.species, assemble(p.species, p.tensors, results, None))
+
+
+# ---------------------------------------------------------------------------
+# explicit one-pass primitives, with donation at the call boundary
+# ---------------------------------------------------------------------------
+
+
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
+def check_donation(donated: Particle, others: Sequence[Any], where: str) -> None:
+    """Refuse a donated particle that shares storage with another argument of the same call."""
+    mine = {_storage(t) for t in donated.tensors if t.numel()}
+    for k, other in enumerate(others):
+        if isinstance(other, Particle):
+            theirs = [t for t in other.tensors if t.numel()]
+        elif isinstance(other, torch.Tensor):
+            theirs = [other] if other.numel() else []
         else:
-            results = [torch.add(x * ca, y, alpha=cb) for x, y in zip(xs, ys)]
-    elif P._donated and not pl.nonfloat and _can_write(xs, ys):
-        if ca == 1:
-            torch._foreach_add_(xs, ys, alpha=cb)
-        elif ca + cb == 1 and cb != 0:
-            torch._foreach_lerp_(xs, ys, cb)
+            continue
+        if other is donated or any(_storage(t) in mine for t in theirs):
+            raise ValueError(
+                f"{where}: donate=True expects the donated particle to share no storage with the "
+                f"other arguments, but argument {k + 1} after it shares its tensors (pass a copy, "
+                "or donate=False)"
+            )
+
+
+def writable(xs: Sequence[torch.Tensor], shapes: Sequence[torch.Size], others: Sequence[Sequence[Any]]) -> bool:
+    """Whether results of ``shapes`` may be written into ``xs`` in place: same shapes, no
+    overlapping (expanded) memory, nothing for autograd to record, no ``torch.func`` transform."""
+    if transforms_active():
+        return False
+    if torch.is_grad_enabled():
+        if any(x.requires_grad for x in xs):
+            return False
+        for group in others:
+            if any(isinstance(y, torch.Tensor) and y.requires_grad for y in group):
+                return False
+    for x, shape in zip(xs, shapes):
+        if x.shape != shape:
+            return False
+        if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
+            return False
+    return True
+
+
+def _joint_shape(x: torch.Tensor, y: torch.Tensor) -> torch.Size:
+    """The shape of an elementwise result of two tensors of one parameter (one may carry a
+    population dimension the other lacks)."""
+    return x.shape if x.dim() >= y.dim() else y.shape
+
+
+def _joint_shape_of(shape: torch.Size, y: torch.Tensor) -> torch.Size:
+    return shape if len(shape) >= y.dim() else y.shape
+
+
+def _weight(weight: Any, n: int | None, where: str, name: str = "weight") -> Any:
+    """A number, a 0-d floating tensor, or (for a population) a ``[N]`` floating vector."""
+    if isinstance(weight, bool):
+        raise TypeError(f"{where}: {name} expects a number or a floating tensor, got {describe(weight)}")
+    if isinstance(weight, numbers.Real) and not isinstance(weight, torch.Tensor):
+        return float(weight)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{where}: {name} expects a number, a 0-d tensor or a [N] vector, got {describe(weight)}")
+    if not weight.is_floating_point():
+        raise TypeError(f"{where}: {name} expects a floating-point tensor, got dtype {weight.dtype}")
+    if weight.dim() == 0:
+        return weight
+    if weight.dim() == 1 and n is not None:
+        if weight.shape[0] != n:
+            raise PopulationSizeError(
+                f"{where}: {name} expects a [N] vector of {n} entries (one per member), got shape {tuple(weight.shape)}"
+            )
+        return _PerMember(weight)
+    expected = "a number, a 0-d tensor" + (f" or a vector of shape ({n},)" if n is not None else "")
+    raise OperandShapeError(f"{where}: {name} expects {expected}, got {describe(weight)}")
+
+
+def _as_weight_for(w: Any, x: torch.Tensor) -> Any:
+    if isinstance(w, _PerMember):
+        return w.view_for(x).to(x.device)
+    if isinstance(w, torch.Tensor):
+        return w.to(device=x.device, dtype=x.dtype)
+    return w
+
+
+def lerp(start: Particle, end: Particle, weight: Any, *, donate: bool = False) -> Particle:
+    """``torch.lerp(start, end, weight)`` per tensor: ``start + weight * (end - start)`` in one pass.
+
+    Numerics are torch's ``lerp`` kernel's (not those of the expression
+    ``(1 - w) * start + w * end``, which rounds three times): bit for bit
+    ``torch.lerp(a, b, w)`` for every pair of operational tensors, in single
+    particles, populations and inside ``torch.func.vmap``. A tensor weight is
+    cast to each parameter's dtype (``torch.lerp`` requires it). Non-operational
+    parameters come from ``start`` as their config says.
+
+    Args:
+        start, end: particles of one species (an older version is migrated);
+            a population and a single particle broadcast.
+        weight: a Python number, a 0-d floating tensor, or a ``[N]`` floating
+            vector giving member ``i`` the weight ``weight[i]``.
+        donate: allow writing the result into ``start``'s tensors instead of
+            allocating (``start`` must not be used afterwards: its tensors, and
+            every view of them, hold unspecified values). Where writing in
+            place is impossible (inside ``torch.func`` transforms, tensors
+            that autograd records, a result of another shape) the call
+            allocates; the result's values are the same either way.
+
+    Raises:
+        SpeciesMismatchError: ``start`` and ``end`` are of different species.
+        PopulationSizeError: population sizes, or the weight vector's length, disagree.
+        TypeError: a non-float weight, or a non-float operational parameter.
+        ValueError: ``donate=True`` and ``end`` shares storage with ``start``.
+
+    Example:
+        >>> pop = lerp(pop, best, 0.5, donate=True)   # a step toward the best, in place
+    """
+    where = "lerp"
+    if not isinstance(start, Particle) or not isinstance(end, Particle):
+        raise TypeError(f"{where}: expected two Particles, got {describe(start)} and {describe(end)}")
+    if not isinstance(donate, bool):
+        raise TypeError(f"{where}: donate expects a bool, got {describe(donate)}")
+    a, b = align(start, end)
+    population = result_population(a, b)
+    w = _weight(weight, population, where)
+    require_floating(a.species, where, "cannot interpolate")
+    if donate:
+        check_donation(a, [b, weight], where)
+    xs, ys = operational(a), operational(b)
+    if donate and writable(xs, [_joint_shape(x, y) for x, y in zip(xs, ys)], [ys, [weight]]):
+        if isinstance(w, float) and _foreach_ok(xs):
+            torch._foreach_lerp_(xs, ys, w)
         else:
-            torch._foreach_mul_(xs, ca)
-            torch._foreach_add_(xs, ys, alpha=cb)
+            for x, y in zip(xs, ys):
+                x.lerp_(y, _as_weight_for(w, x))
         results = xs
+    elif isinstance(w, float) and _foreach_ok(xs):
+        results = list(torch._foreach_lerp(xs, ys, w))
     else:
-        big_q = _population_size(P) is None and _population_size(Q) is not None
-        if ca == 1 and cb in (1, -1):
-            results = list((torch._foreach_add if cb == 1 else torch._foreach_sub)(xs, ys))
-        elif ca + cb == 1 and ca != 0 and cb != 0 and not pl.nonfloat:
-            results = list(torch._foreach_lerp(ys, xs, ca) if big_q else torch._foreach_lerp(xs, ys, cb))
-        elif ca == 1:
-            results = list(torch._foreach_add(xs, ys, alpha=cb))
-        elif big_q:
-            results = list(torch._foreach_mul(ys, cb))
-            torch._foreach_add_(results, xs, alpha=ca)
+        results = [torch.lerp(x, y, _as_weight_for(w, x)) for x, y in zip(xs, ys)]
+    return build(a.species, assemble(a.species, a.tensors, results, population))
+
+
+def lincomb(weights: Sequence[Any], particles: Sequence[Particle], *, donate: bool = False) -> Particle:
+    """``sum_k weights[k] * particles[k]`` per tensor, with one allocation.
+
+    Numerics (a named primitive, not the natural expression): per tensor,
+    ``acc = particles[0] * weights[0]``, then for each further term
+    ``acc = torch.add(acc, x_k, alpha=w_k)`` for a number weight (one
+    rounding of ``acc + w_k * x_k`` where the kernel fuses the multiply-add)
+    or ``torch.addcmul(acc, x_k, w_k)`` for a tensor weight, all in place in
+    ``acc``. So ``k`` terms take ``k`` passes and one result buffer, where
+    ``w0 * p0 + w1 * p1 + ...`` takes ``2k - 1`` passes and as many buffers;
+    results may differ from that expression in the last bit (and overflow
+    where it would not). Use the plain expression when you need its bits.
+
+    Args:
+        weights: one per particle: Python numbers, 0-d floating tensors, or
+            ``[N]`` floating vectors (member ``i`` gets ``w[i]``).
+        particles: particles of one species (older versions are migrated);
+            populations and single particles broadcast.
+        donate: allow writing the result into ``particles[0]``'s tensors (it
+            must not be used afterwards); allocates where that is impossible,
+            as ``lerp`` does.
+
+    Raises:
+        ValueError: empty or unequal lengths; ``donate=True`` with
+            ``particles[0]`` sharing storage with another argument.
+        SpeciesMismatchError, PopulationSizeError, TypeError: as ``lerp``.
+
+    Example:
+        >>> new = lincomb([1 - b, b, a], [pop, best, noise])     # APSO's move
+    """
+    where = "lincomb"
+    if not isinstance(donate, bool):
+        raise TypeError(f"{where}: donate expects a bool, got {describe(donate)}")
+    weights = as_list(weights, f"{where}: weights")
+    ps = as_list(particles, f"{where}: particles")
+    if not ps or len(ps) != len(weights):
+        raise ValueError(
+            f"{where}: expected as many weights as particles (at least one), got {len(weights)} weights "
+            f"and {len(ps)} particles"
+        )
+    for k, p in enumerate(ps):
+        if not isinstance(p, Particle):
+            raise TypeError(f"{where}: particles[{k}] expected a Particle, got {describe(p)}")
+    aligned = align_all(ps, where)
+    first = aligned[0]
+    population = common_population(aligned)
+    ws = [_weight(w, population, where, f"weights[{k}]") for k, w in enumerate(weights)]
+    require_floating(first.species, where, "cannot combine")
+    if donate:
+        check_donation(aligned[0], list(aligned[1:]) + list(weights), where)
+    columns = [operational(p) for p in aligned]
+    xs = columns[0]
+    shapes = []
+    for i, x in enumerate(xs):
+        shape = x.shape
+        for col in columns[1:]:
+            shape = _joint_shape_of(shape, col[i])
+        shapes.append(shape)
+    in_place = donate and writable(xs, shapes, columns[1:] + [list(weights)])
+    if _foreach_ok(xs) and all(isinstance(w, float) for w in ws):
+        # the CPU foreach ops loop over the very same per-tensor kernels as below
+        if in_place:
+            torch._foreach_mul_(xs, ws[0])
+            results = xs
         else:
-            results = list(torch._foreach_mul(xs, ca))
-            torch._foreach_add_(results, ys, alpha=cb)
-    if pl.nonfloat:
-        results = _restore_dtypes(sp, results)
-    return Particle._make(sp, _assemble(sp, lp, results, population))
+            results = list(torch._foreach_mul(xs, ws[0]))
+            results = [r if r.shape == shape else r.expand(shape).clone() for r, shape in zip(results, shapes)]
+        for col, w in zip(columns[1:], ws[1:]):
+            torch._foreach_add_(results, col, alpha=w)
+        return build(first.species, assemble(first.species, aligned[0].tensors, results, population))
+    # inside torch.func transforms every step allocates (an unbatched buffer cannot
+    # take a batched term in place); the kernels, and so the bits, are the same
+    fresh = transforms_active()
+    results = []
+    for i, x in enumerate(xs):
+        w0 = _as_weight_for(ws[0], x)
+        if in_place:
+            acc = x.mul_(w0)
+        else:
+            acc = x * w0
+            if not fresh and acc.shape != shapes[i]:
+                acc = acc.expand(shapes[i]).clone()
+        for col, w in zip(columns[1:], ws[1:]):
+            wk = _as_weight_for(w, x)
+            if fresh:
+                acc = torch.add(acc, col[i], alpha=wk) if isinstance(wk, float) else torch.addcmul(acc, col[i], wk)
+            elif isinstance(wk, float):
+                acc.add_(col[i], alpha=wk)
+            else:
+                acc.addcmul_(col[i], wk)
+        results.append(acc)
+    return build(first.species, assemble(first.species, aligned[0].tensors, results, population))

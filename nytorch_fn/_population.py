@@ -12,69 +12,25 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
-from ._errors import (
-    NotAPopulationError,
-    PopulationSizeError,
-    SpeciesMismatchError,
-    describe,
-)
+from ._checks import check_generator, check_size, require_floating
+from ._errors import PopulationSizeError, SpeciesMismatchError, UnknownNameError, describe
+from ._fitness import fitness_order, member_vector
 from ._module import _buffer_copies, call, particle, to_module
-from ._particle import Particle, _assemble, _population_size, align, draw_like, plan, require_floating
+from ._particle import Particle, align_all, as_list, assemble, build, draw_like, require_population
 from ._species import Species
-
-
-def _require_population(pop: Any, where: str) -> int:
-    """``N`` for a population; a clear error for anything else (the one population check)."""
-    if not isinstance(pop, Particle):
-        raise TypeError(
-            f"{where}: expected a population (a Particle with a leading population dimension), got {describe(pop)}"
-        )
-    n = _population_size(pop)
-    if n is None:
-        raise NotAPopulationError(
-            f"{where}: expected a population (tensors with a leading population dimension, e.g. from stack()), "
-            "got a single particle"
-        )
-    return n
-
-
-def _as_list(items: Any, where: str) -> list:
-    """``list(items)``, with a clear ``TypeError`` for a non-iterable."""
-    if isinstance(items, (Particle, nn.Module, torch.Tensor)) or not hasattr(items, "__iter__"):
-        raise TypeError(f"{where}: expected a sequence, got {describe(items)}")
-    return list(items)
-
-
-def _check_generator(generator: Any, where: str) -> None:
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"{where}: generator expects a torch.Generator or None, got {describe(generator)}")
-
-
-def _newest(particles: Sequence[Particle], where: str) -> list[Particle]:
-    """Bring particles of several versions of one species to the newest of them."""
-    first = particles[0]
-    out = [first]
-    for p in particles[1:]:
-        if not isinstance(p, Particle):
-            raise TypeError(f"{where}: expected Particles, got {describe(p)}")
-        a, b = align(first, p)
-        if a is not first:  # the newcomer is newer: move everything seen so far
-            out = [align(q, b)[0] for q in out]
-            first = out[0]
-        out.append(b)
-    return out
 
 
 def _members(items: Any, where: str, what: str) -> list[Particle]:
     """A non-empty list of particles of one species, older versions migrated to the newest."""
-    items = _as_list(items, where)
+    items = as_list(items, where)
     if not items:
         raise ValueError(f"{where}: expected at least one {what}, got an empty sequence")
     if not isinstance(items[0], Particle):
         raise TypeError(f"{where}: expected Particles, got {describe(items[0])}")
-    return _newest(items, where)
+    return align_all(items, where)
 
 
 def stack(particles: Sequence[Particle]) -> Particle:
@@ -94,21 +50,21 @@ def stack(particles: Sequence[Particle]) -> Particle:
     """
     particles = _members(particles, "stack", "particle")
     for i, p in enumerate(particles):
-        if _population_size(p) is not None:
+        if p.population_size is not None:
             raise TypeError(f"stack: element {i} is a population of {len(p)}; use concat() to join populations")
     sp = particles[0].species
     columns = zip(*(p.tensors for p in particles))
-    return Particle._make(sp, [torch.stack(col) for col in columns])
+    return build(sp, [torch.stack(col) for col in columns])
 
 
 def unstack(population: Particle) -> list[Particle]:
     """The members of a population as single particles (views into its storage)."""
-    n = _require_population(population, "unstack")
+    n = require_population(population, "unstack")
     sp = population.species
     if not sp.names:
         return []
     rows = zip(*(t.unbind(0) for t in population.tensors))
-    out = [Particle._make(sp, row) for row in rows]
+    out = [build(sp, row) for row in rows]
     assert len(out) == n
     return out
 
@@ -118,11 +74,11 @@ def concat(populations: Sequence[Particle]) -> Particle:
     pops = _members(populations, "concat", "population")
     parts = []
     for p in pops:
-        if _population_size(p) is None:
+        if p.population_size is None:
             parts.append([t.unsqueeze(0) for t in p.tensors])
         else:
             parts.append(list(p.tensors))
-    return Particle._make(pops[0].species, [torch.cat(col) for col in zip(*parts)])
+    return build(pops[0].species, [torch.cat(col) for col in zip(*parts)])
 
 
 def random_population(
@@ -138,25 +94,22 @@ def random_population(
     template's value (``clone=True``) or one shared tensor broadcast over
     members (``clone=False``, a view).
     """
-    _check_size(n, "random_population")
+    check_size(n, "random_population")
     if not isinstance(template, Particle):
         raise TypeError(f"random_population: expected a Particle template, got {describe(template)}")
-    if _population_size(template) is not None:
+    if template.population_size is not None:
         raise TypeError("random_population: expected a single particle as template, got a population")
-    _check_generator(generator, "random_population")
+    check_generator(generator, "random_population")
     draw = {"randn": torch.randn, "rand": torch.rand}.get(distribution)
     if draw is None:
         raise ValueError(f"random_population: distribution expects 'randn' or 'rand', got {distribution!r}")
     sp = template.species
     require_floating(sp, "random_population")
     leaves = template.tensors
-    results = [draw_like(draw, (n, *leaves[i].shape), generator, leaves[i]) for i in plan(sp).op]
-    return Particle._make(sp, _assemble(sp, leaves, results, n))
+    results = [draw_like(draw, (n, *leaves[i].shape), generator, leaves[i]) for i in sp.layout().op]
+    return build(sp, assemble(sp, leaves, results, n))
 
 
-def _check_size(n: Any, where: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"{where}: expected a population size >= 1, got {n!r}")
 
 
 def init_population(module: nn.Module, n: int, *, generator: torch.Generator | None = None) -> Particle:
@@ -172,10 +125,10 @@ def init_population(module: nn.Module, n: int, *, generator: torch.Generator | N
     Example:
         >>> pop = init_population(nn.Linear(4, 2), 16, generator=torch.Generator().manual_seed(0))
     """
-    _check_size(n, "init_population")
+    check_size(n, "init_population")
     if not isinstance(module, nn.Module):
         raise TypeError(f"init_population: expected an nn.Module, got {describe(module)}")
-    _check_generator(generator, "init_population")
+    check_generator(generator, "init_population")
     template = particle(module)
     members = []
     for _ in range(n):
@@ -211,7 +164,7 @@ def stack_modules(modules: Sequence[nn.Module], *, species: Species | None = Non
         ValueError: ``modules`` is empty.
         SpeciesMismatchError: a module's parameters differ from the first's.
     """
-    modules = _as_list(modules, "stack_modules")
+    modules = as_list(modules, "stack_modules")
     if not modules:
         raise ValueError("stack_modules: expected at least one module, got an empty sequence")
     for i, m in enumerate(modules):
@@ -235,12 +188,12 @@ def stack_modules(modules: Sequence[nn.Module], *, species: Species | None = Non
                     f"expected {tuple(sp.shapes[name])} {sp.dtypes[name]}"
                 )
             col.append(t.detach())
-    return Particle._make(sp, [torch.stack(col) for col in columns])
+    return build(sp, [torch.stack(col) for col in columns])
 
 
 def stack_buffers(species: Species, n: int, buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """Per-member copies of the species' buffers (or of ``buffers``), stacked to ``[n, ...]``."""
-    _check_size(n, "stack_buffers")
+    check_size(n, "stack_buffers")
     if not isinstance(species, Species):
         raise TypeError(f"stack_buffers: expected a Species, got {describe(species)}")
     copies = _buffer_copies(species, buffers)
@@ -249,7 +202,7 @@ def stack_buffers(species: Species, n: int, buffers: Mapping[str, torch.Tensor] 
 
 def to_modules(population: Particle) -> list[nn.Module]:
     """``N`` independent modules, one per member (copies; no storage shared)."""
-    _require_population(population, "to_modules")
+    require_population(population, "to_modules")
     return [to_module(m) for m in unstack(population)]
 
 
@@ -315,7 +268,7 @@ def vmap_apply_with(
         ``(outputs, buffers)``: outputs with a leading ``N``; buffers after
         the pass (``[N, ...]`` when per-member, else the shared copies).
     """
-    n = _require_population(population, "vmap_apply")
+    n = require_population(population, "vmap_apply")
     sp = population.species
     if not isinstance(args, tuple):
         raise TypeError(f"vmap_apply_with: args expects a tuple, got {describe(args)}")
@@ -336,8 +289,6 @@ def vmap_apply_with(
             raise TypeError(f"vmap_apply_with: buffers expects a mapping name -> tensor, got {describe(buffers)}")
         unknown = [k for k in buffers if k not in sp.buffers]
         if unknown:
-            from ._errors import UnknownNameError
-
             raise UnknownNameError(f"buffers: expected names among {list(sp.buffer_names)}, got unknown {unknown}")
         for k, v in buffers.items():
             if not isinstance(v, torch.Tensor) or v.dim() == 0 or v.shape[0] != n:
@@ -346,28 +297,42 @@ def vmap_apply_with(
                 )
         state = {k: v.clone() for k, v in buffers.items()}
         state_dims: Any = 0
-    elif effective_training and any(b is not None for b in sp.buffers.values()):
+    elif effective_training and any(b is not None for _, b in sp.layout().buffers):
         state, state_dims = stack_buffers(sp, n), 0
     else:
         state, state_dims = _buffer_copies(sp, None), None
     names = sp.names
     kw = dict(kwargs or {})
+    # inputs shared by every member are closed over rather than passed through
+    # vmap, so any Python object works there (a PackedSequence, a dataclass)
+    mapped_at = [k for k, d in enumerate(dims) if d is not None]
+    mapped_dims = tuple(dims[k] for k in mapped_at)
+    # the forward pass's non-tensor outputs (None, numbers) stay out of vmap and are put back after
+    shape: dict[str, Any] = {}
 
     def member(leaves: list, member_buffers: dict, member_args: tuple) -> tuple:
+        full = list(args)
+        for k, a in zip(mapped_at, member_args):
+            full[k] = a
         tensors = dict(zip(names, leaves))
         tensors.update(member_buffers)
-        out = call(sp, tensors, member_args, kw, training=training)
-        return out, member_buffers
+        out = call(sp, tensors, tuple(full), kw, training=training)
+        flat, spec = pytree.tree_flatten(out)
+        kept = [isinstance(x, torch.Tensor) for x in flat]
+        shape["spec"], shape["kept"], shape["others"] = spec, kept, [x for x, k in zip(flat, kept) if not k]
+        return [x for x, k in zip(flat, kept) if k], member_buffers
 
     mapped = torch.func.vmap(
         member,
-        in_dims=(0, state_dims, dims),
+        in_dims=(0, state_dims, mapped_dims),
         out_dims=(0, state_dims),
         chunk_size=chunk_size,
         randomness=randomness,
     )
-    out, new_state = mapped(list(population.tensors), state, args)
-    return out, new_state
+    tensors_out, new_state = mapped(list(population.tensors), state, tuple(args[k] for k in mapped_at))
+    outputs, others = iter(tensors_out), iter(shape["others"])
+    flat = [next(outputs) if k else next(others) for k in shape["kept"]]
+    return pytree.tree_unflatten(flat, shape["spec"]), new_state
 
 
 # ---------------------------------------------------------------------------
@@ -375,32 +340,8 @@ def vmap_apply_with(
 # ---------------------------------------------------------------------------
 
 
-def _vector(values: Any, n: int, what: str) -> torch.Tensor:
-    if isinstance(values, (list, tuple)):
-        try:
-            values = torch.as_tensor(values)
-        except (TypeError, ValueError, RuntimeError):
-            raise TypeError(f"{what}: expected numbers, got {describe(values)}") from None
-    if not isinstance(values, torch.Tensor):
-        raise TypeError(f"{what}: expected a tensor of shape ({n},), got {describe(values)}")
-    if values.shape != (n,):
-        raise PopulationSizeError(f"{what}: expected shape ({n},) for a population of {n}, got {tuple(values.shape)}")
-    if values.dtype == torch.bool or values.is_complex():
-        raise TypeError(f"{what}: expected a real dtype, got {values.dtype}")
-    if values.device.type == "meta":
-        raise ValueError(f"{what}: expected a tensor with values, got one on the meta device")
-    return values
 
 
-def fitness_order(fitness: torch.Tensor, *, maximize: bool = True) -> torch.Tensor:
-    """Fitness with NaN made the worst possible value (the documented NaN policy)."""
-    if not isinstance(maximize, bool):
-        raise TypeError(f"maximize expects a bool, got {describe(maximize)}")
-    f = fitness if fitness.is_floating_point() else fitness.double()
-    if torch.isnan(f).all():
-        raise ValueError("fitness: every value is NaN; expected at least one number")
-    worst = float("-inf") if maximize else float("inf")
-    return torch.where(torch.isnan(f), torch.full_like(f, worst), f)
 
 
 def _require_members(n: int, where: str) -> None:
@@ -412,36 +353,38 @@ def best(population: Particle, fitness: Any, *, maximize: bool = True) -> Partic
     """The member with the best fitness (highest, or lowest with ``maximize=False``).
 
     NaN fitness counts as the worst; all-NaN is a ``ValueError``. Ties go
-    to the lowest index.
+    to the lowest index. The result is a copy (no storage shared with the
+    population), so it can stand beside the population in a donating call
+    such as ``lerp(pop, best(pop, f), 0.5, donate=True)``.
     """
-    n = _require_population(population, "best")
+    n = require_population(population, "best")
     _require_members(n, "best")
-    f = fitness_order(_vector(fitness, n, "best: fitness"), maximize=maximize)
+    f = fitness_order(member_vector(fitness, n, "best: fitness"), maximize=maximize)
     index = int(torch.argmax(f) if maximize else torch.argmin(f))
-    return population[index]
+    return build(population.species, [t[index].clone() for t in population.tensors])
 
 
 def top_k(population: Particle, fitness: Any, k: int, *, maximize: bool = True) -> Particle:
     """The ``k`` best members, best first, as a population (NaN counts as worst)."""
-    n = _require_population(population, "top_k")
+    n = require_population(population, "top_k")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"top_k: expected 1 <= k <= {n} (the population size), got {k!r}")
-    f = fitness_order(_vector(fitness, n, "top_k: fitness"), maximize=maximize)
+    f = fitness_order(member_vector(fitness, n, "top_k: fitness"), maximize=maximize)
     index = torch.topk(f, k, largest=maximize, sorted=True).indices
     return population[index]
 
 
 def mean(population: Particle) -> Particle:
     """The average member (operational parameters; the others from member 0 per config)."""
-    _require_members(_require_population(population, "mean"), "mean")
+    _require_members(require_population(population, "mean"), "mean")
     return _reduce(population, lambda t: t.mean(0))
 
 
 def weighted_mean(population: Particle, weights: Any) -> Particle:
     """``sum_i w_i p_i / sum_i w_i`` over members, for a ``[N]`` weight vector."""
-    n = _require_population(population, "weighted_mean")
+    n = require_population(population, "weighted_mean")
     _require_members(n, "weighted_mean")
-    w = _vector(weights, n, "weighted_mean: weights")
+    w = member_vector(weights, n, "weighted_mean: weights")
     total = w.sum()
     if float(total) == 0.0:
         raise ValueError("weighted_mean: the weights sum to zero")
@@ -455,7 +398,7 @@ def weighted_mean(population: Particle, weights: Any) -> Particle:
 
 def _reduce(population: Particle, fn: Callable[[torch.Tensor], torch.Tensor]) -> Particle:
     sp = population.species
-    pl = plan(sp)
+    pl = sp.layout()
     leaves = population.tensors
     results = []
     for i in pl.op:
@@ -463,4 +406,4 @@ def _reduce(population: Particle, fn: Callable[[torch.Tensor], torch.Tensor]) ->
         r = fn(t if t.is_floating_point() else t.double())
         results.append(r.to(t.dtype))
     first = [t[0] for t in leaves]
-    return Particle._make(sp, _assemble(sp, first, results, None))
+    return build(sp, assemble(sp, first, results, None))

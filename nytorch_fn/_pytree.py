@@ -6,7 +6,7 @@ from typing import Any
 
 import torch.utils._pytree as pytree
 
-from ._particle import Particle
+from ._particle import Particle, build
 from ._species import Species
 
 
@@ -15,7 +15,7 @@ def _flatten(p: Particle) -> tuple[list[Any], Species]:
 
 
 def _unflatten(leaves: Any, species: Species) -> Particle:
-    return Particle._make(species, leaves)
+    return build(species, leaves)
 
 
 def _flatten_with_keys(p: Particle) -> tuple[list[tuple[Any, Any]], Species]:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+import copy
+from typing import Any, Iterator, Mapping, Sequence
 
 import attrs
 import torch
@@ -143,6 +144,58 @@ def _under(name: str, prefix: str) -> bool:
     return not prefix or name == prefix or name.startswith(prefix + ".")
 
 
+class Layout:
+    """Per-species positions and sizes that operations read (computed once per species).
+
+    Plain tuples, so hot paths (and code traced by ``torch.compile``, which
+    cannot look into pyrsistent's C-implemented vectors) never query the maps.
+
+    Attributes:
+        configs, shapes, dtypes: per parameter, in ``names`` order.
+        buffers: ``(name, tensor or None)`` per buffer, in ``buffer_names`` order.
+        unfit: ``(name, dtype)`` of the first operational parameter that is not
+            floating point (or complex), or None.
+        op: positions (in ``names`` order) of the operational parameters.
+        nonop: ``(position, clone)`` of the non-operational ones.
+        all_op: every parameter is operational.
+        nonfloat: some parameter is not floating point.
+        ndim0: the number of dimensions of the first parameter (a population has one more).
+        groups: ``(dtype, positions)`` per dtype, in order of first appearance.
+        numel: elements per parameter.
+    """
+
+    __slots__ = (
+        "op", "nonop", "all_op", "nonfloat", "ndim0", "groups", "numel", "configs", "shapes", "dtypes",
+        "buffers", "unfit",
+    )
+
+    def __init__(self, species: "Species") -> None:
+        names = species.names
+        configs = [species.config[n] for n in names]
+        self.configs = tuple(configs)
+        self.shapes = tuple(species.shapes[n] for n in names)
+        self.dtypes = tuple(species.dtypes[n] for n in names)
+        self.buffers = tuple((n, species.buffers[n]) for n in species.buffer_names)
+        self.unfit = next(
+            (
+                (n, dt)
+                for n, dt, c in zip(names, self.dtypes, configs)
+                if c.operational and not (dt.is_floating_point or dt.is_complex)
+            ),
+            None,
+        )
+        self.op = tuple(i for i, c in enumerate(configs) if c.operational)
+        self.nonop = tuple((i, c.clone) for i, c in enumerate(configs) if not c.operational)
+        self.all_op = not self.nonop
+        self.nonfloat = any(not dt.is_floating_point for dt in self.dtypes)
+        self.ndim0 = len(self.shapes[0]) if names else 0
+        groups: dict[torch.dtype, list[int]] = {}
+        for i, dt in enumerate(self.dtypes):
+            groups.setdefault(dt, []).append(i)
+        self.groups = tuple((dt, tuple(ix)) for dt, ix in groups.items())
+        self.numel = tuple(shape.numel() for shape in self.shapes)
+
+
 @attrs.frozen(eq=False, repr=False)
 class Species:
     """The immutable structure that particles share, one node of a version chain.
@@ -193,6 +246,12 @@ class Species:
     version: int = 0
     _cache: dict = attrs.field(factory=dict, repr=False)
 
+    def __attrs_post_init__(self) -> None:
+        # computed when the version is made, not on first use: code traced by
+        # torch.compile reads the layout but cannot build it (pyrsistent's
+        # vectors are implemented in C)
+        self._cache["layout"] = Layout(self)
+
     # -- reading ------------------------------------------------------------
 
     def __repr__(self) -> str:
@@ -212,6 +271,21 @@ class Species:
             return table[name]
         except KeyError:
             raise UnknownNameError(self._unknown(name, "a parameter name")) from None
+
+    def layout(self) -> Layout:
+        """Operational positions, dtype groups and sizes of this version (computed with it)."""
+        return self._cache["layout"]
+
+    def moded_skeleton(self, training: bool) -> nn.Module:
+        """The skeleton in training (True) or eval (False) mode: ``skeleton`` itself when it
+        is already in that mode, else a copy made once and kept."""
+        if training == self.skeleton.training:
+            return self.skeleton
+        key = ("skeleton", training)
+        moded = self._cache.get(key)
+        if moded is None:
+            moded = self._cache[key] = copy.deepcopy(self.skeleton).train(training)
+        return moded
 
     def kind(self, name: str) -> str:
         """What ``name`` is: ``"param"``, ``"buffer"``, ``"module"`` or ``"alias"``.
@@ -272,6 +346,28 @@ class Species:
             raise ValueError(f"{ancestor!r} is not an earlier version of {self!r}")
         chain.reverse()
         return chain
+
+    def replay(
+        self,
+        since: "Species",
+        tensors: "Sequence[torch.Tensor]",
+        *,
+        population: int | None = None,
+        device: torch.device | None = None,
+    ) -> tuple[torch.Tensor, ...]:
+        """A particle's tensors of version ``since`` brought to this version.
+
+        Replays the edits from ``since`` to here, oldest first: each added
+        parameter arrives as a fresh copy of the value its edit carried
+        (repeated along a leading population dimension of ``population``
+        members, on ``device``); removed or None-d ones disappear; config and
+        buffer edits change no tensor. Tensors no edit touched are returned as
+        they came. Returns the tensors in this version's ``names`` order.
+        """
+        current = dict(zip(since.names, tensors))
+        for edit in self.edits_since(since):
+            edit.replay(current, population, device)
+        return tuple(current[n] for n in self.names)
 
     def history(self) -> Iterator["Species"]:
         """This version and its ancestors, newest first."""

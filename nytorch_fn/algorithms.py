@@ -33,7 +33,7 @@ from ._algorithms._apso import APSO as APSO
 from ._algorithms._apso import APSOState as APSOState
 from ._algorithms._es import ESState as ESState
 from ._algorithms._es import OpenAIES as OpenAIES
-from ._algorithms._es import centered_ranks as centered_ranks
+from ._fitness import centered_ranks as centered_ranks
 from ._algorithms._ga import GAState as GAState
 from ._algorithms._ga import GeneticAlgorithm as GeneticAlgorithm
 from ._algorithms._hybrid import Hybrid as Hybrid

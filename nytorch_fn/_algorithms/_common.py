@@ -15,79 +15,28 @@ from typing import Any, Callable
 
 import torch
 
-from .._errors import PopulationSizeError, describe
-from .._particle import Particle, _assemble, _population_size, plan
-from .._population import _check_generator as check_generator
-from .._population import _require_population as require_population
-from .._population import fitness_order
+from .._checks import check_bool, check_generator, check_int, check_real
+from .._errors import describe
+from .._fitness import fitness_order, fitness_vector, scores
+from .._particle import Particle, assemble, build, require_population
 
 
 def require_single(p: Any, where: str) -> Particle:
     if not isinstance(p, Particle):
         raise TypeError(f"{where}: expected a single Particle, got {describe(p)}")
-    if _population_size(p) is not None:
+    if p.population_size is not None:
         raise TypeError(f"{where}: expected a single particle, got a population of {len(p)}")
     return p
 
 
-def check_real(
-    value: Any, name: str, *, low: float = -math.inf, high: float = math.inf,
-    low_open: bool = False, high_open: bool = False,
-) -> float:
-    """A Python real number in the given interval, else TypeError/ValueError saying expected vs got."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name}: expected a real number, got {describe(value)}")
-    v = float(value)
-    ok_low = v > low if low_open else v >= low
-    ok_high = v < high if high_open else v <= high
-    if math.isnan(v) or not (ok_low and ok_high):
-        lb = "(" if low_open else "["
-        hb = ")" if high_open else "]"
-        raise ValueError(f"{name}: expected a value in {lb}{low}, {high}{hb}, got {value!r}")
-    return v
 
 
-def check_int(value: Any, name: str, *, low: int = 1, high: int | None = None, what: str = "") -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name}: expected an int, got {describe(value)}")
-    v = int(value)
-    if v < low or (high is not None and v > high):
-        rng = f"{low} <= {name.split(': ')[-1]} <= {high}" if high is not None else f">= {low}"
-        raise ValueError(f"{name}: expected {rng}{what}, got {v}")
-    return v
 
 
-def check_bool(value: Any, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {describe(value)}")
-    return value
 
 
-def fitness_vector(fitness: Any, n: int, where: str) -> torch.Tensor:
-    """``fitness`` as a ``[n]`` real tensor (a list or tuple is converted), else a clear error."""
-    if isinstance(fitness, (list, tuple)):
-        fitness = torch.as_tensor(fitness, dtype=torch.float64)
-    if not isinstance(fitness, torch.Tensor):
-        raise TypeError(f"{where}: fitness expects a tensor of shape ({n},), got {describe(fitness)}")
-    if fitness.dtype == torch.bool or fitness.is_complex():
-        raise TypeError(f"{where}: fitness expects a real dtype, got {fitness.dtype}")
-    if fitness.shape != (n,):
-        raise PopulationSizeError(
-            f"{where}: fitness expects shape ({n},), one value per member of a population of {n}, "
-            f"got shape {tuple(fitness.shape)}"
-        )
-    return fitness.detach()
 
 
-def scores(fitness: Any, n: int, where: str, *, maximize: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(fitness, score)``: the checked fitness, and a float64 score where higher is
-    always better and NaN is ``-inf`` (the worst)."""
-    f = fitness_vector(fitness, n, where)
-    try:
-        ordered = fitness_order(f.double(), maximize=maximize)
-    except ValueError as e:
-        raise ValueError(f"{where}: {e}") from None
-    return f, (ordered if maximize else -ordered)
 
 
 def rebuild(
@@ -100,10 +49,10 @@ def rebuild(
     sp = pop.species
     leaves = pop.tensors
     results = []
-    for i in plan(sp).op:
+    for i in sp.layout().op:
         t = leaves[i]
         results.append(fn(i, t) if t.is_floating_point() else t.clone())
-    return Particle._make(sp, _assemble(sp, leaves, results, population))
+    return build(sp, assemble(sp, leaves, results, population))
 
 
 def member_view(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:

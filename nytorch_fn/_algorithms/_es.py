@@ -38,7 +38,9 @@ import torch
 
 from .._errors import describe
 from .._optim import GradientTransformation, adam, apply_updates
-from .._particle import Particle, _assemble, plan, require_floating
+from .._checks import require_floating
+from .._fitness import centered_ranks
+from .._particle import Particle, assemble, build
 from ._common import (
     check_bool,
     check_generator,
@@ -120,7 +122,7 @@ def member_noise(template: Particle, base: int, members: Sequence[int], *, antit
     leaves = template.tensors
     require_floating(sp, "OpenAIES")
     groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-    for i in plan(sp).op:
+    for i in sp.layout().op:
         t = leaves[i]
         groups.setdefault((t.dtype, t.device), []).append(i)
     rows = len(members)
@@ -159,7 +161,7 @@ def member_noise(template: Particle, base: int, members: Sequence[int], *, antit
             t = leaves[i]
             results[i] = buf[:, off:off + t.numel()].reshape(rows, *t.shape).contiguous()
             off += t.numel()
-    return Particle._make(sp, _assemble(sp, leaves, [results[i] for i in plan(sp).op], rows))
+    return build(sp, assemble(sp, leaves, [results[i] for i in sp.layout().op], rows))
 
 
 def fixed_point_bits(n: int) -> int:
@@ -188,7 +190,7 @@ def quantized_sum(noise: Particle, shaped: torch.Tensor, n: int) -> list[torch.T
     c = torch.round((shaped.to(torch.float64) + 0.5) * (n - 1)) * 2 - (n - 1)
     eps = noise.tensors
     out = []
-    for i in plan(noise.species).op:
+    for i in noise.species.layout().op:
         t = eps[i]
         flat = t.reshape(t.shape[0], -1)
         acc = torch.zeros(flat.shape[1], dtype=torch.int64, device=t.device)
@@ -199,33 +201,6 @@ def quantized_sum(noise: Particle, shaped: torch.Tensor, n: int) -> list[torch.T
     return out
 
 
-def centered_ranks(fitness: Any, *, maximize: bool = True) -> torch.Tensor:
-    """Fitness shaping: each member's rank mapped linearly onto [-0.5, 0.5], best = +0.5.
-
-    Ranks make an ES invariant to any monotone change of the fitness and
-    robust to outliers. Ties are ranked by position; NaN counts as the worst.
-
-    Args:
-        fitness: ``[N]`` real values (N >= 1).
-        maximize: higher is better (default) or lower.
-
-    Returns:
-        ``[N]`` float64 (all zeros for ``N == 1``).
-
-    Example:
-        >>> centered_ranks(torch.tensor([3.0, 1.0, 2.0]))
-        tensor([ 0.5000, -0.5000,  0.0000], dtype=torch.float64)
-    """
-    if not isinstance(fitness, torch.Tensor) or fitness.dim() != 1:
-        raise TypeError(f"centered_ranks: fitness expects a [N] tensor, got {describe(fitness)}")
-    n = fitness.shape[0]
-    _, score = scores(fitness, n, "centered_ranks", maximize=maximize)
-    order = torch.argsort(score, stable=True)
-    ranks = torch.empty(n, dtype=torch.float64, device=score.device)
-    ranks[order] = torch.arange(n, dtype=torch.float64, device=score.device)
-    if n == 1:
-        return torch.zeros(1, dtype=torch.float64, device=score.device)
-    return ranks / (n - 1) - 0.5
 
 
 def _v_pos(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -349,8 +324,8 @@ class OpenAIES:
         leaves = state.mean.tensors
         # descent direction for the optimiser: -g
         results = [(q.to(torch.float64) * unit * (-1.0 / (n * self.sigma))).to(leaves[i].dtype)
-                   for i, q in zip(plan(sp).op, qsum)]
-        grads = Particle._make(sp, _assemble(sp, leaves, results, None))
+                   for i, q in zip(sp.layout().op, qsum)]
+        grads = build(sp, assemble(sp, leaves, results, None))
         updates, opt_state = self.optimizer.update(grads, state.opt_state, state.mean)
         mean = apply_updates(state.mean, updates)
         return ESState(mean, opt_state, None, best, best_fitness, state.generation + 1, state.seed)

@@ -25,8 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from .._errors import PopulationSizeError, SpeciesMismatchError
-from .._migrate import migrate
-from .._particle import Particle
+from .._particle import Particle, migrate
 from .._species import Species
 from . import _methods as M
 from ._kernels import Inputs

@@ -38,7 +38,8 @@ def _work() -> list[weakref.ref]:
     opt = optim.adam(0.1)
     state = opt.init(pop)
     updates, state = opt.update(pop * 0.1, state, pop)
-    optim.apply_updates(nf.donate(pop), updates)
+    optim.apply_updates(pop.clone(), updates, donate=True)
+    nf.lerp(pop.clone(), m, 0.5, donate=True)
     g = torch.func.grad(lambda w: nf.apply(w, x).pow(2).mean())(nf.particle(mlp(0)))
     return [weakref.ref(o) for o in (p, q, r, m, pop, g, p.species, s2, s3, state.mu, g.species)]
 

@@ -32,7 +32,9 @@ OPS = {
     "zip": lambda a, b, k: a.zip_with(b, lambda x, y, cfg: x - y),
     "clone": lambda a, b, k: a.clone(),
     "randn": lambda a, b, k: a.randn(generator=torch.Generator().manual_seed(int(k * 10))),
-    "donate_free": lambda a, b, k: nf.donate(a.clone()) * k + b,
+    "lerp": lambda a, b, k: nf.lerp(a, b, k),
+    "lincomb_primitive": lambda a, b, k: nf.lincomb([k, 1 - k], [a, b]),
+    "lerp_donating_a_copy": lambda a, b, k: nf.lerp(a.clone(), b, k, donate=True),
     "edit": lambda a, b, k: nf.migrate(a, a.species.add_param(f"3.p{int(k * 1000)}", torch.ones(2))) if f"3.p{int(k * 1000)}" not in a.species.names else a,
     "config": lambda a, b, k: nf.migrate(a, a.species.with_config("0", operational=k > 0.5)),
 }

@@ -10,7 +10,8 @@ from torch import nn
 
 import nytorch_fn as nf
 from nytorch_fn import NotAPopulationError, PopulationSizeError, SpeciesMismatchError
-from tests.helpers import Snapshot, mlp, tensor_equal
+from nytorch_fn import optim
+from tests.helpers import Snapshot, mlp, tensor_equal, tree_equal
 
 
 def _pop(n: int = 5, seed: int = 0) -> nf.Particle:
@@ -204,49 +205,60 @@ def test_fused_blend_matches_unfused_per_member(a, b, n):
 # -- donation -----------------------------------------------------------------
 
 
-def test_donate_writes_the_blend_into_the_population_storage():
+def test_lerp_donated_writes_the_blend_into_the_population_storage_with_the_same_bits():
     pop = _pop(4)
     best = pop[1].clone()
-    expected = 0.25 * pop + 0.75 * best
-    expected = [t.clone() for t in expected.tensors]
+    expected = [torch.lerp(t, b, 0.75) for t, b in zip(pop.tensors, best.tensors)]
     fresh = nf.stack(nf.unstack(pop))
     ptrs = [t.data_ptr() for t in fresh.tensors]
-    out = 0.25 * nf.donate(fresh) + 0.75 * best
+    out = nf.lerp(fresh, best, 0.75, donate=True)
     assert [t.data_ptr() for t in out.tensors] == ptrs
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(out.tensors, expected))
+    assert all(torch.equal(x, y) for x, y in zip(out.tensors, expected))
 
 
-def test_donate_falls_back_when_an_operand_shares_the_storage():
+def test_donation_is_refused_when_another_argument_shares_the_storage():
     pop = _pop(4)
-    view = pop[2]  # a view into pop's storage
-    expected = [t.clone() for t in (0.3 * nf.stack(nf.unstack(pop)) + 0.7 * view.clone()).tensors]
-    out = 0.3 * nf.donate(pop) + 0.7 * view
-    assert all(torch.allclose(x, y, atol=1e-6) for x, y in zip(out.tensors, expected))
+    snap = Snapshot(pop)
+    with pytest.raises(ValueError, match="share no storage"):
+        nf.lerp(pop, pop[2], 0.3, donate=True)
+    with pytest.raises(ValueError, match="share no storage"):
+        optim.apply_updates(pop, pop, donate=True)
+    assert snap.unchanged()
 
 
-def test_donate_writes_in_place_under_no_grad_when_the_other_operand_requires_grad():
+def test_donated_update_under_no_grad_writes_in_place_and_with_grad_allocates():
     pop = _pop(3)
     params = nf.Particle(pop.species, {n: t.clone().requires_grad_() for n, t in pop.params.items()})
     target = nf.stack(nf.unstack(pop))
     ptrs = [t.data_ptr() for t in target.tensors]
-    expected = [(x + 0.5 * y).detach() for x, y in zip(target.tensors, params.tensors)]
+    updates = params * 0.5
+    expected = [(x + u).detach() for x, u in zip(target.tensors, updates.tensors)]
     with torch.no_grad():
-        out = nf.donate(target) + 0.5 * params
+        out = optim.apply_updates(target, updates, donate=True)
     assert [t.data_ptr() for t in out.tensors] == ptrs
     assert all(torch.equal(x, y) and not x.requires_grad for x, y in zip(out.tensors, expected))
-    # with gradients on, the sum must be recorded: no write into the donated storage
+    # with gradients on, the sum must be recorded: the donated storage is not written
     target = nf.stack(nf.unstack(pop))
-    out = nf.donate(target) + 0.5 * params
+    before = [t.clone() for t in target.tensors]
+    out = optim.apply_updates(target, updates, donate=True)
     assert all(t.grad_fn is not None for t in out.tensors)
-    assert [t.data_ptr() for t in out.tensors] != [t.data_ptr() for t in target.tensors]
+    assert all(torch.equal(t, b) for t, b in zip(target.tensors, before))
 
 
-def test_donated_sgd_step_matches_fresh():
+def test_donated_sgd_step_equals_the_fresh_one_bit_for_bit():
     pop = _pop(3)
     grads = pop.randn(generator=torch.Generator().manual_seed(5))
-    fresh = pop - 0.1 * grads
-    donated = nf.donate(nf.stack(nf.unstack(pop))) - 0.1 * grads
-    assert all(torch.allclose(x, y) for x, y in zip(fresh.tensors, donated.tensors))
+    opt = optim.sgd(0.1, momentum=0.9)
+    state = opt.init(pop)
+    fresh_updates, fresh_state = opt.update(grads, state)
+    fresh = optim.apply_updates(pop, fresh_updates)
+    own_state = opt.init(pop)
+    own = nf.stack(nf.unstack(pop))
+    updates, donated_state = opt.update(grads, own_state, donate=True)
+    donated = optim.apply_updates(own, updates, donate=True)
+    assert tree_equal(fresh, donated)
+    assert tree_equal(fresh_state.momentum, donated_state.momentum)
+    assert donated_state.momentum.tensors[0].data_ptr() == own_state.momentum.tensors[0].data_ptr()
 
 
 # -- forward passes -----------------------------------------------------------
