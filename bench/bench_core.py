@@ -1,4 +1,4 @@
-"""Issue 2 figures: particle arithmetic vs the raw foreach floor, species edits, capture/apply/to_module.
+"""Issue 2 figures: species edits, capture/apply/to_module (particle arithmetic: bench_values.py).
 
 Run: python bench/run.py core   (CPU, 1 thread; legacy figures from bench/.venv-legacy)
 """
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import nytorch_fn as nf
-from _harness import compare, legacy, table
+from _harness import compare, table
 
 SIZES = [784, 256, 256, 10]
 
@@ -21,34 +21,6 @@ def mlp(sizes):
     for a, b in zip(sizes[:-1], sizes[1:]):
         layers += [nn.Linear(a, b), nn.ReLU()]
     return nn.Sequential(*layers[:-1])
-
-
-def blend(device: str = "cpu") -> dict:
-    torch.manual_seed(0)
-    module = mlp(SIZES).to(device)
-    p = nf.particle(module)
-    q = p.randn()
-    P, Q = list(p.tensors), list(q.tensors)
-
-    def floor():
-        r = torch._foreach_mul(P, 0.5)
-        torch._foreach_add_(r, Q, alpha=0.5)
-        return r
-
-    t = compare(
-        {
-            "raw floor (_foreach_mul + _foreach_add_)": floor,
-            "nytorch_fn 0.5 * p + 0.5 * q": lambda: (0.5 * p + 0.5 * q).tensors,
-            "nytorch_fn 0.3 * p + 0.6 * q": lambda: (0.3 * p + 0.6 * q).tensors,
-            "nytorch_fn p - 0.01 * q": lambda: (p - 0.01 * q).tensors,
-        },
-        sync=torch.cuda.synchronize if device.startswith("cuda") else None,
-    )
-    old = legacy("blend", sizes=SIZES, device=device) or {}
-    rows = list(t.items()) + list(old.items())
-    n = sum(x.numel() for x in p.tensors)
-    table(f"blend on a {n:,}-parameter MLP {SIZES}", rows, "raw floor (_foreach_mul + _foreach_add_)")
-    return {"ours/floor": t["nytorch_fn 0.5 * p + 0.5 * q"] / t["raw floor (_foreach_mul + _foreach_add_)"]}
 
 
 class Wide(nn.Module):
@@ -100,7 +72,6 @@ def boundary() -> dict:
 
 def main() -> dict:
     results = {}
-    results.update(blend())
     results.update(edits())
     results.update(boundary())
     return results

@@ -48,14 +48,14 @@ def blend_toward_best(n: int = 64, sizes=(64, 64, 64, 10), device: str = "cpu") 
     t = compare(
         {
             "raw floor (torch.lerp per stacked tensor)": floor,
-            "nytorch_fn 0.5 * pop + 0.5 * best": lambda: (0.5 * pop + 0.5 * best).tensors,
+            "nytorch_fn nf.lerp(pop, best, 0.5)": lambda: nf.lerp(pop, best, 0.5),
         },
         sync=_sync(device),
     )
     old = legacy("blend_population", sizes=list(sizes), n=n, device=device) or {}
     rows = list(t.items()) + list(old.items())
     table(f"blend toward the best, N={n} MLPs {list(sizes)}", rows, "raw floor (torch.lerp per stacked tensor)")
-    ours = t["nytorch_fn 0.5 * pop + 0.5 * best"]
+    ours = t["nytorch_fn nf.lerp(pop, best, 0.5)"]
     out = {"blend ours/floor": ours / t["raw floor (torch.lerp per stacked tensor)"]}
     if old:
         out["blend legacy/ours"] = old["legacy loop of ParamProduct ops"] / ours
@@ -127,7 +127,7 @@ def sgd_step(n: int = 256, sizes=(32, 32, 32, 10), batch: int = 128, device: str
     def ours():
         g = per_member_grad(holder["pop"], x, y)
         updates, holder["state"] = opt.update(g, holder["state"])
-        holder["pop"] = optim.apply_updates(nf.donate(holder["pop"]), updates)
+        holder["pop"] = optim.apply_updates(holder["pop"], updates, donate=True)
 
     def ours_fresh():
         g = per_member_grad(holder["pop"], x, y)
@@ -164,15 +164,15 @@ def large(n: int = 64, sizes=(784, 256, 256, 10), device: str = "cpu") -> dict:
     holder = {"pop": pop}
 
     def donated():
-        holder["pop"] = 0.5 * nf.donate(holder["pop"]) + 0.5 * best
+        holder["pop"] = nf.lerp(holder["pop"], best, 0.5, donate=True)
         return holder["pop"]
 
     t = compare(
         {
             "raw fresh (torch.lerp per tensor)": lambda: [torch.lerp(s, b, 0.5) for s, b in zip(stacked, target)],
             "raw in place (torch._foreach_lerp_)": lambda: torch._foreach_lerp_(stacked, target, 0.5),
-            "nytorch_fn 0.5 * pop + 0.5 * best (fresh)": lambda: (0.5 * pop + 0.5 * best).tensors,
-            "nytorch_fn 0.5 * donate(pop) + 0.5 * best": donated,
+            "nf.lerp(pop, best, 0.5) (fresh)": lambda: nf.lerp(pop, best, 0.5),
+            "nf.lerp(pop, best, 0.5, donate=True)": donated,
         },
         repeat=5,
         budget=0.3,
@@ -180,8 +180,8 @@ def large(n: int = 64, sizes=(784, 256, 256, 10), device: str = "cpu") -> dict:
     )
     table(f"large stacked tensors: blend of N={n} x {list(sizes)} ({mb:.0f} MB)", list(t.items()), "raw in place (torch._foreach_lerp_)")
     return {
-        "large fresh/donated": t["nytorch_fn 0.5 * pop + 0.5 * best (fresh)"] / t["nytorch_fn 0.5 * donate(pop) + 0.5 * best"],
-        "large donated/raw in place": t["nytorch_fn 0.5 * donate(pop) + 0.5 * best"] / t["raw in place (torch._foreach_lerp_)"],
+        "large fresh/donated": t["nf.lerp(pop, best, 0.5) (fresh)"] / t["nf.lerp(pop, best, 0.5, donate=True)"],
+        "large donated/raw in place": t["nf.lerp(pop, best, 0.5, donate=True)"] / t["raw in place (torch._foreach_lerp_)"],
     }
 
 

@@ -68,13 +68,15 @@ def single() -> dict:
         }
     )
     n = sum(x.numel() for x in p.tensors)
-    table(f"one particle, a {n:,}-parameter MLP {SIZES} (compile took {compile_s:.1f} s once)", list(t.items()),
+    old = legacy("blend", sizes=SIZES) or {}
+    table(f"one particle, a {n:,}-parameter MLP {SIZES} (compile took {compile_s:.1f} s once)", list(t.items()) + list(old.items()),
           "raw two-pass floor (_foreach_mul, _foreach_add_)")
     return {
         "lerp / foreach_lerp floor": t["nf.lerp(p, q, 0.5)"] / t["raw torch._foreach_lerp"],
         "natural / two-pass floor": t["nf 0.5 * p + 0.5 * q (eager)"] / t["raw two-pass floor (_foreach_mul, _foreach_add_)"],
         "compiled natural / two-pass floor": t["nf 0.5 * p + 0.5 * q (torch.compile)"] / t["raw two-pass floor (_foreach_mul, _foreach_add_)"],
         "lincomb / two-pass floor": t["nf.lincomb([0.5, 0.5], [p, q])"] / t["raw two-pass floor (_foreach_mul, _foreach_add_)"],
+        **({"legacy ParamProduct op / nf natural": old["legacy ParamProduct op"] / t["nf 0.5 * p + 0.5 * q (eager)"]} if old else {}),
     }
 
 

@@ -51,7 +51,7 @@ def smoke(device: str) -> None:
     best = nf.best(pop, torch.arange(8.0, device=device))
     fresh = nf.stack(nf.unstack(pop))
     ptr = fresh.tensors[0].data_ptr()
-    blended = 0.5 * nf.donate(fresh) + 0.5 * best
+    blended = nf.lerp(fresh, best, 0.5, donate=True)
     assert blended.tensors[0].data_ptr() == ptr
     opt = optim.adam(1e-3)
     pop = nf.init_population(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)), 8).to(device)
@@ -66,12 +66,10 @@ def smoke(device: str) -> None:
 def main() -> None:
     device = "cuda"
     smoke(device)
-    import bench_core
     import bench_population as bp
 
     print(f"\n=== GPU benches: {torch.cuda.get_device_name()}, torch {torch.__version__} ===")
     summary = {}
-    summary.update({f"core {k}": v for k, v in bench_core.blend(device).items()})
     summary.update(bp.blend_toward_best(n=256, device=device))
     summary.update(bp.blend_toward_best(n=64, device=device))
     summary.update(bp.forward(n=1024, device=device))
