@@ -23,6 +23,8 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from ._bridge import pids_of
+
 # operator kinds
 ADD, SUB, RSUB, MUL, DIV, RDIV, POW, RPOW, NEG = range(9)
 
@@ -58,6 +60,7 @@ class Plan:
 
     Attributes:
         species: the ``nytorch_fn.Species`` it was made from (immutable).
+        ids: its parameter ids, in ``species.names`` order.
         op: positions (in ``species.names`` order) of operational parameters.
         nonop: ``(position, clone)`` of the others.
         all_op: every parameter is operational.
@@ -65,11 +68,12 @@ class Plan:
             operator with a number or a particle of the species keeps the dtypes).
     """
 
-    __slots__ = ("species", "op", "nonop", "all_op", "floating", "__weakref__")
+    __slots__ = ("species", "ids", "op", "nonop", "all_op", "floating", "__weakref__")
 
     def __init__(self, species: Any) -> None:
         config, dtypes, names = species.config, species.dtypes, species.names
         self.species = species
+        self.ids = pids_of(species)
         self.op = tuple(i for i, n in enumerate(names) if config[n].operational)
         self.nonop = tuple((i, bool(config[n].clone)) for i, n in enumerate(names) if not config[n].operational)
         self.all_op = not self.nonop

@@ -655,12 +655,8 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
         for mid, subs, slots in plan.wiring:
             module = modules[mid]
             state = module.__dict__
-            state["_modules"] = (
-                OrderedDict([(name, None if sub is None else modules[sub]) for name, sub in subs]) if subs else OrderedDict()
-            )
-            state["_parameters"] = (
-                OrderedDict([(name, None if pid is None else params[pid]) for name, pid in slots]) if slots else OrderedDict()
-            )
+            state["_modules"] = {name: None if sub is None else modules[sub] for name, sub in subs} if subs else {}
+            state["_parameters"] = {name: None if pid is None else params[pid] for name, pid in slots} if slots else {}
             if "_flat_weights_names" in state:  # RNNs cache references to their weights
                 module._init_flat_weights()
         new = ParticleDataImp.__new__(ParticleDataImp)
@@ -732,12 +728,9 @@ def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDic
         for mid, subs, slots in plan.wiring:  # make_modules_ref
             module = modules[mid]
             state = module.__dict__
-            state["_modules"] = (
-                OrderedDict([(name, None if sub is None else modules[sub]) for name, sub in subs]) if subs else OrderedDict()
-            )
-            state["_parameters"] = (
-                OrderedDict([(name, None if pid is None else params[pid]) for name, pid in slots]) if slots else OrderedDict()
-            )
+            # plain dicts, as torch's own modules hold
+            state["_modules"] = {name: None if sub is None else modules[sub] for name, sub in subs} if subs else {}
+            state["_parameters"] = {name: None if pid is None else params[pid] for name, pid in slots} if slots else {}
             if "_flat_weights_names" in state:  # RNNs cache references to their weights
                 module._init_flat_weights()
         data = ParticleDataImp.__new__(ParticleDataImp)

@@ -322,7 +322,18 @@ class ParamProduct(Product[Tmodule]):
 
     # -- arithmetic -------------------------------------------------------------------
 
+    def _plan(self, species: Any) -> ar.Plan:
+        vdata = self._version.data
+        return vdata._arith_plan() if vdata._species is species else ar.plan_of(species)
+
+    def _scalar(self, other: Any, kind: int) -> "ParamProduct":
+        mine, species = self._now()
+        return self._derive(ar.apply(self._plan(species), kind, mine, other), species)
+
     def _binary(self, other: Any, kind: int, fallback: Callable) -> "ParamProduct":
+        okind = type(other)
+        if okind is float or okind is int:
+            return self._scalar(other, kind)
         assert not isinstance(other, NytoModule), (
             "a product cannot be combined with a NytoModule; call .product() on the module too"
         )
@@ -331,24 +342,24 @@ class ParamProduct(Product[Tmodule]):
             mine, species = self._now()
             theirs, their_species = other._now()
             assert their_species is species, _OTHER_SPECIES
-            return self._derive(ar.apply(ar.plan_of(species), kind, mine, list(theirs)), species)
+            return self._derive(ar.apply(self._plan(species), kind, mine, list(theirs)), species)
         if _is_scalar(other):
-            mine, species = self._now()
-            return self._derive(ar.apply(ar.plan_of(species), kind, mine, other), species)
+            return self._scalar(other, kind)
         return self.unary_operator(unary_lambda_wrapper(fallback))
 
     def _reflected(self, other: Any, kind: int, fallback: Callable) -> "ParamProduct":
+        okind = type(other)
+        if okind is float or okind is int:
+            return self._scalar(other, kind)
         assert not isinstance(other, NytoModule), (
             "a product cannot be combined with a NytoModule; call .product() on the module too"
         )
         if _is_scalar(other):
-            mine, species = self._now()
-            return self._derive(ar.apply(ar.plan_of(species), kind, mine, other), species)
+            return self._scalar(other, kind)
         return self.unary_operator(unary_lambda_wrapper(fallback))
 
     def __neg__(self) -> "ParamProduct":
-        mine, species = self._now()
-        return self._derive(ar.apply(ar.plan_of(species), ar.NEG, mine), species)
+        return self._scalar(None, ar.NEG)
 
     def __pow__(self, power: Any) -> "ParamProduct":
         return self._binary(power, ar.POW, lambda p: p**power)
@@ -376,7 +387,7 @@ class ParamProduct(Product[Tmodule]):
 
     def _each(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> "ParamProduct":
         mine, species = self._now()
-        return self._derive(ar.apply_each(ar.plan_of(species), mine, fn), species)
+        return self._derive(ar.apply_each(self._plan(species), mine, fn), species)
 
     def clone(self) -> "ParamProduct":
         """A copy (non-operational parameters as their config says)."""
@@ -757,8 +768,9 @@ def _inline(self: NytoModule, other: Any, kind: int) -> Any:
     vdata = version.data
     data = kernel.data
     mine = list(data.params.values())
-    out = ar.apply(vdata._arith_plan(), kind, mine, theirs)
-    return spawn(data, version, _as_params(br.pids_of(vdata._species), out, [t.requires_grad for t in mine]), self._module_id)
+    plan = vdata._arith_plan()
+    out = ar.apply(plan, kind, mine, theirs)
+    return spawn(data, version, _as_params(plan.ids, out, [t.requires_grad for t in mine]), self._module_id)
 
 
 def _inline_inplace(self: NytoModule, other: Any, kind: int) -> Any:

@@ -70,12 +70,9 @@ def make_modules_ref(
         module = modules[mid]
         meta = metas[mid]
         state = module.__dict__
-        state["_modules"] = OrderedDict(
-            (name, None if sub is None else modules[sub]) for name, sub in meta.sub_modules.items()
-        )
-        state["_parameters"] = OrderedDict(
-            (name, None if pid is None else params[pid]) for name, pid in meta.sub_params.items()
-        )
+        # plain dicts, as torch's own modules hold
+        state["_modules"] = {name: None if sub is None else modules[sub] for name, sub in meta.sub_modules.items()}
+        state["_parameters"] = {name: None if pid is None else params[pid] for name, pid in meta.sub_params.items()}
         if "_flat_weights_names" in state:  # RNNs cache references to their weights
             module._init_flat_weights()
 
