@@ -38,7 +38,7 @@ import torch
 
 from ._checks import require_floating
 from ._errors import describe
-from ._particle import Particle, assemble, build, check_donation, lerp, operational, writable
+from ._particle import Particle, assemble, build, check_donation, lerp, lincomb, operational, writable
 
 
 class GradientTransformation(NamedTuple):
@@ -60,6 +60,12 @@ class AdamState(NamedTuple):
     count: torch.Tensor
     mu: Particle
     nu: Particle
+
+
+class ClipUpState(NamedTuple):
+    """The velocity (a particle like ``params``)."""
+
+    velocity: Particle
 
 
 def _check_rate(value: Any, name: str, *, low: float = 0.0, high: float = math.inf, closed_high: bool = True) -> None:
@@ -240,6 +246,95 @@ def adam(
         denom = nu.map(lambda v, cfg: (v.sqrt() / bc2_sqrt).add_(eps) if cfg.operational else v)
         updates = _per_tensor(torch.div, mu * (-step_size), denom)
         return updates, AdamState(count, mu, nu)
+
+    return GradientTransformation(init, update)
+
+
+def _norms(p: Particle) -> torch.Tensor:
+    """The Euclidean norm of the operational values: a 0-d float64 tensor for a single particle,
+    ``[N]`` (one per member) for a population. Each tensor's norm is computed in its own dtype,
+    then the squares are added in float64."""
+    xs = operational(p)
+    n = p.population_size
+    if not xs:
+        device = p.tensors[0].device if p.tensors else None
+        return torch.zeros(() if n is None else (n,), dtype=torch.float64, device=device)
+    if n is None:
+        parts = torch._foreach_norm(xs) if xs[0].device.type == "cpu" else [torch.linalg.vector_norm(x) for x in xs]
+        sq = torch.stack([t.to(torch.float64) for t in parts]).square().sum()
+    else:
+        sq = sum(torch.linalg.vector_norm(x.reshape(n, -1), dim=1).to(torch.float64).square() for x in xs)
+    return sq.sqrt()
+
+
+def _member_rate(value: Any, device: Any) -> torch.Tensor:
+    return value.to(device=device, dtype=torch.float64) if isinstance(value, torch.Tensor) else torch.tensor(
+        float(value), dtype=torch.float64, device=device
+    )
+
+
+def clipup(lr: Any, *, max_speed: Any = None, momentum: float = 0.9) -> GradientTransformation:
+    """ClipUp (Toklu et al. 2020): normalised gradient, heavy-ball momentum, clipped speed.
+
+    Per step, with ``g`` the gradient (of a loss: the optimiser descends) and
+    ``|.|`` the Euclidean norm over all operational values (one norm per
+    member for a population)::
+
+        v = momentum * v + lr * g / |g|          (g = 0 gives no push: 0 / 0 is taken as 0)
+        v = v * min(1, max_speed / |v|)          (the speed never exceeds max_speed)
+        updates = -v
+
+    Numerics: norms are computed per tensor in its dtype and combined in
+    float64; ``lr / |g|`` and the clipping factor are float64 numbers cast to
+    each parameter's dtype; the velocity is formed with ``nf.lincomb`` (one
+    buffer, ``mul`` then ``addcmul``).
+
+    Args:
+        lr: the step size, a number > 0 or a ``[N]`` tensor (one per member).
+        max_speed: the largest step, > 0 (a number or a ``[N]`` tensor);
+            None gives ``2 * lr``, the authors' recommended ratio.
+        momentum: in [0, 1).
+
+    Returns:
+        ``GradientTransformation(init, update)``; ``update(grads, state,
+        params=None, *, donate=False)`` returns ``(updates, state)``, and with
+        ``donate=True`` may write the new velocity into the old state's buffers.
+
+    Example:
+        >>> opt = clipup(0.15)                  # max_speed 0.3
+        >>> state = opt.init(params)
+        >>> updates, state = opt.update(grads, state)
+        >>> params = apply_updates(params, updates)
+    """
+    _check_rate(lr, "clipup: lr")
+    if max_speed is None:
+        max_speed = lr * 2
+    else:
+        _check_rate(max_speed, "clipup: max_speed")
+    if not isinstance(max_speed, torch.Tensor) and max_speed <= 0:
+        raise ValueError(f"clipup: max_speed expects a value > 0, got {max_speed!r}")
+    _check_rate(momentum, "clipup: momentum", high=1.0, closed_high=False)
+
+    def init(params: Particle) -> ClipUpState:
+        _check_params(params, "clipup.init")
+        return ClipUpState(_zeros_like(params))
+
+    def update(
+        grads: Particle, state: ClipUpState, params: Particle | None = None, *, donate: bool = False
+    ) -> tuple[Particle, ClipUpState]:
+        _check_donate(donate, "clipup.update")
+        g = _gradient(grads, state, ClipUpState, params, 0.0, "clipup.update")
+        gnorm = _norms(g)
+        device = gnorm.device
+        rate, speed = _member_rate(lr, device), _member_rate(max_speed, device)
+        push = torch.where(gnorm > 0, rate / gnorm, torch.zeros_like(gnorm))
+        in_place = _in_place(state.velocity, [g], donate, "clipup.update")
+        v = lincomb([momentum, push], [state.velocity, g], donate=in_place)
+        vnorm = _norms(v)
+        factor = torch.where(vnorm > speed, speed / vnorm, torch.ones_like(vnorm))
+        # v is this call's own buffer (or the donated velocity): scale it in place
+        v = lincomb([factor], [v], donate=True)
+        return -v, ClipUpState(v)
 
     return GradientTransformation(init, update)
 
