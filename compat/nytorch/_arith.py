@@ -137,7 +137,7 @@ def apply(plan: Plan, kind: int, mine: Sequence[torch.Tensor], theirs: Any = Non
         _set_grad_enabled(False)
     try:
         if plan.all_op:
-            return _compute(kind, list(mine), theirs, plan.floating) if mine else []
+            return _compute(kind, mine if type(mine) is list else list(mine), theirs, plan.floating) if mine else []
         op = plan.op
         out = list(mine)
         if op:

@@ -8,9 +8,12 @@ lives in the legacy ``ModuleMeta`` records; the core keeps what particles
 share: parameter slots, shapes, dtypes, configs, and the version chain of
 edits that ``migrate`` replays.
 
-A compat particle's core particle is built on demand from its parameter
-objects (the real ``nn.Parameter`` objects of its modules), so in-place
-changes to them (an optimiser step) are always seen.
+A compat particle is its parameter objects (the real ``nn.Parameter``
+objects of its modules), in id order; its arithmetic runs on them directly
+(``_arith``). A core ``nytorch_fn.Particle`` of them (``particle_of``) is
+built only where the core itself must act (``migrate`` of edits that are
+not simple ones), and ``touch()`` replays the usual edits on the id-keyed
+parameter dict (``Transition``), as ``migrate`` would.
 """
 
 from __future__ import annotations
