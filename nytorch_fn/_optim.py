@@ -117,7 +117,7 @@ def _in_place(state: Particle, others: list[Particle], donate: bool, where: str)
         return False
     check_donation(state, others, where)
     xs = operational(state)
-    return writable(xs, [x.shape for x in xs], [operational(o) for o in others])
+    return writable(xs, None, [operational(o) for o in others])
 
 
 def _gradient(grads: Any, state: Any, state_type: type, params: Any, weight_decay: float, where: str) -> Particle:

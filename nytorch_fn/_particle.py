@@ -722,15 +722,19 @@ def _storage(t: torch.Tensor) -> int:
 
 def check_donation(donated: Particle, others: Sequence[Any], where: str) -> None:
     """Refuse a donated particle that shares storage with another argument of the same call."""
-    mine = {_storage(t) for t in donated.tensors if t.numel()}
+    mine = set()
+    for t in operational(donated):  # only the operational tensors are ever written
+        ptr = t.untyped_storage().data_ptr()
+        if ptr:  # empty tensors hold no storage and share nothing
+            mine.add(ptr)
     for k, other in enumerate(others):
         if isinstance(other, Particle):
-            theirs = [t for t in other.tensors if t.numel()]
+            theirs: Sequence[torch.Tensor] = operational(other)
         elif isinstance(other, torch.Tensor):
-            theirs = [other] if other.numel() else []
+            theirs = (other,)
         else:
             continue
-        if other is donated or any(_storage(t) in mine for t in theirs):
+        if other is donated or any(t.untyped_storage().data_ptr() in mine for t in theirs):
             raise ValueError(
                 f"{where}: donate=True expects the donated particle to share no storage with the "
                 f"other arguments, but argument {k + 1} after it shares its tensors (pass a copy, "
@@ -738,9 +742,12 @@ def check_donation(donated: Particle, others: Sequence[Any], where: str) -> None
             )
 
 
-def writable(xs: Sequence[torch.Tensor], shapes: Sequence[torch.Size], others: Sequence[Sequence[Any]]) -> bool:
-    """Whether results of ``shapes`` may be written into ``xs`` in place: same shapes, no
-    overlapping (expanded) memory, nothing for autograd to record, no ``torch.func`` transform."""
+def writable(
+    xs: Sequence[torch.Tensor], shapes: Sequence[torch.Size] | None, others: Sequence[Sequence[Any]]
+) -> bool:
+    """Whether results of ``shapes`` (None: the shapes of ``xs``) may be written into ``xs`` in
+    place: same shapes, no overlapping (expanded) memory, nothing for autograd to record, no
+    ``torch.func`` transform."""
     if transforms_active():
         return False
     if torch.is_grad_enabled():
@@ -749,18 +756,12 @@ def writable(xs: Sequence[torch.Tensor], shapes: Sequence[torch.Size], others: S
         for group in others:
             if any(isinstance(y, torch.Tensor) and y.requires_grad for y in group):
                 return False
-    for x, shape in zip(xs, shapes):
-        if x.shape != shape:
-            return False
-        if any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
+    if shapes is not None and any(x.shape != shape for x, shape in zip(xs, shapes)):
+        return False
+    for x in xs:
+        if not x.is_contiguous() and any(stride == 0 and size > 1 for stride, size in zip(x.stride(), x.shape)):
             return False
     return True
-
-
-def _joint_shape(x: torch.Tensor, y: torch.Tensor) -> torch.Size:
-    """The shape of an elementwise result of two tensors of one parameter (one may carry a
-    population dimension the other lacks)."""
-    return x.shape if x.dim() >= y.dim() else y.shape
 
 
 def _joint_shape_of(shape: torch.Size, y: torch.Tensor) -> torch.Size:
@@ -840,7 +841,8 @@ def lerp(start: Particle, end: Particle, weight: Any, *, donate: bool = False) -
     if donate:
         check_donation(a, [b, weight], where)
     xs, ys = operational(a), operational(b)
-    if donate and writable(xs, [_joint_shape(x, y) for x, y in zip(xs, ys)], [ys, [weight]]):
+    # the result has start's shapes unless start is single and end a population
+    if donate and a.population_size == population and writable(xs, None, [ys, [weight]]):
         if isinstance(w, float) and _foreach_ok(xs):
             torch._foreach_lerp_(xs, ys, w)
         else:
