@@ -5,13 +5,22 @@ better** unless the caller says ``maximize=False``. NaN counts as the worst
 possible value (a diverged member is never selected as best, never chosen as
 a parent); a fitness that is NaN everywhere is a ``ValueError``.
 
+Multi-objective fitness is ``[N, M]``, one column per objective, each with
+its own direction (``maximize`` a bool or a tuple of ``M`` bools).
+
+**Shaping** (what an algorithm does to the fitness before using it) is one
+composable piece: a shaping is any callable ``shape(score) -> [N] float64``
+taking the *score* (float64, higher is better, NaN already ``-inf``; see
+``scores``). ``identity``, ``centered_ranks``, ``z_score`` and ``normalized``
+are shapings; ``compose(f, g, ...)`` applies them left to right.
+
 This module sits below the populations, the algorithms and the distributed
 layer, which all import it (and nothing here imports them).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -101,3 +110,184 @@ def centered_ranks(fitness: Any, *, maximize: bool = True) -> torch.Tensor:
     if n == 1:
         return torch.zeros(1, dtype=torch.float64, device=score.device)
     return ranks / (n - 1) - 0.5
+
+
+# ---------------------------------------------------------------------------
+# multi-objective scores
+# ---------------------------------------------------------------------------
+
+
+def directions(maximize: Any, m: int, where: str) -> tuple[bool, ...]:
+    """``maximize`` as a tuple of ``m`` bools (a bool applies to every objective)."""
+    if isinstance(maximize, bool):
+        return (maximize,) * m
+    if isinstance(maximize, tuple) and len(maximize) == m and all(isinstance(v, bool) for v in maximize):
+        return maximize
+    raise TypeError(f"{where}: maximize expects a bool or a tuple of {m} bools (one per objective), got {maximize!r}")
+
+
+def objective_scores(fitness: Any, n: int, m: int, where: str, *, maximize: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(fitness, score)`` for ``[N, M]`` multi-objective fitness: the checked fitness and a
+    float64 ``[N, M]`` score, each column higher-is-better with NaN as ``-inf``.
+
+    A member with NaN in any objective is the worst in that objective only; a column
+    that is NaN everywhere is a ``ValueError``.
+    """
+    if isinstance(fitness, (list, tuple)):
+        fitness = torch.as_tensor(fitness, dtype=torch.float64)
+    if not isinstance(fitness, torch.Tensor):
+        raise TypeError(f"{where}: fitness expects a tensor of shape ({n}, {m}), got {describe(fitness)}")
+    if fitness.dtype == torch.bool or fitness.is_complex():
+        raise TypeError(f"{where}: fitness expects a real dtype, got {fitness.dtype}")
+    if fitness.shape != (n, m):
+        raise PopulationSizeError(
+            f"{where}: fitness expects shape ({n}, {m}), {m} objectives for each member of a population "
+            f"of {n}, got shape {tuple(fitness.shape)}"
+        )
+    signs = directions(maximize, m, where)
+    f = fitness.detach()
+    s = f.double()
+    dead = torch.isnan(s)
+    if bool(dead.all(0).any()):
+        col = int(dead.all(0).nonzero()[0])
+        raise ValueError(f"{where}: objective {col} is NaN for every member; expected at least one number")
+    sign = torch.tensor([1.0 if up else -1.0 for up in signs], dtype=torch.float64, device=s.device)
+    score = torch.where(dead, torch.full_like(s, float("-inf")), s * sign)
+    return f, score
+
+
+# ---------------------------------------------------------------------------
+# shaping: callables score [N] -> [N] float64
+# ---------------------------------------------------------------------------
+
+
+def _score_vector(score: Any, where: str) -> torch.Tensor:
+    if not isinstance(score, torch.Tensor) or score.dim() != 1 or score.dtype == torch.bool or score.is_complex():
+        raise TypeError(f"{where}: expects a [N] real tensor of scores, got {describe(score)}")
+    if score.shape[0] == 0:
+        raise ValueError(f"{where}: expects at least one score, got an empty tensor")
+    return score.detach().double()
+
+
+def _finite_clipped(s: torch.Tensor) -> torch.Tensor:
+    """NaN as the worst; infinities clipped to the finite range of the others (all zeros if none is finite)."""
+    s = torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
+    finite = torch.isfinite(s)
+    if not bool(finite.any()):
+        # only infinities: +inf members the best (1), -inf the worst (0)
+        return (s > 0).double()
+    lo, hi = s[finite].min(), s[finite].max()
+    return torch.where(s == float("inf"), hi, torch.where(s == float("-inf"), lo, s))
+
+
+def identity(score: Any) -> torch.Tensor:
+    """The score itself as float64 (``[N]``; NaN stays the worst as ``-inf``).
+
+    Example:
+        >>> identity(torch.tensor([1.0, 3.0]))
+        tensor([1., 3.], dtype=torch.float64)
+    """
+    s = _score_vector(score, "identity")
+    return torch.where(torch.isnan(s), torch.full_like(s, float("-inf")), s)
+
+
+def z_score(score: Any) -> torch.Tensor:
+    """``(s - mean(s)) / std(s)`` over the population (``[N]`` float64, zeros when all are equal).
+
+    Non-finite scores are first clipped to the finite range of the others
+    (a NaN/-inf member gets the lowest finite score, +inf the highest), so
+    a diverged member is the worst without poisoning the statistics. The
+    standard deviation is the population one (``unbiased=False``).
+
+    Example:
+        >>> z_score(torch.tensor([1.0, 2.0, 3.0]))
+        tensor([-1.2247,  0.0000,  1.2247], dtype=torch.float64)
+    """
+    s = _finite_clipped(_score_vector(score, "z_score"))
+    centred = s - s.mean()
+    std = centred.pow(2).mean().sqrt()
+    if float(std) == 0.0:
+        return torch.zeros_like(s)
+    return centred / std
+
+
+def normalized(score: Any) -> torch.Tensor:
+    """Scores mapped linearly onto ``[0, 1]``: the worst 0, the best 1 (``[N]`` float64; all 0.5 when equal).
+
+    Non-finite scores are clipped as in ``z_score``.
+
+    Example:
+        >>> normalized(torch.tensor([1.0, 2.0, 5.0]))
+        tensor([0.0000, 0.2500, 1.0000], dtype=torch.float64)
+    """
+    s = _finite_clipped(_score_vector(score, "normalized"))
+    lo, hi = s.min(), s.max()
+    if float(hi - lo) == 0.0:
+        return torch.full_like(s, 0.5)
+    return (s - lo) / (hi - lo)
+
+
+class _Composed:
+    """Shapings applied left to right (a picklable, printable callable)."""
+
+    __slots__ = ("fns",)
+
+    def __init__(self, fns: tuple) -> None:
+        self.fns = fns
+
+    def __call__(self, score: torch.Tensor) -> torch.Tensor:
+        out = score
+        for f in self.fns:
+            out = f(out)
+            if not isinstance(out, torch.Tensor) or out.shape != score.shape:
+                raise ValueError(
+                    f"compose: {getattr(f, '__name__', f)!r} expected to return a tensor of shape "
+                    f"{tuple(score.shape)}, got {describe(out)}"
+                )
+        return out.double()
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Composed) and self.fns == other.fns
+
+    def __hash__(self) -> int:
+        return hash(self.fns)
+
+    def __repr__(self) -> str:
+        return "compose(" + ", ".join(getattr(f, "__name__", repr(f)) for f in self.fns) + ")"
+
+
+def compose(*shapings: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One shaping applying ``shapings`` left to right (as ``optax.chain``).
+
+    Example:
+        >>> shape = compose(centered_ranks, lambda s: 2 * s)     # ranks onto [-1, 1]
+        >>> shape(torch.tensor([3.0, 1.0, 2.0]))
+        tensor([ 1., -1.,  0.], dtype=torch.float64)
+    """
+    if not shapings:
+        raise ValueError("compose: expected at least one shaping, got none")
+    for f in shapings:
+        if not callable(f):
+            raise TypeError(f"compose: expected callables score -> [N] tensor, got {describe(f)}")
+    return _Composed(tuple(shapings))
+
+
+def check_shaping(value: Any, where: str) -> Callable:
+    """A shaping (any callable), else a TypeError naming the built-in ones."""
+    if not callable(value):
+        raise TypeError(
+            f"{where}: shaping expects a callable score [N] -> [N] (e.g. centered_ranks, z_score, "
+            f"normalized, identity, compose(...)), got {describe(value)}"
+        )
+    return value
+
+
+def shape_scores(shaping: Callable, score: torch.Tensor, where: str) -> torch.Tensor:
+    """``shaping(score)`` checked: a ``[N]`` finite float64 tensor."""
+    out = shaping(score)
+    if not isinstance(out, torch.Tensor) or out.shape != score.shape:
+        raise ValueError(f"{where}: shaping expected to return a tensor of shape {tuple(score.shape)}, got {describe(out)}")
+    out = out.to(torch.float64)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"{where}: shaping returned non-finite values {out}; expected finite weights")
+    return out

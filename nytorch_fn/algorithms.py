@@ -1,56 +1,93 @@
-"""Population algorithms: swarm, evolutionary and hybrid gradient/swarm search, vectorised.
+"""Population algorithms: swarm, evolutionary and hybrid search over particles, one protocol for all.
 
-Every algorithm is an immutable object holding only hyperparameters
-(validated at construction, keyword-only) with pure methods over an
-immutable ``NamedTuple`` state (a pytree)::
+Every algorithm is an immutable object of hyperparameters (``attrs``
+frozen, keyword-only, validated at construction) with pure methods over an
+immutable ``NamedTuple`` state (a pytree that ``nytorch_fn.checkpoint``
+saves), so switching algorithms changes one line::
 
-    algo = APSO(alpha=0.3, beta=0.5, maximize=False)
-    state = algo.init(population)
-    population = algo.ask(state)                  # OpenAIES.ask also returns a state
-    state = algo.tell(state, fitness, generator=g)
-    # or: state, fitness = algo.step(state, fitness_fn, generator=g)
+    algo = OpenAIES(population_size=64, sigma=0.1)
+    state = algo.init(x, generator=g)                     # x: the centre, or the initial population
+    pop, state = algo.ask(state, generator=g)             # N members
+    state = algo.tell(state, pop, fitness, generator=g)   # fitness [N]
+    state, fitness = algo.step(state, fitness_fn, generator=g)
+    state, history = algo.run(state, fitness_fn, 100, generator=g, progress=True)
+    state.best, state.best_fitness, state.generation
 
 Conventions shared by all of them:
 
-- **Fitness** is a ``[N]`` real tensor, one value per member; **higher is
-  better** (as ``nytorch_fn.best``) unless the algorithm was built with
-  ``maximize=False`` (then pass a loss). **NaN counts as the worst value**:
-  a diverged member is never the best nor a parent, and is the first to be
-  replaced; NaN everywhere is a ``ValueError``. A fitness of the wrong shape
-  is a ``PopulationSizeError`` (a ``ValueError``) naming both shapes.
-- **Randomness** comes from an explicit ``generator=`` (a ``torch.Generator``;
-  torch's global RNG when None); equal seeds give equal runs. Draws are made
-  on the generator's device and moved to the population's, so a CPU
-  generator drives a CUDA population (with the same draws as on CPU).
-- **Config-aware**: only operational floating-point parameters are moved,
-  bred or copied; non-operational ones are left as they are (per their
-  ``clone`` setting).
-- **Vectorised**: one stacked op (or one ``vmap``) per tensor, never a
-  Python loop over members. Inputs are never modified.
+- **Fitness** is ``[N]`` real (``[N, M]`` multi-objective), **higher is
+  better** unless the algorithm was built with ``maximize=False`` (then pass
+  a loss). **NaN counts as the worst**: a diverged member is never the best
+  nor a parent; NaN everywhere is a ``ValueError``. A fitness of the wrong
+  shape is a ``PopulationSizeError`` naming both shapes.
+- **Shaping** (``identity``, ``centered_ranks``, ``z_score``,
+  ``normalized``, ``compose``) is one composable piece: algorithms that
+  shape take ``shaping=``.
+- **Search spaces**: ``ravel``/``unravel`` (particle <-> ``[P]``, population
+  <-> ``[N, P]``), ``uniform_population`` inside bounds, and ``bounds=`` with
+  ``bound_handling="clip" | "reflect"`` in the algorithms that move members.
+- **Randomness** comes from an explicit ``generator=`` (torch's global RNG
+  when None); equal seeds give equal runs.
+- **Config-aware**: only operational floating-point parameters are searched.
+- **One collective interface**: ``nytorch_fn.distributed.sharded(algo)``
+  runs any of them over ``torch.distributed`` with the single-process results.
+
+``ALGORITHMS`` maps each algorithm's name to its class.
 """
 
 from ._algorithms._apso import APSO as APSO
 from ._algorithms._apso import APSOState as APSOState
+from ._algorithms._base import Algorithm as Algorithm
+from ._algorithms._base import Collective as Collective
+from ._algorithms._base import History as History
+from ._algorithms._base import LocalCollective as LocalCollective
 from ._algorithms._es import ESState as ESState
 from ._algorithms._es import OpenAIES as OpenAIES
-from ._fitness import centered_ranks as centered_ranks
 from ._algorithms._ga import GAState as GAState
 from ._algorithms._ga import GeneticAlgorithm as GeneticAlgorithm
 from ._algorithms._hybrid import Hybrid as Hybrid
 from ._algorithms._hybrid import HybridState as HybridState
 from ._algorithms._pbt import PBT as PBT
 from ._algorithms._pbt import PBTState as PBTState
+from ._algorithms._space import enforce_bounds as enforce_bounds
+from ._algorithms._space import ravel as ravel
+from ._algorithms._space import ravel_size as ravel_size
+from ._algorithms._space import uniform_population as uniform_population
+from ._algorithms._space import unravel as unravel
+from ._fitness import centered_ranks as centered_ranks
+from ._fitness import compose as compose
+from ._fitness import identity as identity
+from ._fitness import normalized as normalized
+from ._fitness import z_score as z_score
+
+#: name -> class of every algorithm that follows the protocol (one line each).
+ALGORITHMS: dict[str, type] = {}
+ALGORITHMS["APSO"] = APSO
 
 __all__ = [
+    "ALGORITHMS",
     "APSO",
     "APSOState",
+    "Algorithm",
+    "Collective",
     "ESState",
     "GAState",
     "GeneticAlgorithm",
+    "History",
     "Hybrid",
     "HybridState",
+    "LocalCollective",
     "OpenAIES",
     "PBT",
     "PBTState",
     "centered_ranks",
+    "compose",
+    "enforce_bounds",
+    "identity",
+    "normalized",
+    "ravel",
+    "ravel_size",
+    "uniform_population",
+    "unravel",
+    "z_score",
 ]

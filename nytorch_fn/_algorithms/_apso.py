@@ -2,144 +2,100 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 import torch
 
-from .._particle import Particle
-from .._population import random_population
-from ._common import (
-    check_bool,
-    check_generator,
-    check_real,
-    require_population,
-    scores,
-    update_best,
-    worst_fitness,
-)
+from .._particle import Particle, lincomb
+from ._base import Algorithm, Example, draw_seed
+from ._common import maximize_field, v_decay, v_nonneg, v_unit
+from ._space import check_bounds, check_handling, enforce_bounds
 
 
 class APSOState(NamedTuple):
     """The swarm after ``generation`` moves (a pytree).
 
     Attributes:
+        best, best_fitness, generation, asked: the protocol's common fields
+            (``best`` is the global best ``W_g``).
         population: the ``N`` members to evaluate next (``[N, ...]`` per tensor).
-        best: the best member seen so far (a single particle; before the first
-            ``tell`` a copy of member 0 with fitness ``best_fitness`` = worst).
-        best_fitness: its fitness, a 0-d float64 tensor (``-inf``/``+inf`` before
-            the first ``tell``).
-        generation: how many times ``tell`` has moved the swarm.
     """
 
-    population: Particle
     best: Particle
     best_fitness: torch.Tensor
     generation: int
+    asked: torch.Tensor
+    population: Particle
 
 
-def _check_alpha(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_real(value, f"APSO: {attribute.name}", low=0.0)
+def _v_bounds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_bounds(value, f"{type(instance).__name__}: bounds")
 
 
-def _check_unit(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_real(value, f"APSO: {attribute.name}", low=0.0, high=1.0)
+def _v_handling(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_handling(value, type(instance).__name__)
 
 
-def _check_decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_real(value, f"APSO: {attribute.name}", low=0.0, high=1.0, low_open=True)
-
-
-def _check_flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_bool(value, f"APSO: {attribute.name}")
-
-
-@attrs.frozen
-class APSO:
+@attrs.frozen(kw_only=True)
+class APSO(Algorithm):
     """Accelerated PSO: every member moves toward the global best, plus noise.
 
-    ``W_i <- (1 - beta) W_i + beta W_g + alpha_t W_r`` for every member at once,
-    where ``W_g`` is the best member seen so far, ``W_r`` a standard-normal
-    particle drawn per member, and ``alpha_t = alpha * alpha_decay ** t`` at
-    generation ``t``. Only operational parameters move (particle arithmetic);
-    the others are left as they are.
+    ``W_i <- (1 - beta) W_i + beta W_g + alpha_t W_r`` for every member at once
+    (``nf.lincomb``, one pass per term), where ``W_g`` is the best member seen
+    so far, ``W_r`` a standard-normal particle from member ``i``'s own noise
+    stream (``Collective.noise``; one base seed per generation from the
+    generator) and ``alpha_t = alpha * alpha_decay ** t`` at generation ``t``;
+    then ``bounds`` are enforced. Only operational parameters move.
 
-    The hyperparameters live here (immutable, keyword-only); the evolving
-    values live in an ``APSOState``. Fitness follows the package convention:
-    higher is better unless ``maximize=False``; NaN is the worst.
-
-    Args:
+    Args (keyword-only):
         alpha: noise scale, >= 0.
         beta: attraction to the global best, in [0, 1].
         alpha_decay: per-generation factor on ``alpha``, in (0, 1].
+        bounds: ``(low, high)`` (numbers or particles) or None.
+        bound_handling: ``"clip"`` or ``"reflect"``.
         maximize: higher fitness is better (default) or lower.
 
     Example:
         >>> apso = APSO(alpha=0.3, beta=0.5, alpha_decay=0.95, maximize=False)
         >>> state = apso.init(nf.random_population(p, 32, generator=g))
-        >>> for _ in range(100):
-        ...     state, loss = apso.step(state, loss_fn, generator=g)   # loss_fn: pop -> [N]
+        >>> state, history = apso.run(state, loss_fn, 100, generator=g)   # loss_fn: pop -> [N]
         >>> state.best, state.best_fitness
     """
 
-    alpha: float = attrs.field(default=0.2, kw_only=True, validator=_check_alpha)
-    beta: float = attrs.field(default=0.5, kw_only=True, validator=_check_unit)
-    alpha_decay: float = attrs.field(default=1.0, kw_only=True, validator=_check_decay)
-    maximize: bool = attrs.field(default=True, kw_only=True, validator=_check_flag)
+    State = APSOState
+    kind = "population"
 
-    def init(self, population: Particle) -> APSOState:
-        """The initial swarm: ``population`` (``N >= 1`` members), no best yet."""
-        require_population(population, "APSO.init")
-        device = population.tensors[0].device if population.tensors else None
-        return APSOState(population, population[0].clone(), worst_fitness(self.maximize, device), 0)
+    alpha: float = attrs.field(default=0.2, validator=v_nonneg)
+    beta: float = attrs.field(default=0.5, validator=v_unit)
+    alpha_decay: float = attrs.field(default=1.0, validator=v_decay)
+    bounds: Any = attrs.field(default=None, validator=_v_bounds)
+    bound_handling: str = attrs.field(default="clip", validator=_v_handling)
+    maximize: bool = maximize_field()
 
-    def ask(self, state: APSOState) -> Particle:
-        """The members to evaluate: ``state.population``."""
-        return state.population
+    def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
+        bounds = check_bounds(self.bounds, "APSO", x)
+        return {"population": enforce_bounds(x, bounds, self.bound_handling, donate=True)}
 
-    def tell(self, state: APSOState, fitness: Any, *, generator: torch.Generator | None = None) -> APSOState:
-        """Record the fitness of ``state.population`` and move the swarm.
+    def _ask(self, state: APSOState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
+        return state.population, {}
 
-        Args:
-            state: from ``init`` or a previous ``tell``.
-            fitness: ``[N]``, one value per member of ``state.population``.
-            generator: draws ``W_r`` (torch's global RNG when None).
+    def _tell(self, state: APSOState, population: Particle, score: torch.Tensor, *, generator: Any,
+              coll: Any, donate: bool) -> dict:
+        # ``state.best`` already holds this generation's best (the base records it first)
+        return {"population": self._move(population, state.best, state.generation, generator, coll, donate)}
 
-        Returns:
-            A new state; ``state`` is left as it was.
-
-        Raises:
-            PopulationSizeError: ``fitness`` is not of shape ``[N]``.
-            ValueError: ``fitness`` is NaN everywhere.
-        """
-        check_generator(generator, "APSO.tell")
-        pop = state.population
-        n = require_population(pop, "APSO.tell")
-        f, score = scores(fitness, n, "APSO.tell", maximize=self.maximize)
-        best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
-        noise = random_population(best, n, generator=generator)
-        return APSOState(self._move(pop, best, noise, state.generation), best, best_fitness, state.generation + 1)
-
-    def _move(self, population: Particle, best: Particle, noise: Particle, generation: int) -> Particle:
-        """``(1 - beta) W_i + beta W_g + alpha_t W_r``: the move of ``tell``, for any rows.
-
-        Args:
-            population: the members to move (``[k, ...]``; all ``N`` or a shard's block).
-            best: ``W_g``, a single particle.
-            noise: ``W_r`` for the same ``k`` members (standard normal).
-            generation: ``t`` in ``alpha_t = alpha * alpha_decay ** t``.
-        """
+    def _move(self, population: Particle, best: Particle, generation: int, generator: Any, coll: Any,
+              donate: bool) -> Particle:
         alpha_t = self.alpha * self.alpha_decay ** generation
-        moved = (1.0 - self.beta) * population + self.beta * best
         if alpha_t:
-            moved = moved + alpha_t * noise
-        return moved
+            noise = coll.noise(best, draw_seed(generator))
+            moved = lincomb([1.0 - self.beta, self.beta, alpha_t], [population, best, noise], donate=donate)
+        else:
+            moved = lincomb([1.0 - self.beta, self.beta], [population, best], donate=donate)
+        return enforce_bounds(moved, check_bounds(self.bounds, "APSO", best), self.bound_handling, donate=True)
 
-    def step(
-        self, state: APSOState, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None
-    ) -> tuple[APSOState, torch.Tensor]:
-        """``ask``, evaluate ``fitness_fn(population) -> [N]``, ``tell``; returns the new
-        state and the fitness of the members just evaluated."""
-        pop = self.ask(state)
-        fitness = fitness_fn(pop)
-        return self.tell(state, fitness, generator=generator), fitness
+    @classmethod
+    def _example(cls) -> Example:
+        return Example(cls(alpha=0.3, beta=0.4, alpha_decay=0.9, bounds=(-3.0, 3.0)), population=8)
+

@@ -1,58 +1,100 @@
-"""What every population algorithm shares: argument checks, the fitness policy, per-tensor rebuilding.
-
-Fitness convention (every algorithm, as ``nytorch_fn.best``): a ``[N]`` real
-tensor, one value per member; **higher is better** unless the algorithm was
-built with ``maximize=False``. NaN counts as the worst possible value (a
-diverged member is never selected as best, never chosen as a parent); a
-fitness vector that is NaN everywhere is a ``ValueError``.
-"""
+"""Small pieces the algorithm kernels share: validators, draws on the generator's device, per-tensor rebuilding."""
 
 from __future__ import annotations
 
-import math
-import numbers
 from typing import Any, Callable
 
+import attrs
 import torch
 
-from .._checks import check_bool, check_generator, check_int, check_real
+from .._checks import check_bool, check_int, check_real
 from .._errors import describe
-from .._fitness import fitness_order, fitness_vector, scores
-from .._particle import Particle, assemble, build, require_population
+from .._particle import Particle, assemble, build, operational, writable
 
 
-def require_single(p: Any, where: str) -> Particle:
-    if not isinstance(p, Particle):
-        raise TypeError(f"{where}: expected a single Particle, got {describe(p)}")
-    if p.population_size is not None:
-        raise TypeError(f"{where}: expected a single particle, got a population of {len(p)}")
-    return p
+# -- attrs validators (each names the class and the field) ---------------------------
 
 
+def _name(instance: Any, attribute: attrs.Attribute) -> str:
+    return f"{type(instance).__name__}: {attribute.name}"
 
 
+def v_flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_bool(value, _name(instance, attribute))
 
 
+def v_positive(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_real(value, _name(instance, attribute), low=0.0, low_open=True)
 
 
+def v_nonneg(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_real(value, _name(instance, attribute), low=0.0)
 
 
+def v_unit(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_real(value, _name(instance, attribute), low=0.0, high=1.0)
+
+
+def v_decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_real(value, _name(instance, attribute), low=0.0, high=1.0, low_open=True)
+
+
+def v_int(low: int) -> Callable:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        check_int(value, _name(instance, attribute), low=low)
+
+    return check
+
+
+def v_choice(choices: tuple[str, ...]) -> Callable:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in choices:
+            raise ValueError(f"{_name(instance, attribute)} expects one of {list(choices)}, got {value!r}")
+
+    return check
+
+
+def v_callable(what: str) -> Callable:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if not callable(value):
+            raise TypeError(f"{_name(instance, attribute)} expects {what}, got {describe(value)}")
+
+    return check
+
+
+def v_optional_callable(what: str) -> Callable:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value is not None and not callable(value):
+            raise TypeError(f"{_name(instance, attribute)} expects {what} or None, got {describe(value)}")
+
+    return check
+
+
+def maximize_field() -> Any:
+    """``maximize: bool = True``, keyword-only, validated."""
+    return attrs.field(default=True, kw_only=True, validator=v_flag)
+
+
+# -- tensors -------------------------------------------------------------------------
 
 
 def rebuild(
     pop: Particle, fn: Callable[[int, torch.Tensor], torch.Tensor], *, population: int | None = None
 ) -> Particle:
     """A particle like ``pop`` with ``fn(position, tensor)`` for every operational
-    floating-point parameter; non-operational ones are taken from ``pop`` (a copy
-    with ``clone=True``, the same tensor with ``clone=False``) and operational
-    non-float ones are copied unchanged."""
+    parameter; non-operational ones are taken from ``pop`` as their config says."""
     sp = pop.species
     leaves = pop.tensors
-    results = []
-    for i in sp.layout().op:
-        t = leaves[i]
-        results.append(fn(i, t) if t.is_floating_point() else t.clone())
+    results = [fn(i, leaves[i]) for i in sp.layout().op]
     return build(sp, assemble(sp, leaves, results, population))
+
+
+def in_place_ok(p: Particle, donate: bool, *others: Any) -> bool:
+    """Whether ``p``'s operational tensors may be written in place (donation granted and possible)."""
+    if not donate:
+        return False
+    xs = operational(p)
+    return writable(xs, [x.shape for x in xs], [list(others)])
 
 
 def member_view(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -60,42 +102,15 @@ def member_view(v: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     return v.to(device=t.device, dtype=t.dtype).view(v.shape[0], *([1] * (t.dim() - 1)))
 
 
-def update_best(
-    best: Particle,
-    best_fitness: torch.Tensor,
-    pop: Particle | Callable[[int], Particle],
-    f: torch.Tensor,
-    score: torch.Tensor,
-    *,
-    maximize: bool,
-) -> tuple[Particle, torch.Tensor]:
-    """The best-so-far member and its fitness after one generation (a copy, not a view).
-
-    ``pop`` is the evaluated population, or a function giving member ``i`` as
-    a single particle (a sharded population fetches it from its owner); it is
-    called only when the best improves.
-    """
-    i = int(torch.argmax(score))
-    current = float(score[i])
-    previous = float(best_fitness) if maximize else -float(best_fitness)
-    if math.isnan(previous) or current > previous:
-        new = pop[i].clone() if isinstance(pop, Particle) else pop(i)
-        return new, f[i].to(torch.float64).clone()
-    return best, best_fitness
+def device_of(p: Particle) -> torch.device:
+    return p.tensors[0].device if p.tensors else torch.device("cpu")
 
 
-def worst_fitness(maximize: bool, device: Any = None) -> torch.Tensor:
-    return torch.tensor(-math.inf if maximize else math.inf, dtype=torch.float64, device=device)
-
-
-def _gen_device(generator: torch.Generator | None, device: Any) -> Any:
-    return generator.device if generator is not None else device
-
-
-def draw(kind: str, shape: Any, generator: torch.Generator | None, *, device: Any, dtype: Any = None, high: int = 0) -> torch.Tensor:
+def draw(kind: str, shape: Any, generator: torch.Generator | None, *, device: Any, dtype: Any = None,
+         high: int = 0) -> torch.Tensor:
     """``torch.rand``/``randn``/``randint``/``randperm`` on the generator's device (so a CPU
     generator drives a CUDA population reproducibly), then moved to ``device``."""
-    gdev = _gen_device(generator, device)
+    gdev = generator.device if generator is not None else device
     if kind == "rand":
         out = torch.rand(shape, generator=generator, dtype=dtype, device=gdev)
     elif kind == "randn":
@@ -107,3 +122,26 @@ def draw(kind: str, shape: Any, generator: torch.Generator | None, *, device: An
     else:  # pragma: no cover
         raise AssertionError(kind)
     return out.to(device)
+
+
+# -- transitional: names the not-yet-ported algorithms still import (removed with them) --
+import math as _math  # noqa: E402
+
+from .._checks import check_generator as check_generator  # noqa: E402,F401
+from .._fitness import scores as scores  # noqa: E402,F401
+from .._particle import require_population as require_population  # noqa: E402,F401
+from .._particle import require_single as require_single  # noqa: E402,F401
+
+
+def update_best(best, best_fitness, pop, f, score, *, maximize):  # pragma: no cover - transitional
+    i = int(torch.argmax(score))
+    current = float(score[i])
+    previous = float(best_fitness) if maximize else -float(best_fitness)
+    if _math.isnan(previous) or current > previous:
+        new = pop[i].clone() if isinstance(pop, Particle) else pop(i)
+        return new, f[i].to(torch.float64).clone()
+    return best, best_fitness
+
+
+def worst_fitness(maximize, device=None):  # pragma: no cover - transitional
+    return torch.tensor(-_math.inf if maximize else _math.inf, dtype=torch.float64, device=device)

@@ -1,0 +1,937 @@
+"""The one protocol every algorithm follows, its bookkeeping, and the collective interface.
+
+An algorithm is an ``attrs.frozen`` object of hyperparameters (a subclass of
+``Algorithm``) with pure methods over an immutable NamedTuple state::
+
+    state = algo.init(x, generator=g)                     # x: centre or initial population
+    pop, state = algo.ask(state, generator=g)             # a population of N members
+    state = algo.tell(state, pop, fitness, generator=g)   # fitness [N] (or [N, M])
+    state, fitness = algo.step(state, fitness_fn, generator=g)
+    state, history = algo.run(state, fitness_fn, 100, generator=g, progress=True)
+
+The public methods here do the bookkeeping (best so far, generation count,
+the asked-population check, argument checks, fitness ordering) and call the
+algorithm's private kernels ``_init``, ``_ask`` and ``_tell``, which hold
+only its math. Anything global goes through a ``Collective``:
+``LocalCollective`` here (one process, all members), the ``torch.distributed``
+one in ``nytorch_fn._distributed`` (``nytorch_fn.distributed.sharded``), so no
+algorithm is written twice.
+
+Every state has the fields ``best`` (a single particle), ``best_fitness``
+(0-d float64, or ``[M]``), ``generation`` (int) and ``asked`` (an int64
+bookkeeping tensor, see ``probe``), then the algorithm's own fields.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
+
+import torch
+import torch.utils._pytree as pytree
+
+from .._checks import check_generator, require_floating
+from .._errors import NotAPopulationError, PopulationSizeError, SpeciesMismatchError, describe
+from .._fitness import directions, objective_scores, scores
+from .._particle import Particle, assemble, build, operational, require_population, require_single
+
+# ---------------------------------------------------------------------------
+# per-member noise streams
+# ---------------------------------------------------------------------------
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK = (1 << 64) - 1
+
+
+def _splitmix64(x: int) -> int:
+    """The splitmix64 finaliser of ``x + GOLDEN`` (uint64 arithmetic; Steele et al. 2014)."""
+    z = (x + _GOLDEN) & _MASK
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
+    return z ^ (z >> 31)
+
+
+def stream_seed(base: int, k: int) -> int:
+    """The seed of noise stream ``k`` for base seed ``base``: ``splitmix64(base ^ GOLDEN * k)`` (uint64)."""
+    return _splitmix64((base ^ (_GOLDEN * k)) & _MASK)
+
+
+def draw_seed(generator: torch.Generator | None) -> int:
+    """One base seed from the caller's generator (torch's global CPU RNG when None):
+    ``torch.randint(0, 2**63 - 1, (1,), generator=generator)`` on the generator's device."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=device)[0])
+
+
+def fill_noise(bufs: Sequence[torch.Tensor], base: int, members: range, antithetic: bool) -> None:
+    """Write the standard-normal noise of global members ``members`` into ``bufs``.
+
+    ``bufs`` are ``[len(members), P_d]`` buffers, one per dtype group (on any
+    device). Member ``i`` uses stream ``k = i // 2`` with sign ``(-1)**i``
+    when antithetic (member ``2k + 1`` is the negation of member ``2k``), else
+    ``k = i`` with sign ``+1``. Stream ``k`` is a ``torch.Generator`` on the
+    buffer's device seeded with ``stream_seed(base, k)``, from which one
+    ``torch.randn(P_d)`` per buffer, in order, is drawn. So any subset of
+    members is drawn alone with the same bits as in the whole population.
+    A pair whose two members are both here is drawn once and negated in one
+    vectorised pass.
+    """
+    if not bufs or len(members) == 0:
+        return
+    start, stop = members.start, members.stop
+    gens: dict[torch.device, torch.Generator] = {}
+    for b in bufs:
+        if b.device not in gens:
+            gens[b.device] = torch.Generator(device=b.device)
+
+    def draw(row: int, k: int) -> None:
+        seed = stream_seed(base, k)
+        seeded = set()
+        for b in bufs:
+            g = gens[b.device]
+            if b.device not in seeded:
+                g.manual_seed(seed)
+                seeded.add(b.device)
+            torch.randn(b.shape[1], generator=g, dtype=b.dtype, device=b.device, out=b[row])
+
+    if not antithetic:
+        for row, m in enumerate(range(start, stop)):
+            draw(row, m)
+        return
+    first = start
+    if first % 2 == 1:  # its partner lives below this block: draw it and negate
+        draw(0, first // 2)
+        for b in bufs:
+            b[0].neg_()
+        first += 1
+    pairs_end = first + 2 * ((stop - first) // 2)
+    for m in range(first, pairs_end, 2):
+        draw(m - start, m // 2)
+    if pairs_end > first:
+        lo = first - start
+        hi = pairs_end - start
+        for b in bufs:
+            torch.neg(b[lo:hi:2], out=b[lo + 1:hi:2])
+    if pairs_end < stop:  # the last member's partner lives above this block
+        draw(pairs_end - start, pairs_end // 2)
+
+
+def noise_population(template: Particle, base: int, members: range, antithetic: bool) -> Particle:
+    """``fill_noise`` for the operational parameters of ``template`` (a single particle): a
+    population of ``len(members)``; non-operational parameters as their config says.
+
+    The tensors are views into one ``[rows, P_d]`` buffer per dtype (no copy per parameter).
+    """
+    sp = template.species
+    require_floating(sp, "noise")
+    lay = sp.layout()
+    leaves = template.tensors
+    rows = len(members)
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i in lay.op:
+        t = leaves[i]
+        groups.setdefault((t.dtype, t.device), []).append(i)
+    bufs = [torch.empty(rows, sum(lay.numel[i] for i in ix), dtype=d, device=dev) for (d, dev), ix in groups.items()]
+    fill_noise(bufs, base, members, antithetic)
+    results: list[Any] = [None] * len(sp.names)
+    for ix, buf in zip(groups.values(), bufs):
+        off = 0
+        for i in ix:
+            k = lay.numel[i]
+            results[i] = buf[:, off:off + k].reshape(rows, *lay.shapes[i])
+            off += k
+    return build(sp, assemble(sp, leaves, [results[i] for i in lay.op], rows))
+
+
+def refill_noise(noise: Particle, base: int, members: range, antithetic: bool) -> Particle | None:
+    """Draw new noise into the buffers of a population made by ``noise_population`` (same rows);
+    None when its tensors are not views of such buffers (the caller then allocates)."""
+    sp = noise.species
+    lay = sp.layout()
+    ts = noise.tensors
+    bufs, seen = [], set()
+    for i in lay.op:
+        t = ts[i]
+        st = t.untyped_storage()
+        key = (st.data_ptr(), t.dtype)
+        if key in seen:
+            continue
+        seen.add(key)
+        nbytes = st.nbytes()
+        es = t.element_size()
+        rows = t.shape[0]
+        if rows != len(members) or nbytes % (rows * es):
+            return None
+        width = nbytes // (rows * es)
+        buf = torch.empty(0, dtype=t.dtype, device=t.device).set_(st, 0, (rows, width), (width, 1))
+        bufs.append(buf)
+    # the buffers must be exactly the per-dtype groups, in order
+    groups: dict[tuple[torch.dtype, torch.device], int] = {}
+    for i in lay.op:
+        key = (ts[i].dtype, ts[i].device)
+        groups[key] = groups.get(key, 0) + lay.numel[i]
+    if len(bufs) != len(groups) or any(b.shape[1] != w for b, w in zip(bufs, groups.values())):
+        return None
+    fill_noise(bufs, base, members, antithetic)
+    return noise
+
+
+# ---------------------------------------------------------------------------
+# exact sums: integer fixed point, the same bits for any split of the members
+# ---------------------------------------------------------------------------
+
+_CHUNK = 64  # members per exact float64 partial product (6 bits of headroom)
+_COLS = 512  # columns per cache block
+_VALUE_BITS = 24  # member values are rounded to 2**-24 of the largest |value| of their tensor
+_WEIGHT_BITS = 22  # weights to 2**-22 of the largest |weight|
+
+
+def _exponent(m: float) -> int:
+    """The smallest ``e`` with ``m <= 2**e`` (``m > 0`` finite)."""
+    frac, e = math.frexp(m)
+    return e - 1 if frac == 0.5 else e
+
+
+def _fixed_bits(n: int) -> tuple[int, int]:
+    """(value bits, weight bits) so that the int64 total over ``n`` members cannot overflow."""
+    head = max(n - 1, 1).bit_length()
+    total = min(_VALUE_BITS + _WEIGHT_BITS, 62 - head)
+    kw = min(_WEIGHT_BITS, total // 2)
+    return total - kw, kw
+
+
+def _quantized_weighted(x: torch.Tensor, qw: torch.Tensor, xscale: float) -> torch.Tensor:
+    """``sum_i qw_i * round(x_i * xscale)`` as int64 ``[d]`` for ``x`` ``[n, d]``: each
+    float64 partial product over <= 64 members is an integer below 2**52, hence exact."""
+    n, d = x.shape
+    out = torch.zeros(d, dtype=torch.int64, device=x.device)
+    full = (n // _CHUNK) * _CHUNK
+    buf = torch.empty(n, min(_COLS, d), dtype=torch.float64, device=x.device)
+    qw_chunks = qw[:full].view(-1, 1, _CHUNK) if full else None
+    for a in range(0, d, _COLS):
+        c = min(_COLS, d - a)
+        b = buf[:, :c] if c == buf.shape[1] else torch.empty(n, c, dtype=torch.float64, device=x.device)
+        torch.mul(x[:, a:a + c], xscale, out=b)
+        b.round_()
+        if full:
+            part = torch.bmm(qw_chunks, b[:full].view(-1, _CHUNK, c)).view(-1, c)
+            acc = part.to(torch.int64).sum(0)
+        else:
+            acc = torch.zeros(c, dtype=torch.int64, device=x.device)
+        if full < n:
+            acc += (qw[full:] @ b[full:]).to(torch.int64)
+        out[a:a + c] = acc
+    return out
+
+
+# ---------------------------------------------------------------------------
+# collectives
+# ---------------------------------------------------------------------------
+
+
+class Collective:
+    """Everything an algorithm needs to know about the members it does not hold.
+
+    Attributes:
+        n: the global population size ``N``.
+        rows: the global indices of this process's members (a ``range``).
+
+    All methods are collective under ``torch.distributed``: every rank calls
+    them in the same order. ``LocalCollective`` holds every member.
+    """
+
+    n: int
+    rows: range
+
+    # -- primitives (overridden by the torch.distributed implementation) --------
+
+    def _all_sum(self, ts: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Elementwise sums of ``ts`` over processes (same shapes and dtypes on every process)."""
+        return ts
+
+    def _all_max(self, t: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum of ``t`` over processes."""
+        return t
+
+    def gather(self, v_local: torch.Tensor) -> torch.Tensor:
+        """The global ``[N, ...]`` tensor from each process's local rows (small per-member values)."""
+        raise NotImplementedError
+
+    def member(self, pop_local: Particle, i: int) -> Particle:
+        """Global member ``i`` as a single particle (a copy), from its owner."""
+        raise NotImplementedError
+
+    def take(self, pop_local: Particle, idx: torch.Tensor) -> Particle:
+        """The members at global indices ``idx`` (a ``[k]`` tensor, this process's share of a
+        selection) as a local population of ``k`` (copies)."""
+        raise NotImplementedError
+
+    # -- derived, the same for every implementation -------------------------------
+
+    @property
+    def local_n(self) -> int:
+        return len(self.rows)
+
+    def block(self, v: Any) -> Any:
+        """The local rows of a global ``[N, ...]`` tensor or ``N``-member population."""
+        if isinstance(v, Particle):
+            if v.population_size != self.n:
+                raise PopulationSizeError(f"block: expected a population of {self.n}, got {describe(v)}")
+        elif isinstance(v, torch.Tensor):
+            if v.dim() == 0 or v.shape[0] != self.n:
+                raise PopulationSizeError(f"block: expected a leading dimension of {self.n}, got {describe(v)}")
+        else:
+            raise TypeError(f"block: expected a tensor or a population, got {describe(v)}")
+        if self.rows.start == 0 and self.rows.stop == self.n:
+            return v
+        return v[self.rows.start:self.rows.stop]
+
+    def sum(self, v_local: torch.Tensor, *, exact: bool = False) -> torch.Tensor:
+        """``sum_i v_i`` over all ``N`` members, from each process's ``[n_local, ...]`` rows.
+
+        ``exact=False``: ``v_local.sum(0)`` then (sharded) a floating all-reduce:
+        a sharded run matches one process to rounding. ``exact=True``: each
+        value is rounded to a multiple of ``2**-k`` times the largest
+        ``|value|`` over all members (``k = 62 - bit_length(N - 1)``, 54 at
+        ``N = 256``: below float64 resolution for values near the largest)
+        and the integers are summed in int64, so the result has the same bits
+        for any split of the members. Non-finite values make the exact sum NaN.
+        """
+        if not isinstance(v_local, torch.Tensor) or v_local.dim() == 0 or v_local.shape[0] != self.local_n:
+            raise PopulationSizeError(f"sum: expected a [{self.local_n}, ...] tensor of local rows, got {describe(v_local)}")
+        if not exact or not v_local.is_floating_point():
+            return self._all_sum([v_local.sum(0)])[0]
+        x = v_local.detach().to(torch.float64) if v_local.dtype != torch.float64 else v_local.detach()
+        big = x.abs().amax(0) if x.shape[0] else torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
+        m = float(self._all_max(big.max().reshape(1))[0]) if big.numel() else 0.0
+        if not math.isfinite(m):
+            return torch.full(x.shape[1:], float("nan"), dtype=v_local.dtype, device=x.device)
+        if m == 0.0:
+            return torch.zeros(x.shape[1:], dtype=v_local.dtype, device=x.device)
+        k = 62 - max(self.n - 1, 1).bit_length()
+        e = _exponent(m)
+        q = torch.round(x * 2.0 ** (k - e)).to(torch.int64).sum(0)
+        total = self._all_sum([q])[0]
+        return (total.to(torch.float64) * 2.0 ** (e - k)).to(v_local.dtype)
+
+    def weighted_sum(
+        self, pop_local: Particle, w_local: torch.Tensor, *, exact: bool = False, like: Particle | None = None
+    ) -> Particle:
+        """``sum_i w_i * member_i`` over ALL members, a single particle.
+
+        Args:
+            pop_local: this process's members (a population of ``n_local``).
+            w_local: their weights, ``[n_local]`` real.
+            exact: see below.
+            like: a single particle giving the non-operational parameters of the
+                result (default: the first local member's).
+
+        Numerics. ``exact=False`` (fast): per operational tensor one matrix
+        product ``w @ X`` in the parameter's dtype (the weights cast to it),
+        then (sharded) a floating all-reduce, so a sharded run matches one
+        process to rounding only. ``exact=True``: the weights are rounded to
+        multiples of ``2**-22`` times the largest ``|w|`` and each tensor's
+        values to ``2**-24`` times its largest ``|value|`` (both maxima over
+        all members), and ``sum_i q_w,i q_x,i`` is computed exactly (float64
+        partial products of at most 64 members, every one an integer below
+        ``2**52``, added as int64), so any split of the members gives the same
+        bits; the rounding is about float32 resolution. Non-finite values
+        make the exact result NaN.
+        """
+        n = require_population(pop_local, "weighted_sum")
+        if n != self.local_n:
+            raise PopulationSizeError(f"weighted_sum: expected {self.local_n} local members, got {n}")
+        if not isinstance(w_local, torch.Tensor) or w_local.shape != (n,):
+            raise PopulationSizeError(f"weighted_sum: expected [{n}] weights, got {describe(w_local)}")
+        sp = pop_local.species
+        xs = operational(pop_local)
+        flats = [t.reshape(n, -1) for t in xs]
+        if not exact:
+            parts = [w_local.to(device=f.device, dtype=f.dtype) @ f for f in flats]
+            sums = self._all_sum(parts)
+        else:
+            w = w_local.detach().to(torch.float64)
+            maxima = [f.abs().amax() if f.numel() else torch.zeros((), dtype=f.dtype, device=f.device) for f in flats]
+            stats = torch.stack([m.to(torch.float64).cpu() for m in maxima]
+                                + [w.abs().amax().cpu() if n else torch.zeros((), dtype=torch.float64)])
+            stats = self._all_max(stats)
+            mw = float(stats[-1])
+            kx, kw = _fixed_bits(self.n)
+            ints, plan = [], []
+            for f, mx in zip(flats, stats[:-1].tolist()):
+                if not (math.isfinite(mx) and math.isfinite(mw)) or mx == 0.0 or mw == 0.0:
+                    ints.append(torch.zeros(f.shape[1], dtype=torch.int64, device=f.device))
+                    plan.append(None if (math.isfinite(mx) and math.isfinite(mw)) else "nan")
+                    continue
+                ex, ew = _exponent(mx), _exponent(mw)
+                qw = torch.round(w * 2.0 ** (kw - ew)).to(device=f.device)
+                ints.append(_quantized_weighted(f.detach(), qw, 2.0 ** (kx - ex)))
+                plan.append(2.0 ** (ex + ew - kx - kw))
+            totals = self._all_sum(ints)
+            sums = []
+            for total, scale, f in zip(totals, plan, flats):
+                if scale == "nan":
+                    sums.append(torch.full((f.shape[1],), float("nan"), dtype=f.dtype, device=f.device))
+                elif scale is None:
+                    sums.append(torch.zeros(f.shape[1], dtype=f.dtype, device=f.device))
+                else:
+                    sums.append((total.to(torch.float64) * scale).to(f.dtype))
+        results = [s.reshape(t.shape[1:]) for s, t in zip(sums, xs)]
+        if like is None:
+            like = pop_local[0] if n else None
+        lead = like.tensors if like is not None else [t[0] for t in pop_local.tensors]
+        return build(sp, assemble(sp, lead, results, None))
+
+    def noise(self, template: Any, base_seed: int, *, antithetic: bool = False) -> Any:
+        """Standard-normal noise for the local members, each from its own stream (``fill_noise``).
+
+        Args:
+            template: a single particle (-> a population of ``n_local`` like it,
+                operational parameters only; views into one buffer per dtype) or a
+                tensor (-> ``[n_local, *template.shape]`` of its dtype and device).
+            base_seed: this generation's seed (``draw_seed(generator)``, the same
+                on every process).
+            antithetic: member ``2k + 1`` is the negation of member ``2k``.
+        """
+        if isinstance(template, Particle):
+            require_single(template, "noise")
+            return noise_population(template, base_seed, self.rows, antithetic)
+        if isinstance(template, torch.Tensor):
+            if not template.is_floating_point():
+                raise TypeError(f"noise: expected a floating template, got {describe(template)}")
+            buf = torch.empty(self.local_n, max(template.numel(), 0), dtype=template.dtype, device=template.device)
+            fill_noise([buf], base_seed, self.rows, antithetic)
+            return buf.view(self.local_n, *template.shape)
+        raise TypeError(f"noise: expected a particle or a tensor template, got {describe(template)}")
+
+
+class LocalCollective(Collective):
+    """One process holding all ``n`` members: every method is the plain local computation."""
+
+    __slots__ = ("n", "rows")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.rows = range(n)
+
+    def gather(self, v_local: torch.Tensor) -> torch.Tensor:
+        return v_local
+
+    def member(self, pop_local: Particle, i: int) -> Particle:
+        return pop_local[int(i)].clone()
+
+    def take(self, pop_local: Particle, idx: torch.Tensor) -> Particle:
+        device = pop_local.tensors[0].device if pop_local.tensors else idx.device
+        return pop_local[idx.to(device)]
+
+    def __repr__(self) -> str:
+        return f"LocalCollective(n={self.n})"
+
+
+# ---------------------------------------------------------------------------
+# records
+# ---------------------------------------------------------------------------
+
+
+class History(NamedTuple):
+    """What ``run`` records, one row per generation (for plotting).
+
+    Attributes:
+        best_fitness: ``[G]`` float64, the best fitness so far after each
+            generation (``[G, M]`` multi-objective).
+        mean_fitness: ``[G]`` float64, the mean fitness of that generation's
+            members, NaN members left out (``[G, M]``).
+        sigma: ``[G]`` float64, the state's ``sigma`` after each generation (its
+            mean when it is a tensor or particle), or None when the state has none.
+    """
+
+    best_fitness: torch.Tensor
+    mean_fitness: torch.Tensor
+    sigma: torch.Tensor | None
+
+
+class Example(NamedTuple):
+    """How the protocol tests build one algorithm on a small problem (``Algorithm._example``).
+
+    Attributes:
+        algorithm: an instance with small, fast hyperparameters.
+        population: members of ``init``'s ``x`` for a population-based algorithm
+            (None for a distribution-based one: ``x`` is a single particle).
+        exact: a sharded run equals the single-process run bit for bit on CPU.
+        objectives: ``M`` for multi-objective fitness (1: a ``[N]`` fitness).
+    """
+
+    algorithm: Any
+    population: int | None = None
+    exact: bool = True
+    objectives: int = 1
+
+
+# ---------------------------------------------------------------------------
+# the asked-population probe
+# ---------------------------------------------------------------------------
+
+
+def _first_last(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = t.dim() - 1
+    if t.shape[1:].numel() == 0:
+        z = torch.zeros(t.shape[0], dtype=torch.float64, device=t.device)
+        return z, z
+    return t[(slice(None),) + (0,) * k], t[(slice(None),) + (-1,) * k]
+
+
+def probe(population: Particle | None, n_global: int, n_local: int, device: Any) -> torch.Tensor:
+    """The ``asked`` bookkeeping tensor: int64 ``[n_local + 1, 2]``.
+
+    Row 0 is ``(N, 1)`` after an ``ask`` (``(N, 0)`` when nothing is asked);
+    row ``1 + j`` holds the float64 bit patterns of local member ``j``'s first
+    value of its first operational parameter and last value of its last one,
+    so ``tell`` recognises the population ``ask`` returned at the cost of
+    ``2 n`` reads.
+    """
+    out = torch.zeros(n_local + 1, 2, dtype=torch.int64, device=device)
+    out[0, 0] = n_global
+    if population is None:
+        return out
+    out[0, 1] = 1
+    xs = operational(population)
+    if xs:
+        a, _ = _first_last(xs[0])
+        _, b = _first_last(xs[-1])
+        out[1:, 0] = a.detach().to(device=device, dtype=torch.float64).view(torch.int64)
+        out[1:, 1] = b.detach().to(device=device, dtype=torch.float64).view(torch.int64)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# the protocol
+# ---------------------------------------------------------------------------
+
+CollectiveFactory = Callable[[int], Collective]
+
+_COMMON = ("best", "best_fitness", "generation", "asked")
+
+
+def _device(p: Particle) -> torch.device:
+    return p.tensors[0].device if p.tensors else torch.device("cpu")
+
+
+def _check_bool(value: Any, where: str, name: str) -> None:
+    if not isinstance(value, bool):
+        raise TypeError(f"{where}: {name} expects a bool, got {describe(value)}")
+
+
+def _objectives(algo: Any) -> int:
+    return int(getattr(algo, "objectives", 1)) if getattr(algo, "multi_objective", False) else 1
+
+
+def _worst(algo: Any, device: Any) -> torch.Tensor:
+    m = _objectives(algo)
+    if not getattr(algo, "multi_objective", False):
+        return torch.tensor(-math.inf if algo.maximize else math.inf, dtype=torch.float64, device=device)
+    signs = directions(algo.maximize, m, type(algo).__name__)
+    return torch.tensor([-math.inf if up else math.inf for up in signs], dtype=torch.float64, device=device)
+
+
+def _state_name(cls: type) -> str:
+    return cls.__name__
+
+
+def check_state(algo: Any, state: Any, where: str) -> None:
+    """``type(state) is algo.State``, else a TypeError naming both types."""
+    cls = type(algo).State
+    if type(state) is not cls:
+        got = type(state).__name__ if isinstance(state, tuple) and hasattr(type(state), "_fields") else describe(state)
+        raise TypeError(f"{where}: expected a {_state_name(cls)} (made by {type(algo).__name__}.init), got {got}")
+
+
+def _sizes(state: Any, where: str) -> int:
+    asked = state.asked
+    if not isinstance(asked, torch.Tensor) or asked.dim() != 2 or asked.shape[1] != 2 or asked.dtype != torch.int64:
+        raise TypeError(f"{where}: the state's asked field is not the bookkeeping tensor made by init, got {describe(asked)}")
+    return int(asked[0, 0])
+
+
+def protocol_init(algo: Any, x: Any, generator: Any, factory: CollectiveFactory) -> Any:
+    name = type(algo).__name__
+    where = f"{name}.init"
+    check_generator(generator, where)
+    if algo.kind == "distribution":
+        require_single(x, where)
+        n = algo.population_size
+    else:
+        n = require_population(x, where)
+    require_floating(x.species, where, "cannot search over")
+    algo._check_population(n)
+    coll = factory(n)
+    if algo.kind == "distribution":
+        x_local = x.clone()
+        best = x.clone()
+    else:
+        x_local = coll.block(x).clone()
+        best = _member(coll, x_local, 0)
+    fields = algo._init(x_local, generator=generator, coll=coll)
+    device = _device(x)
+    common = dict(best=best, best_fitness=_worst(algo, device), generation=0,
+                  asked=probe(None, n, coll.local_n, device))
+    return type(algo).State(**common, **fields)
+
+
+def _member(coll: Collective, pop_local: Particle, i: int) -> Particle:
+    return coll.member(pop_local, i)
+
+
+def protocol_ask(algo: Any, state: Any, generator: Any, donate: Any, factory: CollectiveFactory) -> tuple[Particle, Any]:
+    where = f"{type(algo).__name__}.ask"
+    check_state(algo, state, where)
+    check_generator(generator, where)
+    _check_bool(donate, where, "donate")
+    n = _sizes(state, where)
+    coll = factory(n)
+    pop, fields = algo._ask(state, generator=generator, coll=coll, donate=donate)
+    if not isinstance(pop, Particle) or pop.population_size != coll.local_n:
+        raise AssertionError(f"{where}: the kernel returned {describe(pop)}, expected a population of {coll.local_n}")
+    bad = [k for k in fields if k in _COMMON]
+    if bad:
+        raise AssertionError(f"{where}: kernels never set the common fields, got {bad}")
+    asked = probe(pop, n, coll.local_n, state.asked.device)
+    return pop, state._replace(asked=asked, **fields)
+
+
+def _check_asked(algo: Any, state: Any, population: Any, where: str, n_local: int) -> None:
+    asked = state.asked
+    if int(asked[0, 1]) != 1:
+        raise ValueError(f"{where}: expected a state returned by ask() (the population it asked for), "
+                         "got a state with nothing asked; call ask() first")
+    if not isinstance(population, Particle):
+        raise TypeError(f"{where}: expected the population returned by ask(), got {describe(population)}")
+    species = state.best.species
+    if population.species is not species:
+        raise SpeciesMismatchError(
+            f"{where}: expected the population returned by ask() (of {species!r}), got one of {population.species!r}"
+        )
+    m = population.population_size
+    if m is None:
+        raise NotAPopulationError(f"{where}: expected the population of {n_local} returned by ask(), got a single particle")
+    if m != n_local:
+        raise PopulationSizeError(f"{where}: expected the population of {n_local} members returned by ask(), got {m}")
+    now = probe(population, int(asked[0, 0]), n_local, asked.device)
+    if not torch.equal(now, asked):
+        raise ValueError(
+            f"{where}: expected the population returned by ask() for this state, got another population of "
+            f"{m} members (different values); tell() must get the very members that were asked"
+        )
+
+
+def _local_fitness(algo: Any, fitness: Any, n_local: int, where: str) -> torch.Tensor:
+    """The local fitness checked for shape (``[n]`` or ``[n, M]``), detached."""
+    if isinstance(fitness, (list, tuple)):
+        fitness = torch.as_tensor(fitness, dtype=torch.float64)
+    if not isinstance(fitness, torch.Tensor):
+        raise TypeError(f"{where}: fitness expects a tensor, got {describe(fitness)}")
+    if fitness.dtype == torch.bool or fitness.is_complex():
+        raise TypeError(f"{where}: fitness expects a real dtype, got {fitness.dtype}")
+    m = _objectives(algo)
+    expected = (n_local,) if not getattr(algo, "multi_objective", False) else (n_local, m)
+    if tuple(fitness.shape) != expected:
+        what = "one value per member" if len(expected) == 1 else f"{m} objectives per member"
+        raise PopulationSizeError(
+            f"{where}: fitness expects shape {expected}, {what} of the {n_local} asked, got shape {tuple(fitness.shape)}"
+        )
+    return fitness.detach()
+
+
+def _improved(algo: Any, new: torch.Tensor, old: torch.Tensor) -> bool:
+    """Whether fitness ``new`` beats ``old`` (``maximize`` applied; NaN never wins)."""
+    if getattr(algo, "multi_objective", False):
+        return False
+    a, b = float(new), float(old)
+    if math.isnan(a):
+        return False
+    if math.isnan(b):
+        return True
+    return a > b if algo.maximize else a < b
+
+
+def protocol_tell(
+    algo: Any, state: Any, population: Any, fitness: Any, generator: Any, donate: Any, factory: CollectiveFactory
+) -> tuple[Any, torch.Tensor]:
+    """``tell``; returns the new state and the global fitness (for ``run``'s history)."""
+    where = f"{type(algo).__name__}.tell"
+    check_state(algo, state, where)
+    check_generator(generator, where)
+    _check_bool(donate, where, "donate")
+    n = _sizes(state, where)
+    coll = factory(n)
+    _check_asked(algo, state, population, where, coll.local_n)
+    f_local = _local_fitness(algo, fitness, coll.local_n, where)
+    f = coll.gather(f_local.to(state.asked.device))
+    if getattr(algo, "multi_objective", False):
+        f, score = objective_scores(f, n, _objectives(algo), where, maximize=algo.maximize)
+    else:
+        f, score = scores(f, n, where, maximize=algo.maximize)
+    # the best first: the kernel may write into the population's buffers when donated
+    best, best_fitness = state.best, state.best_fitness
+    i = algo._best(population, score, coll)
+    if i is not None:
+        i = int(i)
+        candidate = f[i].to(torch.float64)
+        if getattr(algo, "multi_objective", False):
+            best, best_fitness = _member(coll, population, i), candidate.clone()
+        elif _improved(algo, candidate, best_fitness):
+            best, best_fitness = _member(coll, population, i), candidate.clone().reshape(())
+    # kernels see this generation's best already recorded (the generation not yet counted)
+    seen = state._replace(best=best, best_fitness=best_fitness)
+    fields = algo._tell(seen, population, score, generator=generator, coll=coll, donate=donate)
+    bad = [k for k in fields if k in _COMMON]
+    if bad:
+        raise AssertionError(f"{where}: kernels never set the common fields, got {bad}")
+    new = seen._replace(
+        best=best, best_fitness=best_fitness, generation=state.generation + 1,
+        asked=probe(None, n, coll.local_n, state.asked.device), **fields,
+    )
+    return new, f
+
+
+def _owned_copy(state: Any) -> Any:
+    """A copy of every tensor of ``state`` (so a loop may write into it)."""
+    return pytree.tree_map(lambda v: v.clone() if isinstance(v, torch.Tensor) else v, state)
+
+
+def _sigma_of(state: Any) -> float | None:
+    if "sigma" not in getattr(type(state), "_fields", ()):
+        return None
+    s = state.sigma
+    if isinstance(s, numbers.Real) and not isinstance(s, bool):
+        return float(s)
+    if isinstance(s, torch.Tensor):
+        return float(s.double().mean()) if s.numel() else float("nan")
+    if isinstance(s, Particle):
+        xs = [t.double().reshape(-1) for t in operational(s)]
+        return float(torch.cat(xs).mean()) if xs else float("nan")
+    return None
+
+
+def _progress(generations: int, where: str) -> Any:
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        raise ImportError(
+            f"{where}: progress=True needs tqdm; install it with `pip install tqdm` "
+            "or the demo extra (`pip install nytorch-fn[demo]`)"
+        ) from None
+    return tqdm(total=generations, desc=where, unit="gen")
+
+
+def protocol_run(
+    algo: Any, state: Any, fitness_fn: Any, generations: Any, generator: Any, progress: Any, factory: CollectiveFactory
+) -> tuple[Any, History]:
+    where = f"{type(algo).__name__}.run"
+    check_state(algo, state, where)
+    check_generator(generator, where)
+    if not callable(fitness_fn):
+        raise TypeError(f"{where}: fitness_fn expects a callable population -> fitness, got {describe(fitness_fn)}")
+    if isinstance(generations, bool) or not isinstance(generations, numbers.Integral) or generations < 0:
+        raise ValueError(f"{where}: generations expects an int >= 0, got {generations!r}")
+    _check_bool(progress, where, "progress")
+    bar = _progress(int(generations), where) if progress else None
+    state = _owned_copy(state)  # from here on the loop owns every buffer: donate
+    best, mean, sigma = [], [], []
+    try:
+        for _ in range(int(generations)):
+            pop, state = protocol_ask(algo, state, generator, True, factory)
+            fitness = fitness_fn(pop)
+            state, f = protocol_tell(algo, state, pop, fitness, generator, True, factory)
+            del pop
+            best.append(state.best_fitness.detach().to("cpu", torch.float64))
+            mean.append(torch.nanmean(f.detach().to("cpu", torch.float64), dim=0))
+            s = _sigma_of(state)
+            if s is not None:
+                sigma.append(s)
+            if bar is not None:
+                bar.update(1)
+                if best[-1].dim() == 0:
+                    bar.set_postfix(best=f"{float(best[-1]):.4g}", mean=f"{float(mean[-1]):.4g}")
+    finally:
+        if bar is not None:
+            bar.close()
+    m = _objectives(algo)
+    empty = torch.zeros((0,) if not getattr(algo, "multi_objective", False) else (0, m), dtype=torch.float64)
+    hist = History(
+        torch.stack(best) if best else empty,
+        torch.stack(mean) if mean else empty.clone(),
+        torch.tensor(sigma, dtype=torch.float64) if sigma or _sigma_of(state) is not None else None,
+    )
+    return state, hist
+
+
+class Algorithm:
+    """The base of every algorithm: the public protocol and its bookkeeping.
+
+    Subclasses are ``@attrs.frozen`` records of hyperparameters only, every
+    field keyword-only (including ``maximize: bool = True``; distribution-based
+    algorithms also have ``population_size``), and set the class attributes
+    ``State`` (the NamedTuple type of their states, whose first four fields are
+    ``best, best_fitness, generation, asked``) and ``kind``
+    (``"distribution"``: ``init`` takes the centre, a single particle;
+    ``"population"``: ``init`` takes the initial population). They implement
+    the kernels ``_init``, ``_ask`` and ``_tell`` (the math only) and may
+    override ``_best`` and ``_check_population``.
+
+    Multi-objective algorithms set ``multi_objective = True`` and have a field
+    ``objectives`` (``M``); their fitness is ``[N, M]`` and ``maximize`` a bool
+    or a tuple of ``M`` bools; ``best`` is the member ``_best`` picks each
+    generation (they must override it).
+    """
+
+    State: ClassVar[type]
+    kind: ClassVar[str]
+    multi_objective: ClassVar[bool] = False
+
+    # -- public protocol --------------------------------------------------------
+
+    def init(self, x: Particle, *, generator: torch.Generator | None = None) -> Any:
+        """The first state.
+
+        Args:
+            x: the centre, a single particle (``kind == "distribution"``), or the
+                initial population (``kind == "population"``). It is copied: the
+                state never shares storage with ``x``.
+            generator: for any random initialisation (torch's global RNG when None).
+
+        Returns:
+            A ``State`` with ``generation == 0``, ``best`` the centre (or member 0)
+            and ``best_fitness`` the worst value (``-inf`` when maximising).
+
+        Raises:
+            TypeError: ``x`` is not a particle of the expected kind, or holds a
+                non-float operational parameter (named).
+            ValueError: the population is too small for the algorithm.
+        """
+        return protocol_init(self, x, generator, LocalCollective)
+
+    def ask(
+        self, state: Any, *, generator: torch.Generator | None = None, donate: bool = False
+    ) -> tuple[Particle, Any]:
+        """The members to evaluate next.
+
+        Args:
+            state: from ``init`` or ``tell``.
+            generator: draws the members' randomness (torch's global RNG when None).
+            donate: allow writing into ``state``'s own buffers (``state``, and
+                everything sharing storage with it, must not be used afterwards).
+
+        Returns:
+            ``(population, state)``: ``N`` members (a particle with a leading
+            ``N``) and the state that remembers them for ``tell``.
+
+        Raises:
+            TypeError: ``state`` is not this algorithm's ``State``.
+        """
+        return protocol_ask(self, state, generator, donate, LocalCollective)
+
+    def tell(
+        self,
+        state: Any,
+        population: Particle,
+        fitness: Any,
+        *,
+        generator: torch.Generator | None = None,
+        donate: bool = False,
+    ) -> Any:
+        """Update from the fitness of the population ``ask`` returned.
+
+        Args:
+            state: the state ``ask`` returned.
+            population: the population ``ask`` returned (checked: species, size
+                and a probe of its values).
+            fitness: ``[N]`` (``[N, M]`` multi-objective) real values, higher is
+                better unless ``maximize=False``; NaN is the worst.
+            generator: for the update's randomness.
+            donate: allow writing into ``state``'s and ``population``'s buffers.
+
+        Returns:
+            A new state with ``generation + 1``; ``state`` is left as it was.
+
+        Raises:
+            TypeError: a state of another algorithm, a non-tensor fitness.
+            ValueError: nothing was asked, a population other than the asked one,
+                fitness NaN everywhere.
+            PopulationSizeError: fitness of the wrong shape.
+        """
+        return protocol_tell(self, state, population, fitness, generator, donate, LocalCollective)[0]
+
+    def step(
+        self,
+        state: Any,
+        fitness_fn: Callable[[Particle], Any],
+        *,
+        generator: torch.Generator | None = None,
+        donate: bool = False,
+    ) -> tuple[Any, torch.Tensor]:
+        """``ask``, ``fitness_fn(population)``, ``tell``: one generation.
+
+        Returns:
+            ``(state, fitness)``: the new state and the fitness of the members
+            just evaluated.
+        """
+        if not callable(fitness_fn):
+            raise TypeError(f"{type(self).__name__}.step: fitness_fn expects a callable population -> fitness, "
+                            f"got {describe(fitness_fn)}")
+        pop, state = self.ask(state, generator=generator, donate=donate)
+        fitness = fitness_fn(pop)
+        return self.tell(state, pop, fitness, generator=generator, donate=donate), fitness
+
+    def run(
+        self,
+        state: Any,
+        fitness_fn: Callable[[Particle], Any],
+        generations: int,
+        *,
+        generator: torch.Generator | None = None,
+        progress: bool = False,
+    ) -> tuple[Any, History]:
+        """``generations`` steps in a loop the library owns, with a history for plotting.
+
+        The loop copies ``state`` once and then writes in place into the
+        buffers it owns (``ask``/``tell`` with ``donate=True``), so a
+        generation's cost does not depend on the allocator's history. The
+        values are those of the same ``step`` calls without donation.
+        ``fitness_fn`` must not keep the population it is given (its buffers
+        are reused by the next generation).
+
+        Args:
+            state: from ``init`` (or a previous run); left as it was.
+            fitness_fn: population -> ``[N]`` fitness.
+            generations: how many, >= 0.
+            generator: as in ``ask``/``tell``.
+            progress: show a tqdm progress bar (needs ``tqdm``).
+
+        Returns:
+            ``(state, history)``; ``history`` is a ``History`` of ``[G]`` tensors.
+        """
+        return protocol_run(self, state, fitness_fn, generations, generator, progress, LocalCollective)
+
+    # -- kernels -------------------------------------------------------------------
+
+    def _init(self, x: Particle, *, generator: Any, coll: Collective) -> dict:
+        raise NotImplementedError
+
+    def _ask(self, state: Any, *, generator: Any, coll: Collective, donate: bool) -> tuple[Particle, dict]:
+        raise NotImplementedError
+
+    def _tell(self, state: Any, population: Particle, score: torch.Tensor, *, generator: Any,
+              coll: Collective, donate: bool) -> dict:
+        raise NotImplementedError
+
+    def _best(self, population: Particle, score: torch.Tensor, coll: Collective) -> int | None:
+        """The global index of this generation's best member (default: the first argmax of ``score``)."""
+        return int(torch.argmax(score))
+
+    def _check_population(self, n: int) -> None:
+        """Refuse a population size ``n`` the hyperparameters cannot work with (default: ``n >= 1``)."""
+
+    @classmethod
+    def _example(cls) -> Example:
+        raise NotImplementedError(f"{cls.__name__}: no Example registered for the protocol tests")
