@@ -684,25 +684,36 @@ def _with_coefficient(op: str, xs: list[torch.Tensor], y: Any) -> list[torch.Ten
 
 def _binary(p: Particle, other: Any, op: str) -> Particle:
     if isinstance(other, Particle):
-        if op in ("radd", "rsub", "rmul", "rdiv", "rpow"):  # pragma: no cover - Python calls the left's method
-            raise AssertionError(op)
-        a, b = align(p, other)
-        population = result_population(a, b)
-        xs, ys = operational(a), operational(b)
+        a, b = (p, other) if p.species is other.species else align(p, other)
+        sp = a.species
+        lay = sp.layout()
+        la, lb = a._t, b._t
+        # same species: equal ranks mean equal population sizes, or a PopulationSizeError
+        if la and la[0].dim() == lb[0].dim() and la[0].shape[:1] == lb[0].shape[:1]:
+            population = a.population_size
+        else:
+            population = result_population(a, b)
+        if lay.all_op:
+            xs, ys = list(la), list(lb)
+        else:
+            xs, ys = [la[i] for i in lay.op], [lb[i] for i in lay.op]
         if op in _FOREACH and _foreach_ok(xs):
             results = list(_FOREACH[op](xs, ys))
         else:
             f = _PER_TENSOR[op]
             results = [f(x, y) for x, y in zip(xs, ys)]
-        if a.species.layout().nonfloat:
+        if lay.nonfloat:
             results = _keep_dtypes(results, xs)
-        return build(a.species, assemble(a.species, a.tensors, results, population))
+        return build(sp, tuple(results) if lay.all_op else assemble(sp, la, results, population))
     y = _coerce_scalar(p, other, op)
-    xs = operational(p)
+    sp = p.species
+    lay = sp.layout()
+    leaves = p._t
+    xs = list(leaves) if lay.all_op else [leaves[i] for i in lay.op]
     results = _with_coefficient(op, xs, y)
-    if p.species.layout().nonfloat or not isinstance(y, _NUMBER):
+    if lay.nonfloat or type(y) not in _NUMBER:
         results = _keep_dtypes(results, xs)
-    return build(p.species, assemble(p.species, p.tensors, results, None))
+    return build(sp, tuple(results) if lay.all_op else assemble(sp, leaves, results, None))
 
 
 def _unary(p: Particle, per_tensor: Callable, foreach: Callable) -> Particle:
