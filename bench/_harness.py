@@ -92,6 +92,16 @@ def legacy(case: str, **params: object) -> dict[str, float] | None:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def mlp(sizes):
+    """``nn.Sequential`` of Linear layers with ReLU between them (the benches' standard network)."""
+    from torch import nn
+
+    layers = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.ReLU()]
+    return nn.Sequential(*layers[:-1])
+
+
 def fmt(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:8.3f} s "

@@ -11,16 +11,9 @@ import torch
 from torch import nn
 
 import nytorch_fn as nf
-from _harness import compare, table
+from _harness import compare, mlp, table
 
 SIZES = [784, 256, 256, 10]
-
-
-def mlp(sizes):
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
 
 
 class Wide(nn.Module):

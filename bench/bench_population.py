@@ -17,19 +17,12 @@ from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
 import nytorch_fn as nf
-from _harness import HERE, compare, fmt, legacy, table
+from _harness import HERE, compare, fmt, legacy, mlp, table
 from nytorch_fn import optim
 
 #: populations are measured on the whole machine (torch's default thread count);
 #: loops are also timed at 1 thread, their best setting for many tiny ops.
 ALL = torch.get_num_threads()
-
-
-def mlp(sizes):
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
 
 
 def _sync(device: str):

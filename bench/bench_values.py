@@ -24,17 +24,10 @@ from torch import nn
 
 import nytorch_fn as nf
 from nytorch_fn import optim
-from _harness import compare, legacy, table
+from _harness import compare, legacy, mlp, table
 
 warnings.filterwarnings("ignore")
 SIZES = [784, 256, 256, 10]
-
-
-def mlp(sizes):
-    layers = []
-    for a, b in zip(sizes[:-1], sizes[1:]):
-        layers += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*layers[:-1])
 
 
 def single() -> dict:
