@@ -49,6 +49,21 @@ from ._algorithms._hybrid import Hybrid as Hybrid
 from ._algorithms._hybrid import HybridState as HybridState
 from ._algorithms._pbt import PBT as PBT
 from ._algorithms._pbt import PBTState as PBTState
+from ._algorithms._cem import CEM as CEM
+from ._algorithms._cem import CEMState as CEMState
+from ._algorithms._de import DE as DE
+from ._algorithms._de import DEState as DEState
+from ._algorithms._nes import SNES as SNES
+from ._algorithms._nes import SNESState as SNESState
+from ._algorithms._nes import XNES as XNES
+from ._algorithms._nes import XNESState as XNESState
+from ._algorithms._nes import nes_utilities as nes_utilities
+from ._algorithms._nsga2 import NSGA2 as NSGA2
+from ._algorithms._nsga2 import NSGA2State as NSGA2State
+from ._algorithms._pgpe import PGPE as PGPE
+from ._algorithms._pgpe import PGPEState as PGPEState
+from ._algorithms._pso import PSO as PSO
+from ._algorithms._pso import PSOState as PSOState
 from ._algorithms._space import enforce_bounds as enforce_bounds
 from ._algorithms._space import ravel as ravel
 from ._algorithms._space import ravel_size as ravel_size
@@ -63,13 +78,24 @@ from ._fitness import z_score as z_score
 #: name -> class of every algorithm that follows the protocol (one line each).
 ALGORITHMS: dict[str, type] = {}
 ALGORITHMS["APSO"] = APSO
+ALGORITHMS["SNES"] = SNES
+ALGORITHMS["XNES"] = XNES
+ALGORITHMS["PGPE"] = PGPE
+ALGORITHMS["CEM"] = CEM
+ALGORITHMS["DE"] = DE
+ALGORITHMS["PSO"] = PSO
+ALGORITHMS["NSGA2"] = NSGA2
 
 __all__ = [
     "ALGORITHMS",
     "APSO",
     "APSOState",
     "Algorithm",
+    "CEM",
+    "CEMState",
     "Collective",
+    "DE",
+    "DEState",
     "ESState",
     "GAState",
     "GeneticAlgorithm",
@@ -77,13 +103,24 @@ __all__ = [
     "Hybrid",
     "HybridState",
     "LocalCollective",
+    "NSGA2",
+    "NSGA2State",
     "OpenAIES",
     "PBT",
     "PBTState",
+    "PGPE",
+    "PGPEState",
+    "PSO",
+    "PSOState",
+    "SNES",
+    "SNESState",
+    "XNES",
+    "XNESState",
     "centered_ranks",
     "compose",
     "enforce_bounds",
     "identity",
+    "nes_utilities",
     "normalized",
     "ravel",
     "ravel_size",

@@ -1,0 +1,265 @@
+"""Differential evolution (Storn & Price 1997): rand/1/bin and current-to-best/1/bin.
+
+For every member ``x_i`` (all at once, one stacked op per tensor), with
+``r1, r2, r3`` distinct members other than ``i`` drawn uniformly, ``F`` the
+differential weight and ``x_best`` the best parent::
+
+    rand/1:            v_i = x_r1 + F (x_r2 - x_r3)
+    current-to-best/1: v_i = x_i + F (x_best - x_i) + F (x_r1 - x_r2)
+
+binomial crossover: the trial ``t_i`` takes ``v_i``'s value where
+``U(0, 1) < CR`` and at one position ``j_rand`` drawn uniformly over all of
+the member's searched values (so at least one value comes from ``v_i``),
+``x_i``'s elsewhere; then the bounds. Selection, member by member: ``t_i``
+replaces ``x_i`` when its fitness is at least as good (NaN never is).
+
+The first ``ask`` returns the initial population itself, to be evaluated;
+every later one returns the trials.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, NamedTuple
+
+import attrs
+import torch
+
+from .._checks import check_real
+from .._errors import PopulationSizeError, describe
+from .._particle import Particle, assemble, build, lincomb, operational
+from ._base import Algorithm, Example, draw_seed
+from ._common import maximize_field, v_unit
+from ._space import BOUND_HANDLING, check_bounds, enforce_bounds
+
+# ---------------------------------------------------------------------------
+# pieces shared by DE, PSO and NSGA2
+# ---------------------------------------------------------------------------
+
+
+def bounds_field(name: str) -> Any:
+    """An attrs field ``bounds``: None or ``(low, high)`` (numbers, 0-d tensors or single
+    particles), normalised by ``_space.check_bounds`` at construction."""
+    return attrs.field(default=None, converter=lambda v: check_bounds(v, f"{name}: bounds"))
+
+
+def handling_field(name: str) -> Any:
+    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+        if value not in BOUND_HANDLING:
+            raise ValueError(f"{name}: bound_handling expects one of {list(BOUND_HANDLING)}, got {value!r}")
+        if value == "reflect" and instance.bounds is not None:
+            lo, hi = instance.bounds
+            if isinstance(lo, float) and isinstance(hi, float) and not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError(f"{name}: bound_handling='reflect' expects finite bounds, got ({lo}, {hi})")
+
+    return attrs.field(default="clip", validator=check)
+
+
+def check_bounds_species(bounds: Any, template: Particle, where: str) -> None:
+    """Particle bounds must be of the population's species."""
+    if bounds is not None:
+        check_bounds(bounds, where, template)
+
+
+def uniform(z: torch.Tensor) -> torch.Tensor:
+    """Standard-normal draws turned into U(0, 1) draws (``Phi(z)``), kept inside ``(0, 1)``."""
+    u = torch.special.ndtr(z)
+    tiny = torch.finfo(u.dtype).tiny
+    return u.clamp_(tiny, 1.0 - torch.finfo(u.dtype).eps / 2)
+
+
+def own_population(population: Particle, where: str) -> Particle:
+    """The initial population as the state's own buffers (``init`` hands kernels a copy)."""
+    if not operational(population):
+        raise ValueError(f"{where}: expected a population with at least one operational parameter, got none")
+    return build(population.species, [t.detach() for t in population.tensors])
+
+
+def at_least(n: int, low: int, where: str) -> None:
+    if n < low:
+        raise PopulationSizeError(f"{where}: expected a population of at least {low} members, got {n}")
+
+
+def distinct_others(n: int, k: int, generator: Any, device: Any) -> torch.Tensor:
+    """``[n, k]`` indices: row ``i`` holds ``k`` distinct members, none of them ``i``, uniformly.
+
+    Candidate ``c_j`` is uniform on ``[0, n - 1 - j)``; it is moved past the
+    already excluded indices in increasing order (``c += c >= e`` for each
+    excluded ``e``, sorted), which maps it uniformly onto the indices not yet used.
+    """
+    gdev = generator.device if generator is not None else device
+    u = torch.rand(n, k, generator=generator, dtype=torch.float64, device=gdev).to(device)
+    excluded = torch.arange(n, device=device).unsqueeze(1)
+    picks = []
+    for j in range(k):
+        c = (u[:, j] * (n - 1 - j)).long().clamp_(max=n - 2 - j)
+        for e in torch.sort(excluded, dim=1).values.unbind(1):
+            c = c + (c >= e).long()
+        picks.append(c)
+        excluded = torch.cat([excluded, c.unsqueeze(1)], dim=1)
+    return torch.stack(picks, dim=1)
+
+
+def where_(mask: list[torch.Tensor], new: list[torch.Tensor], old: list[torch.Tensor], in_place: bool) -> list[torch.Tensor]:
+    """Per tensor ``where(mask, new, old)``, written into ``old`` when ``in_place``."""
+    if in_place:
+        return [torch.where(m, a, b, out=b) for m, a, b in zip(mask, new, old)]
+    return [torch.where(m, a, b) for m, a, b in zip(mask, new, old)]
+
+
+def member_mask(rows: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
+    """A ``[n]`` bool vector shaped ``[n, 1, ...]`` against each tensor."""
+    return [rows.view(rows.shape[0], *([1] * (t.dim() - 1))).to(t.device) for t in like]
+
+
+# ---------------------------------------------------------------------------
+# DE
+# ---------------------------------------------------------------------------
+
+
+class DEState(NamedTuple):
+    """The parents of DE (a pytree).
+
+    Attributes:
+        best, best_fitness, generation, asked: the protocol's common fields.
+        population: the parents (this process's members; before the first
+            ``tell``, the initial population, not yet evaluated).
+        score: ``[N]`` float64, the parents' fitness with higher better and
+            NaN as ``-inf`` (the fitness itself, negated when ``maximize=False``).
+        evaluated: whether ``population`` has been evaluated (False until the first ``tell``).
+    """
+
+    best: Particle
+    best_fitness: torch.Tensor
+    generation: int
+    asked: torch.Tensor
+    population: Particle
+    score: torch.Tensor
+    evaluated: bool
+
+
+STRATEGIES = ("rand/1/bin", "current-to-best/1/bin")
+
+
+def _strategy(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    if value not in STRATEGIES:
+        raise ValueError(f"DE: strategy expects one of {STRATEGIES}, got {value!r}")
+
+
+def _weight(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_real(value, f"DE: {attribute.name}", low=0.0, high=2.0, low_open=True)
+
+
+@attrs.frozen(kw_only=True)
+class DE(Algorithm):
+    """Differential evolution, rand/1/bin or current-to-best/1/bin, on a population of particles.
+
+    ``init(population)`` takes the initial population (``N >= 4`` members;
+    e.g. ``uniform_population`` inside the bounds). Members are combined
+    tensor by tensor; crossover picks values across all operational
+    parameters of a member. Module docstring: the update.
+
+    Args (keyword-only):
+        strategy: ``"rand/1/bin"`` (default) or ``"current-to-best/1/bin"``.
+        differential_weight: ``F`` in (0, 2] (default 0.5, Storn & Price's starting point).
+        crossover_rate: ``CR`` in [0, 1] (default 0.9).
+        bounds: None, or ``(low, high)``: numbers, 0-d tensors or single
+            particles of the population's species; trials are brought inside
+            by ``bound_handling``.
+        bound_handling: ``"clip"`` (default) or ``"reflect"``.
+        maximize: higher fitness is better (default) or lower.
+
+    Example:
+        >>> de = DE(bounds=(-5.0, 5.0), maximize=False)
+        >>> state = de.init(uniform_population(x, 64, -5.0, 5.0, generator=g))
+        >>> state, history = de.run(state, loss_fn, 300, generator=g)
+    """
+
+    strategy: str = attrs.field(default="rand/1/bin", validator=_strategy)
+    differential_weight: float = attrs.field(default=0.5, validator=_weight)
+    crossover_rate: float = attrs.field(default=0.9, validator=v_unit)
+    bounds: Any = bounds_field("DE")
+    bound_handling: str = handling_field("DE")
+    maximize: bool = maximize_field()
+
+    State = DEState
+    kind = "population"
+
+    def _check_population(self, n: int) -> None:
+        at_least(n, 4, "DE.init")
+
+    def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
+        pop = own_population(x, "DE.init")
+        check_bounds_species(self.bounds, pop[0], "DE.init")
+        device = pop.tensors[0].device
+        return {"population": pop, "score": torch.full((coll.n,), -math.inf, dtype=torch.float64, device=device),
+                "evaluated": False}
+
+    def _ask(self, state: DEState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
+        pop = state.population
+        if not state.evaluated:
+            return pop, {}
+        n, f = coll.n, self.differential_weight
+        device = pop.tensors[0].device
+        idx = coll.block(distinct_others(n, 3, generator, device))
+        if self.strategy == "rand/1/bin":
+            a, b, c = (coll.take(pop, idx[:, j]) for j in range(3))
+            mutant = lincomb([1.0, f, -f], [a, b, c], donate=True)  # a is this call's own copy
+        else:
+            best = coll.member(pop, int(torch.argmax(state.score)))
+            a, b = (coll.take(pop, idx[:, j]) for j in range(2))
+            mutant = lincomb([1.0 - f, f, f, -f], [pop, best, a, b])
+        xs, vs = operational(pop), operational(mutant)
+        masks = self._crossover_masks(pop, n, generator, coll)
+        # the mutant is this call's own buffer: the trial is written into it
+        trial = vs if masks is None else [torch.where(m, v, x, out=v) for m, v, x in zip(masks, vs, xs)]
+        sp = pop.species
+        out = build(sp, assemble(sp, pop.tensors, trial, None))
+        return enforce_bounds(out, self.bounds, self.bound_handling, donate=True), {}
+
+    def _crossover_masks(self, pop: Particle, n: int, generator: Any, coll: Any) -> list[torch.Tensor] | None:
+        """Per tensor, where the trial takes the mutant's value (None: everywhere, ``CR = 1``).
+
+        ``U(0, 1) < CR`` is drawn as ``z < Phi^-1(CR)`` on per-member standard-normal
+        streams (``coll.noise``); ``j_rand`` comes from the generator, for all ``N``.
+        """
+        cr = self.crossover_rate
+        if cr >= 1.0:
+            return None
+        xs = operational(pop)
+        device = xs[0].device
+        lay = pop.species.layout()
+        sizes = [lay.numel[i] for i in lay.op]
+        gdev = generator.device if generator is not None else device
+        j_rand = coll.block(torch.randint(0, sum(sizes), (n,), generator=generator, device=gdev).to(device))
+        if cr > 0.0:
+            z = coll.noise(pop[0], draw_seed(generator))
+            threshold = float(torch.special.ndtri(torch.tensor(cr, dtype=torch.float64)))
+            masks = [t < threshold for t in operational(z)]
+        else:
+            masks = [torch.zeros_like(x, dtype=torch.bool) for x in xs]
+        off = 0
+        rows = torch.arange(j_rand.shape[0], device=device)
+        for m, k in zip(masks, sizes):
+            hit = (j_rand >= off) & (j_rand < off + k)
+            m.view(m.shape[0], -1)[rows[hit], j_rand[hit] - off] = True
+            off += k
+        return masks
+
+    def _tell(self, state: DEState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
+              donate: bool) -> dict:
+        if not state.evaluated:
+            return {"score": score.clone(), "evaluated": True}
+        better = score >= state.score  # a trial as good as its parent replaces it; NaN (-inf) never beats a number
+        xs = operational(state.population)
+        kept = where_(member_mask(coll.block(better), xs), operational(population), xs, in_place=donate)
+        sp = state.population.species
+        return {
+            "population": build(sp, assemble(sp, state.population.tensors, kept, None)),
+            "score": torch.where(better, score, state.score),
+        }
+
+    @classmethod
+    def _example(cls) -> Example:
+        return Example(cls(bounds=(-2.0, 2.0)), population=8, exact=True)

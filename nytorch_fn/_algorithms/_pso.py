@@ -1,0 +1,169 @@
+"""Particle swarm optimisation, the standard global-best form (Kennedy & Eberhart 1995, with
+the inertia weight of Shi & Eberhart 1998).
+
+Every member (a position ``x_i`` with a velocity ``v_i`` and its personal
+best ``p_i``; ``g`` the best of the personal bests) moves at once::
+
+    v_i <- w v_i + c1 r1 (p_i - x_i) + c2 r2 (g - x_i)
+    x_i <- x_i + v_i                        (then the bounds, if any)
+
+with ``r1, r2 ~ U(0, 1)`` drawn per value (the standard form) or once per
+member (``per_dimension=False``, as evosax does). Defaults are Clerc &
+Kennedy's constriction coefficients (2002) in inertia form, ``w = 0.7298``,
+``c1 = c2 = 1.49618``, the standard PSO 2006 setting. Velocities start at
+zero. Bounds apply to positions only (velocities are left as they are).
+
+``ask`` returns the current positions; ``tell`` records their fitness
+(``p_i`` is replaced when the new fitness is at least as good; NaN never is)
+and moves the swarm.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import attrs
+import torch
+
+from .._particle import Particle, assemble, build, lincomb, operational
+from ._base import Algorithm, Example, draw_seed
+from ._de import (
+    at_least,
+    bounds_field,
+    check_bounds_species,
+    handling_field,
+    member_mask,
+    own_population,
+    uniform,
+    where_,
+)
+from ._common import maximize_field, v_flag, v_nonneg
+from ._space import enforce_bounds
+
+
+class PSOState(NamedTuple):
+    """The swarm of PSO (a pytree).
+
+    Attributes:
+        best, best_fitness, generation, asked: the protocol's common fields.
+        population: the positions to evaluate next (this process's members).
+        velocity: their velocities (a population like ``population``).
+        personal_best: each member's best position so far (before the first
+            ``tell``, a copy of the initial positions).
+        personal_score: ``[N]`` float64, the fitness of ``personal_best`` with
+            higher better and NaN as ``-inf`` (``-inf`` before the first ``tell``).
+    """
+
+    best: Particle
+    best_fitness: torch.Tensor
+    generation: int
+    asked: torch.Tensor
+    population: Particle
+    velocity: Particle
+    personal_best: Particle
+    personal_score: torch.Tensor
+
+
+@attrs.frozen(kw_only=True)
+class PSO(Algorithm):
+    """Global-best particle swarm optimisation with inertia, cognitive and social coefficients.
+
+    ``init(population)`` takes the initial positions (``N >= 2`` members;
+    e.g. ``uniform_population`` inside the bounds). Positions, velocities and
+    personal bests are populations of the same species, moved tensor by
+    tensor. Module docstring: the update. ``APSO`` is the accelerated variant
+    (no velocities, no personal bests).
+
+    Args (keyword-only):
+        inertia: ``w`` >= 0 (default 0.7298).
+        cognitive: ``c1`` >= 0, the pull to the member's own best (default 1.49618).
+        social: ``c2`` >= 0, the pull to the swarm's best (default 1.49618).
+        per_dimension: draw ``r1, r2`` per value (default, the standard PSO)
+            or once per member (cheaper; what evosax does).
+        bounds: None, or ``(low, high)``: numbers or single particles of the
+            population's species; positions are brought inside by ``bound_handling``.
+        bound_handling: ``"clip"`` (default) or ``"reflect"``.
+        maximize: higher fitness is better (default) or lower.
+
+    Example:
+        >>> pso = PSO(bounds=(-5.12, 5.12), maximize=False)
+        >>> state = pso.init(uniform_population(x, 64, -5.12, 5.12, generator=g))
+        >>> state, history = pso.run(state, rastrigin, 200, generator=g)
+    """
+
+    inertia: float = attrs.field(default=0.7298, validator=v_nonneg)
+    cognitive: float = attrs.field(default=1.49618, validator=v_nonneg)
+    social: float = attrs.field(default=1.49618, validator=v_nonneg)
+    per_dimension: bool = attrs.field(default=True, validator=v_flag)
+    bounds: Any = bounds_field("PSO")
+    bound_handling: str = handling_field("PSO")
+    maximize: bool = maximize_field()
+
+    State = PSOState
+    kind = "population"
+
+    def _check_population(self, n: int) -> None:
+        at_least(n, 2, "PSO.init")
+
+    def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
+        where = "PSO.init"
+        pop = own_population(x, where)
+        check_bounds_species(self.bounds, pop[0], where)
+        device = pop.tensors[0].device
+        sp = pop.species
+        zeros = build(sp, assemble(sp, pop.tensors, [torch.zeros_like(t) for t in operational(pop)], None))
+        personal = build(sp, assemble(sp, pop.tensors, [t.clone() for t in operational(pop)], None))
+        return {
+            "population": pop,
+            "velocity": zeros,
+            "personal_best": personal,
+            "personal_score": torch.full((coll.n,), -math.inf, dtype=torch.float64, device=device),
+        }
+
+    def _ask(self, state: PSOState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
+        return state.population, {}
+
+    def _tell(self, state: PSOState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
+              donate: bool) -> dict:
+        pop = state.population
+        sp = pop.species
+        xs, vs, ps = operational(pop), operational(state.velocity), operational(state.personal_best)
+        improved = score >= state.personal_score
+        personal_score = torch.where(improved, score, state.personal_score)
+        ps = where_(member_mask(coll.block(improved), xs), xs, ps, in_place=donate)
+        personal = build(sp, assemble(sp, state.personal_best.tensors, ps, None))
+        g = coll.member(personal, int(torch.argmax(personal_score)))
+        gs = operational(g)
+        w, c1, c2 = self.inertia, self.cognitive, self.social
+        if self.per_dimension:
+            r1 = [uniform(t) for t in operational(coll.noise(g, draw_seed(generator)))]
+            r2 = [uniform(t) for t in operational(coll.noise(g, draw_seed(generator)))]
+            new_v = []
+            for x, v, p, gb, a, b in zip(xs, vs, ps, gs, r1, r2):
+                v = v.mul_(w) if donate else v * w
+                v.addcmul_(a.mul_(c1), p - x)  # c1 r1 (p - x)
+                v.addcmul_(b.mul_(c2), gb - x)  # c2 r2 (g - x)
+                new_v.append(v)
+        else:
+            n = coll.n
+            device = xs[0].device
+            gdev = generator.device if generator is not None else device
+            r = coll.block(torch.rand(n, 2, generator=generator, dtype=torch.float64, device=gdev).to(device))
+            a, b = c1 * r[:, 0], c2 * r[:, 1]
+            # w v + a p + b g - (a + b) x, one buffer (the old velocity's when donated)
+            velocity = lincomb([w, a, b, -(a + b)], [state.velocity, personal, g, pop], donate=donate)
+            new_v = operational(velocity)
+        new_x = [x.add_(v) if donate else x + v for x, v in zip(xs, new_v)]
+        moved = enforce_bounds(build(sp, assemble(sp, pop.tensors, new_x, None)), self.bounds, self.bound_handling,
+                               donate=True)
+        return {
+            "population": moved,
+            "velocity": build(sp, assemble(sp, state.velocity.tensors, new_v, None)),
+            "personal_best": personal,
+            "personal_score": personal_score,
+        }
+
+    @classmethod
+    def _example(cls) -> Example:
+        return Example(cls(bounds=(-2.0, 2.0)), population=8, exact=True)
