@@ -23,6 +23,11 @@ rank (compute, not communication).
 Members travel packed: one ``[rows, P_d]`` buffer per dtype ``d`` of the
 species (one buffer for the usual all-float32 model), so a collective moves
 whole members in one call.
+
+Algorithms: ``sharded(algo)`` runs ANY algorithm of
+``nytorch_fn.algorithms`` (every one follows one protocol) with the
+``torch.distributed`` implementation of its ``Collective``
+(``DistributedCollective``) in place of the local one; nothing else changes.
 """
 
 from __future__ import annotations
@@ -37,9 +42,18 @@ import attrs
 import torch
 import torch.distributed as dist
 
+from ._algorithms._base import (
+    Algorithm,
+    Collective,
+    History,
+    protocol_ask,
+    protocol_init,
+    protocol_run,
+    protocol_tell,
+)
 from ._errors import PopulationSizeError, SpeciesMismatchError, describe
 from ._fitness import centered_ranks, fitness_order
-from ._particle import Particle, assemble, build, require_population
+from ._particle import Particle, assemble, build, operational, require_population
 from ._species import Species
 
 # ---------------------------------------------------------------------------
@@ -823,3 +837,225 @@ def _weighted(sh: Shard, w_local: torch.Tensor | None, where: str) -> Particle:
         pos += k
     first = member(sh, 0).tensors if pl.nonop else [t[0] for t in leaves]
     return build(sp, assemble(sp, first, results, None))
+
+
+
+# ---------------------------------------------------------------------------
+# the collective of a sharded algorithm, and sharded() itself
+# ---------------------------------------------------------------------------
+
+
+class DistributedCollective(Collective):
+    """``Collective`` over a ``torch.distributed`` process group (members in ``block_sizes`` blocks).
+
+    Every method is a collective: each rank calls it in the same order. Bytes
+    are counted by ``count_bytes``; a dead or hung peer raises ``DistributedError``.
+    """
+
+    def __init__(self, n: int, w: World) -> None:
+        self.n = n
+        self.world = w
+        self.sizes = block_sizes(n, w.size)
+        self.offsets = tuple(sum(self.sizes[:r]) for r in range(w.size))
+        off = self.offsets[w.rank]
+        self.rows = range(off, off + self.sizes[w.rank])
+
+    def __repr__(self) -> str:
+        return f"DistributedCollective(n={self.n}, rank={self.world.rank}/{self.world.size}, rows={self.rows})"
+
+    # -- primitives ----------------------------------------------------------------
+
+    def _all_sum(self, ts: list[torch.Tensor]) -> list[torch.Tensor]:
+        w = self.world
+        out: list[Any] = [None] * len(ts)
+        groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+        for k, t in enumerate(ts):
+            groups.setdefault((t.dtype, t.device), []).append(k)
+        for (dtype, device), ks in groups.items():
+            flat = torch.cat([ts[k].reshape(-1) for k in ks]).to(w.device)
+            _all_reduce(w, flat, op="all_reduce(sum)")
+            flat = flat.to(device)
+            pos = 0
+            for k in ks:
+                m = ts[k].numel()
+                out[k] = flat[pos:pos + m].view(ts[k].shape)
+                pos += m
+        return out
+
+    def _all_max(self, t: torch.Tensor) -> torch.Tensor:
+        w = self.world
+        buf = t.detach().to(w.device).clone()
+        nb = _nbytes(buf)
+        _run("all_reduce(max)", w, nb, 2 * nb * (w.size - 1) / w.size,
+             lambda: dist.all_reduce(buf, op=dist.ReduceOp.MAX, group=w.group))
+        return buf.to(t.device)
+
+    def gather(self, v_local: torch.Tensor) -> torch.Tensor:
+        w, m = self.world, max(self.sizes)
+        if v_local.dim() == 0 or v_local.shape[0] != self.local_n:
+            raise PopulationSizeError(f"gather: expected {self.local_n} local rows, got {describe(v_local)}")
+        pad = torch.zeros(m, *v_local.shape[1:], dtype=v_local.dtype, device=w.device)
+        pad[: self.local_n] = v_local.to(w.device)
+        parts = _all_gather(w, pad, op="all_gather(fitness)")
+        return torch.cat([p[:s] for p, s in zip(parts, self.sizes)]).to(v_local.device)
+
+    def _owner(self, i: int) -> int:
+        for r, (o, s) in enumerate(zip(self.offsets, self.sizes)):
+            if o <= i < o + s:
+                return r
+        raise IndexError(f"member index {i} is out of range for a population of {self.n}")
+
+    def member(self, pop_local: Particle, i: int) -> Particle:
+        i = int(i)
+        if i < 0:
+            i += self.n
+        src = self._owner(i)
+        w, sp = self.world, pop_local.species
+        if w.rank == src:
+            row = i - self.rows.start
+            # a copy: the member must not share storage with the (possibly donated) population
+            bufs = [b.clone() for b in _pack(sp, [t[row:row + 1] for t in pop_local.tensors], 1)]
+        else:
+            bufs = _empty_bufs(sp, 1, _device_of(pop_local))
+        bufs = [_broadcast(w, b, src, op="broadcast(member)") for b in bufs]
+        return build(sp, _unpack(sp, bufs, None))
+
+    def take(self, pop_local: Particle, idx: torch.Tensor) -> Particle:
+        w, sp = self.world, pop_local.species
+        if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
+            raise TypeError(f"take: expected a 1-d integer tensor of global member indices, got {describe(idx)}")
+        mine = idx.long().cpu()
+        if mine.numel() and (int(mine.min()) < 0 or int(mine.max()) >= self.n):
+            raise IndexError(f"take: indices {int(mine.min())}..{int(mine.max())} out of range for a population of {self.n}")
+        # every rank's requests (padded to the longest)
+        count = torch.tensor([mine.numel()], dtype=torch.int64, device=w.device)
+        counts = [int(c) for c in _all_gather(w, count, op="all_gather(take counts)")]
+        k = max(counts)
+        padded = torch.full((max(k, 1),), -1, dtype=torch.int64, device=w.device)
+        padded[: mine.numel()] = mine.to(w.device)
+        requests = [r[:c].cpu() for r, c in zip(_all_gather(w, padded, op="all_gather(take indices)"), counts)]
+        lo, hi = self.rows.start, self.rows.stop
+        send_rows, send_counts = [], []
+        for d in range(w.size):
+            need = torch.unique(requests[d], sorted=True)
+            own = need[(need >= lo) & (need < hi)] - lo
+            send_rows.append(own)
+            send_counts.append(len(own))
+        wanted, inverse = torch.unique(mine, sorted=True, return_inverse=True)
+        recv_counts = [int(((wanted >= o) & (wanted < o + s)).sum()) for o, s in zip(self.offsets, self.sizes)]
+        dev = _device_of(pop_local)
+        rows = torch.cat(send_rows).to(dev) if send_rows else torch.zeros(0, dtype=torch.long, device=dev)
+        packed = _pack(sp, [t[rows] for t in pop_local.tensors], len(rows))
+        out_bufs = []
+        for buf in packed:
+            out = torch.empty(sum(recv_counts), buf.shape[1], dtype=buf.dtype, device=dev)
+            row_bytes = buf.shape[1] * buf.element_size()
+            sent = sum(c for d, c in enumerate(send_counts) if d != w.rank) * row_bytes
+            _run("all_to_all(members)", w, sent, sent, lambda out=out, buf=buf: dist.all_to_all_single(
+                out, buf.contiguous(), output_split_sizes=recv_counts, input_split_sizes=send_counts, group=w.group))
+            out_bufs.append(out[inverse.to(dev)])
+        return build(sp, _unpack(sp, out_bufs, len(mine)))
+
+
+class Sharded:
+    """An algorithm run over a ``torch.distributed`` process group (``sharded(algo)``).
+
+    The same protocol as the algorithm itself (``init``/``ask``/``tell``/
+    ``step``/``run``, the same ``State`` type) with its collective swapped
+    for ``DistributedCollective``:
+
+    - ``init(x)``: ``x`` as on one process (a centre, or the WHOLE initial
+      population built identically on every rank; each rank keeps its block);
+    - ``ask`` returns this rank's members (a population of ``n_local``);
+    - ``tell(state, local_population, local_fitness)`` takes their ``[n_local]``
+      fitness; ``state.best``/``best_fitness``/``generation`` are global and
+      the same on every rank;
+    - ``run``/``step`` evaluate ``fitness_fn`` on the local members.
+
+    Hyperparameters are read through (``sharded(algo).sigma``).
+    """
+
+    def __init__(self, algorithm: Algorithm, group: Any = None) -> None:
+        if not isinstance(algorithm, Algorithm):
+            raise TypeError(f"sharded: expected an algorithm of nytorch_fn.algorithms, got {describe(algorithm)}")
+        if isinstance(algorithm, Sharded):  # pragma: no cover - Sharded is not an Algorithm
+            raise TypeError("sharded: the algorithm is already sharded")
+        object.__setattr__(self, "algorithm", algorithm)
+        object.__setattr__(self, "group", group)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Sharded is immutable")
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(self.algorithm, name)
+
+    def __repr__(self) -> str:
+        return f"sharded({self.algorithm!r})"
+
+    @property
+    def State(self) -> type:  # noqa: N802 - the algorithms' class attribute
+        return type(self.algorithm).State
+
+    @property
+    def kind(self) -> str:
+        return type(self.algorithm).kind
+
+    def _factory(self, n: int) -> DistributedCollective:
+        _require_initialized(f"sharded({type(self.algorithm).__name__})")
+        return DistributedCollective(n, world(self.group))
+
+    def init(self, x: Particle, *, generator: torch.Generator | None = None) -> Any:
+        """As ``algorithm.init``; a population ``x`` is the whole one (every rank keeps its block).
+
+        Raises:
+            NotInitializedError: no process group.
+            PopulationSizeError: fewer members than ranks.
+        """
+        return protocol_init(self.algorithm, x, generator, self._factory)
+
+    def ask(self, state: Any, *, generator: torch.Generator | None = None, donate: bool = False) -> tuple[Particle, Any]:
+        """As ``algorithm.ask``; returns this rank's members."""
+        return protocol_ask(self.algorithm, state, generator, donate, self._factory)
+
+    def tell(self, state: Any, population: Particle, fitness: Any, *, generator: torch.Generator | None = None,
+             donate: bool = False) -> Any:
+        """As ``algorithm.tell`` with this rank's members and their ``[n_local]`` fitness."""
+        return protocol_tell(self.algorithm, state, population, fitness, generator, donate, self._factory)[0]
+
+    def step(self, state: Any, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None,
+             donate: bool = False) -> tuple[Any, torch.Tensor]:
+        """``ask``, ``fitness_fn(local members)``, ``tell``; returns the local fitness."""
+        pop, state = self.ask(state, generator=generator, donate=donate)
+        fitness = fitness_fn(pop)
+        return self.tell(state, pop, fitness, generator=generator, donate=donate), fitness
+
+    def run(self, state: Any, fitness_fn: Callable[[Particle], Any], generations: int, *,
+            generator: torch.Generator | None = None, progress: bool = False) -> tuple[Any, History]:
+        """As ``algorithm.run``; the history holds global best and mean fitness."""
+        return protocol_run(self.algorithm, state, fitness_fn, generations, generator, progress, self._factory)
+
+
+def sharded(algorithm: Algorithm, *, group: Any = None) -> Sharded:
+    """``algorithm`` run over ``torch.distributed``: each rank holds a contiguous block of members.
+
+    Works for every algorithm of ``nytorch_fn.algorithms`` (and any subclass of
+    ``Algorithm``): only the collective changes. Seed the generator alike on
+    every rank. For the same seed, a sharded run gives the single-process
+    results bit for bit on CPU wherever the algorithm's sums are exact (every
+    step elementwise per member or computed from replicated data; sums through
+    ``Collective.weighted_sum``/``sum`` with ``exact=True``); sums with the
+    default ``exact=False`` (OpenAI-ES's gradient) match to float rounding.
+
+    Args:
+        algorithm: the algorithm (its hyperparameters are used as they are).
+        group: the process group (None: the default group).
+
+    Example:
+        >>> nfd.init()
+        >>> es = nfd.sharded(OpenAIES(population_size=256, sigma=0.02))
+        >>> state = es.init(p, generator=g)                 # g seeded alike on every rank
+        >>> state, history = es.run(state, local_fitness_fn, 100, generator=g)
+    """
+    return Sharded(algorithm, group)

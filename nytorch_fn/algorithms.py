@@ -78,6 +78,10 @@ from ._fitness import z_score as z_score
 #: name -> class of every algorithm that follows the protocol (one line each).
 ALGORITHMS: dict[str, type] = {}
 ALGORITHMS["APSO"] = APSO
+ALGORITHMS["GeneticAlgorithm"] = GeneticAlgorithm
+ALGORITHMS["Hybrid"] = Hybrid
+ALGORITHMS["OpenAIES"] = OpenAIES
+ALGORITHMS["PBT"] = PBT
 ALGORITHMS["SNES"] = SNES
 ALGORITHMS["XNES"] = XNES
 ALGORITHMS["PGPE"] = PGPE

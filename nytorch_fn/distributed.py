@@ -1,21 +1,17 @@
 """Populations sharded over ``torch.distributed`` (each rank a contiguous block of members).
 
+``sharded(algo)`` runs any algorithm of ``nytorch_fn.algorithms`` over a
+process group with the single-process results (one generic wrapper: only the
+algorithm's collective changes).
+
 Import it explicitly (``import nytorch_fn.distributed as nfd``); ``import
 nytorch_fn`` does not load it. See ``docs/distributed.md``.
 """
 
-from ._dist_algorithms import ShardedAPSO as ShardedAPSO
-from ._dist_algorithms import ShardedAPSOState as ShardedAPSOState
-from ._dist_algorithms import ShardedES as ShardedES
-from ._dist_algorithms import ShardedESState as ShardedESState
-from ._dist_algorithms import ShardedGA as ShardedGA
-from ._dist_algorithms import ShardedGAState as ShardedGAState
-from ._dist_algorithms import ShardedHybrid as ShardedHybrid
-from ._dist_algorithms import ShardedHybridState as ShardedHybridState
-from ._dist_algorithms import ShardedPBT as ShardedPBT
-from ._dist_algorithms import ShardedPBTState as ShardedPBTState
-from ._dist_algorithms import sharded as sharded
 from ._distributed import Best as Best
+from ._distributed import DistributedCollective as DistributedCollective
+from ._distributed import Sharded as Sharded
+from ._distributed import sharded as sharded
 from ._distributed import CommLog as CommLog
 from ._distributed import DistributedError as DistributedError
 from ._distributed import NotInitializedError as NotInitializedError
@@ -50,16 +46,8 @@ from ._distributed import world as world
 
 __all__ = [
     "Best",
-    "ShardedAPSO",
-    "ShardedAPSOState",
-    "ShardedES",
-    "ShardedESState",
-    "ShardedGA",
-    "ShardedGAState",
-    "ShardedHybrid",
-    "ShardedHybridState",
-    "ShardedPBT",
-    "ShardedPBTState",
+    "DistributedCollective",
+    "Sharded",
     "sharded",
     "CommLog",
     "DistributedError",

@@ -123,25 +123,3 @@ def draw(kind: str, shape: Any, generator: torch.Generator | None, *, device: An
         raise AssertionError(kind)
     return out.to(device)
 
-
-# -- transitional: names the not-yet-ported algorithms still import (removed with them) --
-import math as _math  # noqa: E402
-
-from .._checks import check_generator as check_generator  # noqa: E402,F401
-from .._fitness import scores as scores  # noqa: E402,F401
-from .._particle import require_population as require_population  # noqa: E402,F401
-from .._particle import require_single as require_single  # noqa: E402,F401
-
-
-def update_best(best, best_fitness, pop, f, score, *, maximize):  # pragma: no cover - transitional
-    i = int(torch.argmax(score))
-    current = float(score[i])
-    previous = float(best_fitness) if maximize else -float(best_fitness)
-    if _math.isnan(previous) or current > previous:
-        new = pop[i].clone() if isinstance(pop, Particle) else pop(i)
-        return new, f[i].to(torch.float64).clone()
-    return best, best_fitness
-
-
-def worst_fitness(maximize, device=None):  # pragma: no cover - transitional
-    return torch.tensor(-_math.inf if maximize else _math.inf, dtype=torch.float64, device=device)

@@ -1,218 +1,66 @@
-"""OpenAI-ES: a Gaussian search distribution around one mean particle, centred-rank fitness shaping.
+"""OpenAI-ES: a Gaussian search distribution around one mean particle, shaped fitness, a sigma schedule.
 
-Noise streams (so a rank of a sharded run draws only its own members'):
-each ``ask`` draws ONE base seed ``b`` from the caller's generator
-(``torch.randint(0, 2**63 - 1, (1,))`` on the generator's device). Member
-``i`` uses stream ``k = i // 2`` with sign ``(-1)**i`` when antithetic
-(member ``2k + 1`` is the negation of member ``2k``), else ``k = i`` with
-sign ``+1``. Stream ``k`` is a ``torch.Generator`` on the parameters' device
-seeded with ``splitmix64(b ^ (GOLDEN * k mod 2**64))`` (``GOLDEN =
-0x9E3779B97F4A7C15``; ``splitmix64`` as in Steele et al. 2014, see
-``_splitmix64``); from it, one ``torch.randn(P_d, dtype=d)`` per dtype ``d``
-of the operational parameters (dtypes in order of first appearance in
-``species.names``; ``P_d`` the number of values of that dtype), split into
-the parameters of that dtype in ``species.names`` order.
+Noise: each ``ask`` draws ONE base seed ``b`` from the caller's generator
+(``draw_seed``); member ``i``'s noise comes from its own stream
+(``Collective.noise``: stream ``i // 2`` with sign ``(-1)**i`` when
+antithetic, seeded ``splitmix64(b ^ GOLDEN * k)``; the exact rule is in
+``nytorch_fn._algorithms._base.fill_noise``), so a rank of a sharded run
+draws only its own members and any split gives the same numbers.
 
-Mean update, exactly reproducible across shardings: the sum ``sum_i r_i
-eps_i`` is computed in integers. The centred rank ``r_i = R_i / (N - 1) -
-1/2`` is ``c_i / (2 (N - 1))`` with the integer ``c_i = 2 R_i - (N - 1)``;
-each noise value is rounded to an integer multiple of ``2**-k``
-(``q = round(clamp(eps, -16, 16) * 2**k)``, the clamp never active for
-``randn`` noise). ``sum_i c_i q_i`` is then a float64 matrix product over
-chunks of at most 256 members whose every product and partial sum is an
-integer below ``2**52``, hence exact in any summation order (BLAS, FMA
-included); chunk sums are added as int64. So any split of the members
-(chunks here, ranks in ``ShardedES``, one all_reduce) gives the same bits,
-at the cost of one float64 pass over the noise and a matrix product.
-``k = 48 - bit_length(min(N, 256)) - bit_length(N - 1)`` (31 at
-``N = 256``, 23 at ``N = 4096``): the rounding of each noise value is far
-below float32 resolution of the gradient for any practical ``N``.
+Gradient: ``g = sum_i w_i eps_i / (N sigma)`` with ``w = shaping(score)``,
+through ``Collective.weighted_sum``: one matrix product per tensor by default
+(a sharded run then matches one process to float rounding), or, with
+``exact=True``, an integer fixed-point sum with the same bits for any split
+of the members (values rounded to ``2**-24`` of the largest noise value,
+weights to ``2**-22`` of the largest weight; about 10x the cost of the
+matrix product).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple
 
 import attrs
 import torch
 
 from .._errors import describe
+from .._fitness import centered_ranks, check_shaping, shape_scores
 from .._optim import GradientTransformation, adam, apply_updates
-from .._checks import require_floating
-from .._fitness import centered_ranks
-from .._particle import Particle, assemble, build
-from ._common import (
-    check_bool,
-    check_generator,
-    check_int,
-    check_real,
-    draw,
-    require_single,
-    scores,
-    update_best,
-    worst_fitness,
-)
+from .._particle import Particle, assemble, build, operational
+from ._base import Algorithm, Example, draw_seed, refill_noise
+from ._common import maximize_field, v_flag, v_int, v_optional_callable, v_positive
+from .._checks import check_real
 
 
 class ESState(NamedTuple):
     """The search distribution after ``generation`` updates (a pytree).
 
     Attributes:
-        mean: the centre of the search distribution (a single particle): the answer.
+        best, best_fitness, generation, asked: the protocol's common fields
+            (``best`` is the best sampled member so far).
+        mean: the centre of the search distribution (a single particle).
         opt_state: the optimiser's state for ``mean``.
-        noise: the standard-normal perturbations of the last ``ask``
-            (a population ``[N, ...]``; in ``ShardedES`` only the local rows),
-            or None before ``ask``.
-        best: the best sampled member so far (single particle).
-        best_fitness: its fitness (0-d float64; the worst value before the first ``tell``).
-        generation: how many times ``tell`` has moved the mean.
-        seed: the base seed of the last ``ask`` (member ``i``'s noise is
-            ``member_noise(mean, seed, [i], antithetic=...)``); 0 before the first
-            (an int always, so a checkpoint loads against a fresh ``init``).
+        noise: the standard-normal perturbations of the last ``ask`` (a
+            population; only the local rows under ``sharded``), or None before.
+        population: the members of the last ``ask`` (``mean + sigma * noise``), or None.
+        seed: the base seed of the last ``ask`` (0 before the first).
+        sigma: the current perturbation scale (after the schedule).
     """
 
-    mean: Particle
-    opt_state: Any
-    noise: Particle | None
     best: Particle
     best_fitness: torch.Tensor
     generation: int
-    seed: int = 0
-
-
-_GOLDEN = 0x9E3779B97F4A7C15
-_MASK = (1 << 64) - 1
-_CLAMP = 16.0  # bound on |eps| in the exact sum (2**4; never reached by randn noise)
-_CHUNK = 256  # members per chunk of the exact sum (keeps partial sums below 2**52)
-
-
-def _splitmix64(x: int) -> int:
-    """The splitmix64 finaliser of ``x + GOLDEN`` (uint64 arithmetic)."""
-    z = (x + _GOLDEN) & _MASK
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK
-    return z ^ (z >> 31)
-
-
-def stream_seed(base: int, k: int) -> int:
-    """The seed of noise stream ``k`` for base seed ``base``: ``splitmix64(base ^ GOLDEN * k)`` (uint64)."""
-    return _splitmix64((base ^ (_GOLDEN * k)) & _MASK)
-
-
-def draw_base_seed(generator: torch.Generator | None) -> int:
-    """One base seed per generation from the caller's generator (the global CPU RNG when None):
-    ``torch.randint(0, 2**63 - 1, (1,), generator=generator)`` on the generator's device."""
-    return int(draw("randint", (1,), generator, device="cpu", high=2**63 - 1)[0])
-
-
-
-
-def member_noise(template: Particle, base: int, members: Sequence[int], *, antithetic: bool) -> Particle:
-    """The standard-normal noise of the global members ``members``: a population ``[len(members), ...]``.
-
-    Each member's values come from its own stream (module docstring), so any
-    subset of members is drawn alone with the same bits as in the whole
-    population; an antithetic pair present twice is drawn once and negated.
-    Non-operational parameters are copied from ``template`` (a single particle).
-
-    Example:
-        >>> eps = member_noise(p, 12345, range(4), antithetic=True)   # eps[1] == -eps[0]
-    """
-    sp = template.species
-    leaves = template.tensors
-    require_floating(sp, "OpenAIES")
-    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-    for i in sp.layout().op:
-        t = leaves[i]
-        groups.setdefault((t.dtype, t.device), []).append(i)
-    rows = len(members)
-    bufs = [torch.empty(rows, sum(leaves[i].numel() for i in idx), dtype=d, device=dev)
-            for (d, dev), idx in groups.items()]
-    gens: dict[torch.device, torch.Generator] = {}
-    drawn: dict[int, tuple[int, bool]] = {}  # stream -> (row, negated)
-    for row, m in enumerate(members):
-        k, neg = (m // 2, m % 2 == 1) if antithetic else (m, False)
-        if k in drawn:
-            src, src_neg = drawn[k]
-            for buf in bufs:
-                if neg == src_neg:
-                    buf[row] = buf[src]
-                else:
-                    torch.neg(buf[src], out=buf[row])
-            continue
-        drawn[k] = (row, neg)
-        seed = stream_seed(base, k)
-        seeded = set()
-        for ((d, dev), _), buf in zip(groups.items(), bufs):
-            if dev not in gens:
-                gens[dev] = torch.Generator(device=dev)
-            if dev not in seeded:
-                gens[dev].manual_seed(seed)
-                seeded.add(dev)
-            z = torch.randn(buf.shape[1], dtype=d, device=dev, generator=gens[dev])
-            if neg:
-                torch.neg(z, out=buf[row])
-            else:
-                buf[row] = z
-    results: list[Any] = [None] * len(sp.names)
-    for ((_, _), idx), buf in zip(groups.items(), bufs):
-        off = 0
-        for i in idx:
-            t = leaves[i]
-            results[i] = buf[:, off:off + t.numel()].reshape(rows, *t.shape).contiguous()
-            off += t.numel()
-    return build(sp, assemble(sp, leaves, [results[i] for i in sp.layout().op], rows))
-
-
-def fixed_point_bits(n: int) -> int:
-    """``k``: noise values are rounded to integer multiples of ``2**-k`` (module docstring)."""
-    return 48 - min(n, _CHUNK).bit_length() - max(n - 1, 1).bit_length()
-
-
-def fixed_point_unit(n: int) -> float:
-    """The value of one unit of ``quantized_sum``: ``2**-k / (2 (N - 1))``."""
-    return 2.0 ** -fixed_point_bits(n) / (2 * max(n - 1, 1))
-
-
-def quantized_sum(noise: Particle, shaped: torch.Tensor, n: int) -> list[torch.Tensor]:
-    """``sum_i c_i * round(eps_i * 2**k)`` over the rows of ``noise``, one int64 tensor per
-    operational parameter (``species.names`` order): exact, so partial sums over any split
-    of the ``n`` members add up to the same bits (units of ``fixed_point_unit(n)``).
-
-    Args:
-        noise: ``[m, ...]`` rows of the noise (a block of the ``n`` members or all).
-        shaped: ``[m]`` float64, those members' centred ranks.
-        n: the global population size (fixes ``k``).
-    """
-    scale = 2.0 ** fixed_point_bits(n)  # exact: a power of two
-    bound = _CLAMP * scale
-    # centred ranks as exact integers c_i = 2 R_i - (n - 1)
-    c = torch.round((shaped.to(torch.float64) + 0.5) * (n - 1)) * 2 - (n - 1)
-    eps = noise.tensors
-    out = []
-    for i in noise.species.layout().op:
-        t = eps[i]
-        flat = t.reshape(t.shape[0], -1)
-        acc = torch.zeros(flat.shape[1], dtype=torch.int64, device=t.device)
-        for a in range(0, flat.shape[0], _CHUNK):
-            q = flat[a:a + _CHUNK].to(torch.float64).mul_(scale).clamp_(-bound, bound).round_()
-            acc += (c[a:a + _CHUNK].to(t.device) @ q).to(torch.int64)  # integer-valued, |.| < 2**52: exact
-        out.append(acc.view(t.shape[1:]))
-    return out
-
-
-
-
-def _v_pos(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_real(value, f"OpenAIES: {attribute.name}", low=0.0, low_open=True)
-
-
-def _v_flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_bool(value, f"OpenAIES: {attribute.name}")
+    asked: torch.Tensor
+    mean: Particle
+    opt_state: Any
+    noise: Particle | None
+    population: Particle | None
+    seed: int
+    sigma: float
 
 
 def _v_size(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_int(value, "OpenAIES: population_size", low=2)
+    v_int(2)(instance, attribute, value)
     if instance.antithetic and value % 2:
         raise ValueError(f"OpenAIES: population_size expects an even number with antithetic=True, got {value}")
 
@@ -222,119 +70,116 @@ def _v_opt(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         raise TypeError(f"OpenAIES: optimizer expects a GradientTransformation, got {describe(value)}")
 
 
+def _v_shaping(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_shaping(value, "OpenAIES")
+
+
+def _v_decay(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_real(value, "OpenAIES: sigma_decay", low=0.0, high=1.0, low_open=True)
+
+
+def _v_limit(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_real(value, "OpenAIES: sigma_limit", low=0.0)
+
+
 @attrs.frozen(kw_only=True)
-class OpenAIES:
+class OpenAIES(Algorithm):
     """OpenAI-ES (Salimans et al. 2017): estimate the fitness gradient from Gaussian perturbations.
 
-    ``ask`` samples ``x_i = mean + sigma * eps_i`` (``eps_i ~ N(0, I)``, in
-    antithetic pairs ``+eps``/``-eps`` by default); ``tell`` shapes the
-    fitness into centred ranks ``r_i`` and moves the mean along
-    ``g = sum_i r_i eps_i / (N sigma)`` (the ascent direction of the
-    shaped fitness) with ``optimizer`` (which minimises, so it receives
-    ``-g``). Only operational parameters are perturbed and moved.
-
-    Fitness follows the package convention: higher is better unless
-    ``maximize=False``; NaN is the worst.
+    ``ask`` samples ``x_i = mean + sigma_t * eps_i`` (``eps_i ~ N(0, I)``, in
+    antithetic pairs by default); ``tell`` shapes the scores
+    (``shaping``, centred ranks by default) into weights ``w_i`` and moves the
+    mean along ``g = sum_i w_i eps_i / (N sigma_t)`` with ``optimizer`` (which
+    minimises, so it receives ``-g``); then the schedule updates sigma:
+    ``sigma_{t+1} = max(sigma_t * sigma_decay, sigma_limit)`` (evosax's rule),
+    or ``sigma * sigma_schedule(t + 1)`` when a schedule callable is given.
+    Only operational parameters are perturbed and moved.
 
     Args (keyword-only):
         population_size: ``N`` samples per generation, >= 2 (even when antithetic).
-        sigma: perturbation scale, > 0.
+        sigma: initial perturbation scale, > 0.
         optimizer: applied to the mean (default ``adam(0.05)``).
         antithetic: mirrored sampling (default True).
+        shaping: score -> weights (``centered_ranks``, ``z_score``, ``normalized``,
+            ``identity``, ``compose(...)``).
+        sigma_decay: factor per generation, in (0, 1] (default 1: constant).
+        sigma_limit: lower bound of the decayed sigma, >= 0.
+        sigma_schedule: ``generation -> factor`` on the initial sigma (instead of
+            decay/limit), or None.
+        exact: sum the gradient exactly (same bits under any sharding), see the module.
         maximize: higher fitness is better (default) or lower.
 
     Example:
-        >>> es = OpenAIES(population_size=32, sigma=0.1, maximize=False)
-        >>> state = es.init(p)                       # p: a single particle
-        >>> for _ in range(200):
-        ...     state, loss = es.step(state, loss_fn, generator=g)   # loss_fn: pop -> [N]
-        >>> state.mean
+        >>> es = OpenAIES(population_size=32, sigma=0.1, sigma_decay=0.99, maximize=False)
+        >>> state = es.init(p)                       # p: a single particle, the initial mean
+        >>> state, history = es.run(state, loss_fn, 200, generator=g)   # loss_fn: pop -> [N]
+        >>> state.mean, history.sigma[-1]
     """
 
-    antithetic: bool = attrs.field(default=True, validator=_v_flag)
+    State = ESState
+    kind = "distribution"
+
+    antithetic: bool = attrs.field(default=True, validator=v_flag)
     population_size: int = attrs.field(default=32, validator=_v_size)
-    sigma: float = attrs.field(default=0.1, validator=_v_pos)
+    sigma: float = attrs.field(default=0.1, validator=v_positive)
     optimizer: GradientTransformation = attrs.field(factory=lambda: adam(0.05), validator=_v_opt)
-    maximize: bool = attrs.field(default=True, validator=_v_flag)
+    shaping: Callable = attrs.field(default=centered_ranks, validator=_v_shaping)
+    sigma_decay: float = attrs.field(default=1.0, validator=_v_decay)
+    sigma_limit: float = attrs.field(default=0.0, validator=_v_limit)
+    sigma_schedule: Callable | None = attrs.field(
+        default=None, validator=v_optional_callable("a callable generation -> factor")
+    )
+    exact: bool = attrs.field(default=False, validator=v_flag)
+    maximize: bool = maximize_field()
 
-    def init(self, mean: Particle) -> ESState:
-        """The initial distribution, centred on ``mean`` (a single particle)."""
-        require_single(mean, "OpenAIES.init")
-        device = mean.tensors[0].device if mean.tensors else None
-        return ESState(mean, self.optimizer.init(mean), None, mean.clone(), worst_fitness(self.maximize, device), 0)
+    def __attrs_post_init__(self) -> None:
+        if self.sigma_schedule is not None and (self.sigma_decay != 1.0 or self.sigma_limit != 0.0):
+            raise ValueError("OpenAIES: expected either sigma_schedule or sigma_decay/sigma_limit, got both")
 
-    def ask(self, state: ESState, *, generator: torch.Generator | None = None) -> tuple[Particle, ESState]:
-        """Sample ``N`` members around ``state.mean``.
+    def _sigma_at(self, generation: int, current: float) -> float:
+        if self.sigma_schedule is None:
+            return max(current * self.sigma_decay, self.sigma_limit)
+        factor = self.sigma_schedule(generation)
+        value = check_real(factor, "OpenAIES: sigma_schedule(generation)", low=0.0, low_open=True) * self.sigma
+        return value
 
-        Draws one base seed from ``generator``; member ``i``'s noise comes from
-        its own stream (module docstring), so ``ShardedES`` draws the same rows alone.
+    def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
+        sigma = self.sigma if self.sigma_schedule is None else self._sigma_at(0, self.sigma)
+        return {"mean": x, "opt_state": self.optimizer.init(x), "noise": None, "population": None,
+                "seed": 0, "sigma": float(sigma)}
 
-        Returns:
-            ``(population, state)``: the members to evaluate and a state that
-            remembers their noise and the base seed for ``tell``.
-        """
-        return self._ask_rows(state, range(self.population_size), generator=generator)
+    def _ask(self, state: ESState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
+        seed = draw_seed(generator)
+        mean, sigma = state.mean, state.sigma
+        noise = None
+        if donate and state.noise is not None and state.noise.population_size == coll.local_n:
+            noise = refill_noise(state.noise, seed, coll.rows, self.antithetic)
+        if noise is None:
+            noise = coll.noise(mean, seed, antithetic=self.antithetic)
+        eps = operational(noise)
+        ms = operational(mean)
+        old = state.population
+        reuse = donate and old is not None and old.population_size == coll.local_n
+        if reuse:
+            outs = operational(old)
+            results = [torch.add(m, e, alpha=sigma, out=o) for m, e, o in zip(ms, eps, outs)]
+        else:
+            results = [torch.add(m, e, alpha=sigma) for m, e in zip(ms, eps)]
+        sp = mean.species
+        pop = build(sp, assemble(sp, mean.tensors, results, coll.local_n))
+        return pop, {"noise": noise, "population": pop, "seed": seed}
 
-    def _ask_rows(
-        self, state: ESState, members: Sequence[int], *, generator: torch.Generator | None
-    ) -> tuple[Particle, ESState]:
-        """``ask`` for the global members ``members`` only (a block of a sharded run)."""
-        check_generator(generator, "OpenAIES.ask")
-        base = draw_base_seed(generator)
-        noise = member_noise(state.mean, base, members, antithetic=self.antithetic)
-        return state.mean + self.sigma * noise, state._replace(noise=noise, seed=base)
+    def _tell(self, state: ESState, population: Particle, score: torch.Tensor, *, generator: Any,
+              coll: Any, donate: bool) -> dict:
+        n, sigma = coll.n, state.sigma
+        w = shape_scores(self.shaping, score, "OpenAIES.tell")
+        total = coll.weighted_sum(state.noise, coll.block(w), exact=self.exact, like=state.mean)
+        grads = total * (-1.0 / (n * sigma))  # the descent direction for the optimiser: -g
+        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.mean, donate=donate)
+        mean = apply_updates(state.mean, updates, donate=donate)
+        return {"mean": mean, "opt_state": opt_state,
+                "sigma": float(self._sigma_at(state.generation + 1, sigma))}
 
-    def _member(self, state: ESState, i: int) -> Particle:
-        """Member ``i`` of the last ``ask``, redrawn from its stream (a single particle)."""
-        return state.mean + self.sigma * member_noise(state.mean, state.seed, [i], antithetic=self.antithetic)[0]
-
-    def tell(self, state: ESState, fitness: Any, *, population: Particle | None = None) -> ESState:
-        """Move the mean from the fitness of the last ``ask``'s members.
-
-        Args:
-            state: the state returned by ``ask``.
-            fitness: ``[N]``, one value per member of that population.
-            population: that population, only to record the best member
-                (recomputed from the noise when None).
-
-        Raises:
-            ValueError: ``ask`` was not called first; ``fitness`` is NaN everywhere.
-            PopulationSizeError: ``fitness`` is not of shape ``[N]``.
-        """
-        self._check_asked(state)
-        n = len(state.noise)
-        f, score = scores(fitness, n, "OpenAIES.tell", maximize=self.maximize)
-        pop = population if population is not None else (lambda i: state.mean + self.sigma * state.noise[i])
-        shaped = centered_ranks(f, maximize=self.maximize)
-        return self._move(state, f, score, pop, quantized_sum(state.noise, shaped, n))
-
-    def _check_asked(self, state: ESState) -> None:
-        if state.noise is None:
-            raise ValueError("OpenAIES.tell: expected a state returned by ask() (with noise), got one without noise")
-
-    def _move(
-        self, state: ESState, f: torch.Tensor, score: torch.Tensor, pop: Any, qsum: Sequence[torch.Tensor]
-    ) -> ESState:
-        """Record the best member and move the mean along ``g = sum_i r_i eps_i / (N sigma)``,
-        given the fixed-point sums ``qsum`` over all ``N`` members (``quantized_sum``)."""
-        n = self.population_size
-        best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
-        unit = fixed_point_unit(n)
-        sp = state.mean.species
-        leaves = state.mean.tensors
-        # descent direction for the optimiser: -g
-        results = [(q.to(torch.float64) * unit * (-1.0 / (n * self.sigma))).to(leaves[i].dtype)
-                   for i, q in zip(sp.layout().op, qsum)]
-        grads = build(sp, assemble(sp, leaves, results, None))
-        updates, opt_state = self.optimizer.update(grads, state.opt_state, state.mean)
-        mean = apply_updates(state.mean, updates)
-        return ESState(mean, opt_state, None, best, best_fitness, state.generation + 1, state.seed)
-
-    def step(
-        self, state: ESState, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None
-    ) -> tuple[ESState, torch.Tensor]:
-        """``ask``, evaluate ``fitness_fn(population) -> [N]``, ``tell``; returns the new
-        state and the fitness of the members just evaluated."""
-        pop, asked = self.ask(state, generator=generator)
-        fitness = fitness_fn(pop)
-        return self.tell(asked, fitness, population=pop), fitness
+    @classmethod
+    def _example(cls) -> Example:
+        return Example(cls(population_size=10, sigma=0.1, sigma_decay=0.9, sigma_limit=0.05, exact=True))

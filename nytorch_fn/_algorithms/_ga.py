@@ -2,242 +2,187 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import attrs
 import torch
 
-from .._particle import Particle
-from ._common import (
-    check_bool,
-    check_generator,
-    check_int,
-    check_real,
-    draw,
-    member_view,
-    rebuild,
-    require_population,
-    scores,
-    update_best,
-    worst_fitness,
-)
+from .._particle import Particle, assemble, build, operational
+from ._base import Algorithm, Example, draw_seed
+from ._common import device_of, draw, maximize_field, member_view, v_choice, v_int, v_nonneg, v_unit
+from ._space import check_bounds, check_handling, enforce_bounds
 
 
 class GAState(NamedTuple):
     """The population of generation ``generation`` (a pytree).
 
     Attributes:
+        best, best_fitness, generation, asked: the protocol's common fields.
         population: the ``N`` members to evaluate next.
-        best: the best member seen so far (single particle).
-        best_fitness: its fitness (0-d float64; the worst value before the first ``tell``).
-        generation: how many times ``tell`` has bred a new population.
     """
 
-    population: Particle
     best: Particle
     best_fitness: torch.Tensor
     generation: int
+    asked: torch.Tensor
+    population: Particle
 
 
 _CROSSOVERS = ("uniform", "blend", "none")
-_GRANULARITIES = ("tensor", "element")
+_GRANULARITIES = ("element", "tensor")
 
 
-def _v_int0(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_int(value, f"GeneticAlgorithm: {attribute.name}", low=0)
+def _v_bounds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_bounds(value, "GeneticAlgorithm: bounds")
 
 
-def _v_int1(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_int(value, f"GeneticAlgorithm: {attribute.name}", low=1)
-
-
-def _v_unit(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_real(value, f"GeneticAlgorithm: {attribute.name}", low=0.0, high=1.0)
-
-
-def _v_nonneg(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_real(value, f"GeneticAlgorithm: {attribute.name}", low=0.0)
-
-
-def _v_flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_bool(value, f"GeneticAlgorithm: {attribute.name}")
-
-
-def _v_choice(choices: tuple[str, ...]) -> Callable:
-    def check(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-        if value not in choices:
-            raise ValueError(f"GeneticAlgorithm: {attribute.name} expects one of {list(choices)}, got {value!r}")
-
-    return check
+def _v_handling(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    check_handling(value, "GeneticAlgorithm")
 
 
 @attrs.frozen(kw_only=True)
-class GeneticAlgorithm:
+class GeneticAlgorithm(Algorithm):
     """A generational GA over a whole population, one stacked op per tensor.
 
     Each ``tell`` breeds ``N`` new members from the evaluated ones:
 
-    1. **elitism**: the ``elitism`` best members are copied unchanged into
-       the first slots;
-    2. **tournament selection**: for each of the other ``N - elitism``
-       children, two parents, each the fittest of ``tournament_size``
-       members drawn uniformly with replacement;
+    1. **elitism**: the ``elitism`` best members (ties: the lowest index) are
+       copied unchanged into the first slots;
+    2. **tournament selection**: for each of the other ``M = N - elitism``
+       children, two parents, each the fittest of ``tournament_size`` members
+       drawn uniformly with replacement (ties: the first drawn);
     3. **crossover** (with probability ``crossover_rate`` per child, else the
-       child is a copy of its first parent): ``"uniform"`` takes each piece
-       from either parent with probability 1/2; ``"blend"`` takes
-       ``A + u (B - A)`` with ``u ~ U(-blend_alpha, 1 + blend_alpha)``
-       (BLX-alpha); a *piece* is a whole tensor (``granularity="tensor"``:
-       one draw per child per parameter, so layers stay intact) or one
-       element (``"element"``); ``"none"`` copies the first parent;
-    4. **Gaussian mutation**: each element gets ``N(0, mutation_std**2)``
-       noise with probability ``mutation_rate``.
+       child is a copy of its first parent ``A``): ``"uniform"`` takes each
+       piece from ``B`` with probability 1/2; ``"blend"`` takes
+       ``A + u (B - A)`` with ``u ~ U(-blend_alpha, 1 + blend_alpha)`` per
+       piece (BLX-alpha); ``"none"`` copies ``A``. A *piece* is one element
+       (``granularity="element"``, the default: it mixes a one-tensor species
+       too) or a whole tensor (``"tensor"``: layers stay intact);
+    4. **Gaussian mutation**: each element gets ``N(0, mutation_std**2)`` noise
+       with probability ``mutation_rate``; then ``bounds`` are enforced.
 
-    Non-operational parameters are left as they are; fitness follows the
-    package convention (higher is better unless ``maximize=False``; NaN is
-    the worst and never wins a tournament against a number).
+    Draws, in order: ``[2, M, tournament_size]`` contestants (``randint``),
+    ``[M]`` crossover coins (``rand``), for ``"tensor"`` granularity ``[M, T]``
+    pieces (``rand``, ``T`` operational tensors), then base seeds
+    (``draw_seed``) for the per-child element streams of crossover, mutation
+    noise and mutation mask (``Collective.noise``, child ``j``'s stream ``j``;
+    a uniform ``u`` is ``Phi(z)`` of a stream's normal ``z``), so under
+    ``sharded`` each rank draws only its own children's elements.
 
     Args (keyword-only):
         tournament_size: >= 1 (1: parents drawn uniformly at random).
         crossover: ``"uniform"``, ``"blend"`` or ``"none"``.
-        granularity: ``"tensor"`` or ``"element"``.
+        granularity: ``"element"`` or ``"tensor"``.
         crossover_rate: in [0, 1].
         blend_alpha: >= 0, widens the blend interval.
         mutation_std: >= 0.
         mutation_rate: in [0, 1].
         elitism: 0 <= elitism <= N.
+        bounds: ``(low, high)`` (numbers or particles) or None.
+        bound_handling: ``"clip"`` or ``"reflect"``.
         maximize: higher fitness is better (default) or lower.
 
     Example:
-        >>> ga = GeneticAlgorithm(tournament_size=3, crossover="blend", mutation_std=0.05)
-        >>> state = ga.init(pop)
-        >>> for _ in range(50):
-        ...     state, fitness = ga.step(state, fitness_fn, generator=g)   # fitness_fn: pop -> [N]
+        >>> ga = GeneticAlgorithm(tournament_size=3, crossover="blend", mutation_std=0.05, bounds=(-5, 5))
+        >>> state = ga.init(nf.uniform_population(p, 64, -5.0, 5.0, generator=g))
+        >>> state, history = ga.run(state, fitness_fn, 50, generator=g)   # fitness_fn: pop -> [N]
     """
 
-    tournament_size: int = attrs.field(default=3, validator=_v_int1)
-    crossover: str = attrs.field(default="uniform", validator=_v_choice(_CROSSOVERS))
-    granularity: str = attrs.field(default="tensor", validator=_v_choice(_GRANULARITIES))
-    crossover_rate: float = attrs.field(default=0.9, validator=_v_unit)
-    blend_alpha: float = attrs.field(default=0.0, validator=_v_nonneg)
-    mutation_std: float = attrs.field(default=0.1, validator=_v_nonneg)
-    mutation_rate: float = attrs.field(default=1.0, validator=_v_unit)
-    elitism: int = attrs.field(default=1, validator=_v_int0)
-    maximize: bool = attrs.field(default=True, validator=_v_flag)
+    State = GAState
+    kind = "population"
 
-    def init(self, population: Particle) -> GAState:
-        """The first generation: ``population`` (checks ``elitism <= N``)."""
-        n = require_population(population, "GeneticAlgorithm.init")
-        self._check_sizes(n)
-        device = population.tensors[0].device if population.tensors else None
-        return GAState(population, population[0].clone(), worst_fitness(self.maximize, device), 0)
+    tournament_size: int = attrs.field(default=3, validator=v_int(1))
+    crossover: str = attrs.field(default="uniform", validator=v_choice(_CROSSOVERS))
+    granularity: str = attrs.field(default="element", validator=v_choice(_GRANULARITIES))
+    crossover_rate: float = attrs.field(default=0.9, validator=v_unit)
+    blend_alpha: float = attrs.field(default=0.0, validator=v_nonneg)
+    mutation_std: float = attrs.field(default=0.1, validator=v_nonneg)
+    mutation_rate: float = attrs.field(default=1.0, validator=v_unit)
+    elitism: int = attrs.field(default=1, validator=v_int(0))
+    bounds: Any = attrs.field(default=None, validator=_v_bounds)
+    bound_handling: str = attrs.field(default="clip", validator=_v_handling)
+    maximize: bool = maximize_field()
 
-    def _check_sizes(self, n: int) -> None:
+    def _check_population(self, n: int) -> None:
         if self.elitism > n:
             raise ValueError(f"GeneticAlgorithm: elitism expects at most the population size {n}, got {self.elitism}")
 
-    def ask(self, state: GAState) -> Particle:
-        """The members to evaluate: ``state.population``."""
-        return state.population
+    def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
+        return {"population": enforce_bounds(x, check_bounds(self.bounds, "GeneticAlgorithm", x),
+                                             self.bound_handling, donate=True)}
 
-    def tell(self, state: GAState, fitness: Any, *, generator: torch.Generator | None = None) -> GAState:
-        """Record the fitness of ``state.population`` and breed the next generation.
+    def _ask(self, state: GAState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
+        return state.population, {}
 
-        Raises:
-            PopulationSizeError: ``fitness`` is not of shape ``[N]``.
-            ValueError: ``fitness`` is NaN everywhere.
-        """
-        check_generator(generator, "GeneticAlgorithm.tell")
-        pop = state.population
-        n = require_population(pop, "GeneticAlgorithm.tell")
-        self._check_sizes(n)
-        f, score = scores(fitness, n, "GeneticAlgorithm.tell", maximize=self.maximize)
-        best, best_fitness = update_best(state.best, state.best_fitness, pop, f, score, maximize=self.maximize)
-        dev = pop.tensors[0].device if pop.tensors else torch.device("cpu")
-        elites, (a, b), crossed = self._select(score, generator, device=dev)
+    def _tell(self, state: GAState, population: Particle, score: torch.Tensor, *, generator: Any,
+              coll: Any, donate: bool) -> dict:
+        n, e = coll.n, self.elitism
+        m = n - e
+        dev = device_of(population)
+        elites = torch.argsort(score, descending=True, stable=True)[:e]
+        contestants = draw("randint", (2, m, self.tournament_size), generator, device="cpu", high=n)
+        wins = score.cpu()[contestants].argmax(-1, keepdim=True)
+        parents = contestants.gather(-1, wins).squeeze(-1)  # [2, m] global indices
+        crossed = draw("rand", (m,), generator, device="cpu") < self.crossover_rate
+        xs = operational(population)
+        pieces = None
+        if self.crossover != "none" and self.granularity == "tensor" and m:
+            pieces = draw("rand", (m, len(xs)), generator, device="cpu", dtype=torch.float64)
+        element = self.crossover != "none" and self.granularity == "element" and m
+        seed_x = draw_seed(generator) if element else 0
+        seed_m = draw_seed(generator) if self.mutation_std and m else 0
+        seed_r = draw_seed(generator) if self.mutation_std and m and self.mutation_rate < 1.0 else 0
 
-        def breed(i: int, t: torch.Tensor) -> torch.Tensor:
-            return torch.cat([t[elites], self._breed(t[a], t[b], crossed, generator, device=dev)])
-
-        return GAState(rebuild(pop, breed, population=n), best, best_fitness, state.generation + 1)
-
-    def _select(
-        self, score: torch.Tensor, generator: torch.Generator | None, *, device: Any
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Elitism, tournaments and the crossover coin for a generation: the draws of ``tell``
-        that come before breeding.
-
-        Args:
-            score: ``[N]`` float64, higher is better, NaN already the worst (``scores``).
-            generator: draws ``[2, M, tournament_size]`` contestants, then ``[M]`` coins
-                (``M = N - elitism`` children).
-
-        Returns:
-            ``(elites [elitism], parents [2, M], crossed [M] bool)``: indices of the members
-            copied unchanged, of each child's two parents, and which children cross over;
-            all on ``device``.
-        """
-        n = score.shape[0]
-        m = n - self.elitism
-        elites = torch.topk(score, self.elitism, sorted=True).indices
-        # tournaments: [2, m, size] contestants, the best of each row wins
-        score = score.to(device)
-        contestants = draw("randint", (2, m, self.tournament_size), generator, device=device, high=n)
-        wins = score[contestants].argmax(-1, keepdim=True)
-        parents = contestants.gather(-1, wins).squeeze(-1)
-        crossed = draw("rand", (m,), generator, device=device) < self.crossover_rate
-        return elites.to(device), parents, crossed
-
-    def _breed(
-        self,
-        pa: torch.Tensor,
-        pb: torch.Tensor,
-        crossed: torch.Tensor,
-        generator: torch.Generator | None,
-        *,
-        device: Any,
-        rows: slice = slice(None),
-    ) -> torch.Tensor:
-        """Crossover and mutation of one parameter for rows ``rows`` of the ``M`` children.
-
-        Every draw is made for all ``M = len(crossed)`` children (so the generator
-        advances as in ``tell``) and the ``rows`` are kept: a shard breeds its own
-        children with the same numbers as the whole population.
-
-        Args:
-            pa, pb: the first and second parent of each child in ``rows`` (``[k, ...]``).
-            crossed: ``[M]`` bool from ``_select``.
-            rows: which children ``pa``/``pb`` hold (all of them by default).
-
-        Returns:
-            The ``k`` children, ``[k, ...]``.
-        """
-        m = crossed.shape[0]
-        full = (m, *pa.shape[1:])
-        if self.crossover == "none" or m == 0:
-            child = pa
+        rows = torch.arange(coll.rows.start, coll.rows.stop)
+        child = rows - e  # child index of each local row (negative: an elite slot)
+        is_elite = child < 0
+        cidx = child.clamp(min=0)
+        if m == 0:
+            first = elites[rows]
         else:
-            shape = full if self.granularity == "element" else (m, *([1] * (pa.dim() - 1)))
-            crossed = crossed[rows]
+            elite_of_row = elites[rows.clamp(max=e - 1)] if e else rows
+            first = torch.where(is_elite, elite_of_row, parents[0][cidx])
+        a = coll.take(population, first)
+        b = coll.take(population, parents[1][cidx]) if self.crossover != "none" and m else None
+        active = (~is_elite) & (crossed[cidx] if m else torch.zeros_like(is_elite))
+        template = state.best
+        z_x = coll.noise(template, seed_x) if element else None
+        z_m = coll.noise(template, seed_m) if seed_m else None
+        z_r = coll.noise(template, seed_r) if seed_r else None
+        mutate = ~is_elite
+        results = []
+        for k, i in enumerate(population.species.layout().op):
+            ta = a.tensors[i]
+            if not ta.is_floating_point():
+                results.append(ta)
+                continue
+            act = member_view(active.to(dev), ta).bool()
+            out = ta
             if self.crossover == "uniform":
-                take_b = (draw("rand", shape, generator, dtype=pa.dtype, device=device) < 0.5)[rows]
-                child = torch.where(take_b & member_view(crossed, pa).bool(), pb, pa)
-            else:
-                lo = -self.blend_alpha
-                u = draw("rand", shape, generator, dtype=pa.dtype, device=device) * (1 + 2 * self.blend_alpha) + lo
-                u = u[rows] * member_view(crossed, pa)
-                child = pa + u * (pb - pa)
-        if self.mutation_std and m:
-            noise = draw("randn", full, generator, dtype=pa.dtype, device=device) * self.mutation_std
-            if self.mutation_rate < 1.0:
-                noise = noise * (draw("rand", full, generator, dtype=pa.dtype, device=device) < self.mutation_rate)
-            child = child + noise[rows]
-        return child
+                tb = b.tensors[i]
+                take_b = (z_x.tensors[i] < 0) if element else member_view((pieces[cidx, k] < 0.5).to(dev), ta).bool()
+                out = torch.where(take_b & act, tb, ta)
+            elif self.crossover == "blend":
+                tb = b.tensors[i]
+                lo, width = -self.blend_alpha, 1 + 2 * self.blend_alpha
+                if element:
+                    u = torch.special.ndtr(z_x.tensors[i]) * width + lo
+                else:
+                    u = member_view((pieces[cidx, k] * width + lo).to(dev), ta)
+                out = torch.where(act, ta + u * (tb - ta), ta)
+            if z_m is not None:
+                noise = z_m.tensors[i] * self.mutation_std
+                if z_r is not None:
+                    noise = noise * (torch.special.ndtr(z_r.tensors[i]) < self.mutation_rate)
+                noise = noise * member_view(mutate.to(dev), ta)
+                out = out + noise
+            results.append(out)
+        sp = population.species
+        children = build(sp, assemble(sp, a.tensors, results, None))
+        bounds = check_bounds(self.bounds, "GeneticAlgorithm", template)
+        return {"population": enforce_bounds(children, bounds, self.bound_handling, donate=True)}
 
-    def step(
-        self, state: GAState, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None
-    ) -> tuple[GAState, torch.Tensor]:
-        """``ask``, evaluate ``fitness_fn(population) -> [N]``, ``tell``; returns the new
-        state and the fitness of the members just evaluated."""
-        pop = self.ask(state)
-        fitness = fitness_fn(pop)
-        return self.tell(state, fitness, generator=generator), fitness
+    @classmethod
+    def _example(cls) -> Example:
+        return Example(cls(tournament_size=2, crossover="blend", blend_alpha=0.2, mutation_rate=0.5,
+                           elitism=3, bounds=(-4.0, 4.0), bound_handling="reflect"), population=10)

@@ -3,41 +3,73 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple
 
 import attrs
 import torch
 
+from .._checks import check_real
 from .._errors import PopulationSizeError, describe
-from .._particle import Particle
-from ._common import (
-    check_bool,
-    check_generator,
-    check_real,
-    draw,
-    rebuild,
-    require_population,
-    scores,
-)
+from .._particle import Particle, operational
+from ._base import Algorithm, Example
+from ._common import device_of, draw, maximize_field, v_optional_callable
 
 
 class PBTState(NamedTuple):
     """A population and its per-member hyperparameters (a pytree).
 
     Attributes:
-        population: ``N`` members.
-        hyperparams: a dict ``name -> [N] float tensor`` (e.g. ``{"lr": ...}``).
+        best, best_fitness, generation, asked: the protocol's common fields.
+        population: ``N`` members; after ``tell``, the exploited ones (the next
+            ``ask`` trains them).
+        hyperparams: ``name -> [N]`` float64 tensor, each member's values (drawn
+            by ``init`` inside the ranges of ``PBT.hyperparams``).
         source: ``[N]`` int64: the member each one was copied from by the last
-            ``exploit_explore`` (``arange(N)`` when nothing was copied). Use it
-            to carry other per-member state along, e.g.
-            ``opt_state.momentum[state.source]``.
-        generation: how many times ``exploit_explore`` ran.
+            ``tell`` (``arange(N)`` before the first). Use it to carry other
+            per-member state along, e.g. ``momentum[state.source]``.
     """
 
+    best: Particle
+    best_fitness: torch.Tensor
+    generation: int
+    asked: torch.Tensor
     population: Particle
     hyperparams: dict
     source: torch.Tensor
-    generation: int
+
+
+def _check_space(value: Any) -> dict:
+    if not isinstance(value, Mapping) or not value:
+        raise TypeError(
+            f"PBT: hyperparams expects a non-empty mapping name -> (low, high) or (low, high, 'log'), got {describe(value)}"
+        )
+    out = {}
+    for k, v in value.items():
+        if not isinstance(k, str):
+            raise TypeError(f"PBT: hyperparams expects str names, got {describe(k)}")
+        if not (isinstance(v, tuple) and len(v) in (2, 3)):
+            raise TypeError(f"PBT: hyperparams[{k!r}] expects (low, high) or (low, high, 'log'), got {describe(v)}")
+        lo = check_real(v[0], f"PBT: hyperparams[{k!r}] low")
+        hi = check_real(v[1], f"PBT: hyperparams[{k!r}] high")
+        if not (math.isfinite(lo) and math.isfinite(hi)) or lo > hi:
+            raise ValueError(f"PBT: hyperparams[{k!r}] expects finite low <= high, got {v!r}")
+        scale = v[2] if len(v) == 3 else "linear"
+        if scale not in ("linear", "log"):
+            raise ValueError(f"PBT: hyperparams[{k!r}] expects the scale 'linear' or 'log', got {scale!r}")
+        if scale == "log" and lo <= 0:
+            raise ValueError(f"PBT: hyperparams[{k!r}] on a log scale expects low > 0, got {lo}")
+        out[k] = (lo, hi, scale)
+    return out
+
+
+def _to_space(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+    return value
+
+
+def _v_space(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
+    _check_space(value)
 
 
 def _v_fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -51,125 +83,132 @@ def _v_factors(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
         check_real(v, "PBT: perturb_factors", low=0.0, low_open=True, high=math.inf, high_open=True)
 
 
-def _v_bounds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    if not isinstance(value, Mapping):
-        raise TypeError(f"PBT: bounds expects a mapping name -> (low, high), got {describe(value)}")
-    for k, v in value.items():
-        if not (isinstance(v, tuple) and len(v) == 2):
-            raise TypeError(f"PBT: bounds[{k!r}] expects a (low, high) tuple, got {describe(v)}")
-        lo = check_real(v[0], f"PBT: bounds[{k!r}] low")
-        hi = check_real(v[1], f"PBT: bounds[{k!r}] high")
-        if lo > hi:
-            raise ValueError(f"PBT: bounds[{k!r}] expects low <= high, got {v!r}")
-
-
-def _v_flag(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
-    check_bool(value, f"PBT: {attribute.name}")
-
-
 def _to_tuple(value: Any) -> Any:
     return tuple(value) if isinstance(value, list) else value
 
 
-def _to_dict(value: Any) -> Any:
-    return dict(value) if isinstance(value, Mapping) else value
-
-
 @attrs.frozen(kw_only=True)
-class PBT:
+class PBT(Algorithm):
     """Exploit (the worst copy the best) and explore (perturb the copies' hyperparameters).
 
-    ``exploit_explore`` ranks the members by fitness; each of the
-    ``m = max(1, floor(fraction * N))`` worst members copies the parameters
-    and hyperparameters of one of the ``m`` best, chosen uniformly at random
-    (truncation selection), then multiplies each of its hyperparameters by a
-    factor drawn uniformly from ``perturb_factors`` (clamped to ``bounds``).
-    The other members are untouched. Non-operational parameters are left as
-    they are (only operational ones are copied between members).
+    How it fits the protocol: ``init`` draws each member's hyperparameters
+    inside ``hyperparams`` (uniformly, or log-uniformly for ``"log"``) into the
+    state; ``ask`` trains: ``train(population, hyperparams, generator)`` with
+    each member's values (``[N]`` tensors, e.g. ``optim.sgd(hp["lr"])``) and
+    returns the trained population; you evaluate it; ``tell`` ranks the
+    members by fitness and each of the ``m = max(1, floor(fraction * N))``
+    worst copies the parameters and hyperparameters of one of the ``m`` best,
+    chosen uniformly at random (truncation selection), then multiplies each
+    of its hyperparameters by a factor drawn uniformly from
+    ``perturb_factors``, clamped into its range. The others are untouched.
+    Only operational parameters are copied between members. NaN fitness (a
+    diverged member) is the worst: it is replaced first.
 
-    Training between rounds is yours: any per-member hyperparameter works
-    that your step takes as a ``[N]`` tensor, e.g. ``optim.sgd(state.hyperparams["lr"])``.
-    Fitness follows the package convention: higher is better unless
-    ``maximize=False``; NaN is the worst (a diverged member is replaced first).
+    Draws: ``init``: one ``rand([N])`` per hyperparameter in sorted name order;
+    ``tell``: the donor of each replaced member (``randint([m])``), then one
+    factor index per replaced member (``randint([m])``) per hyperparameter in
+    sorted name order.
 
     Args (keyword-only):
+        hyperparams: ``name -> (low, high)`` or ``(low, high, "log")``.
+        train: ``train(population, hyperparams, generator) -> population``, one
+            round of training with per-member hyperparameters, or None (``ask``
+            returns the population as it is). Under ``sharded`` it gets this
+            rank's members and their hyperparameters.
         fraction: in (0, 0.5]: how much of the population is replaced.
         perturb_factors: positive factors to choose from (default ``(0.8, 1.25)``).
-        bounds: ``name -> (low, high)``: clamp a hyperparameter after perturbing.
         maximize: higher fitness is better (default) or lower.
 
     Example:
-        >>> pbt = PBT(fraction=0.25, bounds={"lr": (1e-4, 1.0)})
-        >>> state = pbt.init(pop, {"lr": torch.logspace(-3, 0, 16)})
-        >>> for round in range(10):
-        ...     pop = train(state.population, lr=state.hyperparams["lr"])   # your loop
-        ...     state = pbt.exploit_explore(state._replace(population=pop), evaluate(pop), generator=g)
+        >>> def train(pop, hp, g):                   # one SGD step per member with its own lr
+        ...     grads = torch.func.vmap(torch.func.grad(member_loss))(pop)
+        ...     return pop - grads * hp["lr"].float()
+        >>> pbt = PBT(hyperparams={"lr": (1e-4, 1.0, "log")}, train=train, fraction=0.25)
+        >>> state = pbt.init(pop, generator=g)
+        >>> state, history = pbt.run(state, evaluate, 20, generator=g)
+        >>> state.hyperparams["lr"]
     """
 
+    State = PBTState
+    kind = "population"
+
+    hyperparams: dict = attrs.field(converter=_to_space, validator=_v_space)
+    train: Callable | None = attrs.field(
+        default=None, validator=v_optional_callable("a callable train(population, hyperparams, generator) -> population")
+    )
     fraction: float = attrs.field(default=0.25, validator=_v_fraction)
     perturb_factors: tuple = attrs.field(default=(0.8, 1.25), converter=_to_tuple, validator=_v_factors)
-    bounds: dict = attrs.field(factory=dict, converter=_to_dict, validator=_v_bounds)
-    maximize: bool = attrs.field(default=True, validator=_v_flag)
+    maximize: bool = maximize_field()
 
-    def init(self, population: Particle, hyperparams: Mapping[str, Any]) -> PBTState:
-        """The initial state: ``hyperparams`` maps names to ``[N]`` float tensors (copied)."""
-        n = require_population(population, "PBT.init")
+    def _check_population(self, n: int) -> None:
         if n < 2:
             raise ValueError(f"PBT.init: expected a population of at least 2 members, got {n}")
-        hp = self._check_hyperparams(hyperparams, n, "PBT.init")
-        device = population.tensors[0].device if population.tensors else None
-        return PBTState(population, hp, torch.arange(n, device=device), 0)
 
-    def _check_hyperparams(self, hyperparams: Any, n: int, where: str) -> dict:
-        if not isinstance(hyperparams, Mapping):
-            raise TypeError(f"{where}: hyperparams expects a mapping name -> [N] tensor, got {describe(hyperparams)}")
-        out = {}
-        for k, v in hyperparams.items():
-            if not isinstance(v, torch.Tensor) or not v.is_floating_point():
-                raise TypeError(f"{where}: hyperparams[{k!r}] expects a [N] floating tensor, got {describe(v)}")
-            if v.shape != (n,):
+    def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
+        space = _check_space(self.hyperparams)
+        dev = device_of(x)
+        hp = {}
+        for k in sorted(space):
+            lo, hi, scale = space[k]
+            u = draw("rand", (coll.n,), generator, device=dev, dtype=torch.float64)
+            if scale == "log":
+                v = torch.exp(math.log(lo) + u * (math.log(hi) - math.log(lo)))
+            else:
+                v = lo + u * (hi - lo)
+            hp[k] = coll.block(v.clamp(lo, hi)).clone()
+        hp = {k: hp[k] for k in space}  # the caller's order
+        source = torch.arange(coll.rows.start, coll.rows.stop, device=dev)
+        return {"population": x, "hyperparams": hp, "source": source}
+
+    def _ask(self, state: PBTState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
+        if self.train is None:
+            return state.population, {}
+        pop = self.train(state.population, dict(state.hyperparams), generator)
+        if not isinstance(pop, Particle) or pop.species is not state.population.species or len(pop) != coll.local_n:
+            raise TypeError(
+                f"PBT: train expects to return a population of {coll.local_n} of the same species, got {describe(pop)}"
+            )
+        return pop, {"population": pop}
+
+    def _tell(self, state: PBTState, population: Particle, score: torch.Tensor, *, generator: Any,
+              coll: Any, donate: bool) -> dict:
+        n = coll.n
+        space = _check_space(self.hyperparams)
+        for k, v in state.hyperparams.items():
+            if not isinstance(v, torch.Tensor) or v.shape != (coll.local_n,):
                 raise PopulationSizeError(
-                    f"{where}: hyperparams[{k!r}] expects shape ({n},) for a population of {n}, got {tuple(v.shape)}"
+                    f"PBT.tell: hyperparams[{k!r}] expects shape ({coll.local_n},), got {describe(v)}"
                 )
-            out[k] = v.detach().clone()
-        unknown = [k for k in self.bounds if k not in out]
-        if unknown:
-            raise ValueError(f"{where}: bounds name hyperparameters {unknown}, expected among {sorted(out)}")
-        return out
-
-    def exploit_explore(self, state: PBTState, fitness: Any, *, generator: torch.Generator | None = None) -> PBTState:
-        """One round: the worst ``m`` members copy randomly chosen best ``m`` and perturb.
-
-        Draws (in this order, from ``generator``): the donor of each replaced
-        member, then one factor index per replaced member for each
-        hyperparameter in sorted name order.
-
-        Raises:
-            PopulationSizeError: ``fitness`` or a hyperparameter is not ``[N]``.
-            ValueError: ``fitness`` is NaN everywhere.
-        """
-        check_generator(generator, "PBT.exploit_explore")
-        pop = state.population
-        n = require_population(pop, "PBT.exploit_explore")
-        hp = self._check_hyperparams(state.hyperparams, n, "PBT.exploit_explore")
-        _, score = scores(fitness, n, "PBT.exploit_explore", maximize=self.maximize)
-        device = pop.tensors[0].device if pop.tensors else torch.device("cpu")
         m = max(1, int(self.fraction * n))
-        order = torch.argsort(score.to(device), descending=True, stable=True)
+        order = torch.argsort(score.cpu(), descending=True, stable=True)
         top, bottom = order[:m], order[n - m:]
-        donors = top[draw("randint", (m,), generator, device=device, high=m)]
-        source = torch.arange(n, device=device)
+        donors = top[draw("randint", (m,), generator, device="cpu", high=m)]
+        source = torch.arange(n)
         source[bottom] = donors
-        new_pop = rebuild(pop, lambda i, t: t[source], population=n)
-        factors = torch.tensor(self.perturb_factors, dtype=torch.float64, device=device)
+        mine = coll.block(source)
+        new_pop = coll.take(population, mine)
+        factors = torch.tensor(self.perturb_factors, dtype=torch.float64)
         new_hp = {}
-        for k in sorted(hp):
-            v = hp[k][source]
-            pick = factors[draw("randint", (m,), generator, device=device, high=len(factors))]
-            v[bottom] = (v[bottom].double() * pick).to(v.dtype)
-            if k in self.bounds:
-                lo, hi = self.bounds[k]
-                v = v.clamp(lo, hi)
-            new_hp[k] = v
-        new_hp = {k: new_hp[k] for k in hp}  # keep the caller's order
-        return PBTState(new_pop, new_hp, source, state.generation + 1)
+        for k in sorted(state.hyperparams):
+            v = coll.gather(state.hyperparams[k]).cpu()[source].clone()
+            pick = factors[draw("randint", (m,), generator, device="cpu", high=len(factors))]
+            v[bottom] = v[bottom].double() * pick
+            lo, hi, _ = space[k]
+            new_hp[k] = coll.block(v.clamp(lo, hi)).to(state.hyperparams[k].device)
+        new_hp = {k: new_hp[k] for k in state.hyperparams}
+        return {"population": new_pop, "hyperparams": new_hp, "source": mine.to(state.source.device)}
+
+    @classmethod
+    def _example(cls) -> Example:
+        return Example(cls(hyperparams={"lr": (1e-3, 0.5, "log")}, train=_example_train, fraction=0.25),
+                       population=8)
+
+
+def _example_loss(p: Particle) -> torch.Tensor:
+    return sum(((t.double() - 0.5) ** 2).sum() for t in operational(p))
+
+
+def _example_train(pop: Particle, hp: dict, generator: Any) -> Particle:
+    """One SGD step per member with its own learning rate (the protocol tests)."""
+    grads = torch.func.vmap(torch.func.grad(_example_loss))(pop)
+    return pop - grads * hp["lr"]
