@@ -673,6 +673,8 @@ _nyto_classes: dict = {}  # class -> is it a NytoModuleBase (isinstance through 
 def _is_nyto(cls: type) -> bool:
     found = _nyto_classes.get(cls)
     if found is None:
+        if len(_nyto_classes) > 1024:  # classes made on the fly: keep the cache from holding them all
+            _nyto_classes.clear()
         found = _nyto_classes[cls] = issubclass(cls, NytoModuleBase)
     return found
 
