@@ -4,8 +4,9 @@ with the hybrid gradient + swarm algorithm, fully vectorised.
     python -m nytorch_fn.demo [--population 64] [--steps 600] [--seed 0] [--out demo-out]
 
 Every step trains every member by one Adam step on its own minibatch (one
-``torch.func.vmap`` of ``grad``); every ``--every`` steps a random subset is
-blended toward the member with the best validation accuracy (the legacy
+``torch.func.vmap`` of ``grad``); every ``--every`` steps (one generation of
+``nytorch_fn.algorithms.Hybrid``) a random subset is blended toward the
+member with the best validation accuracy (the legacy
 docs' ``alpha W_best + (1 - alpha) W_i``). At the end it prints a per-member
 accuracy table and writes ``accuracy.png`` (accuracy against step for every
 member and the best) and ``summary.json`` to ``--out``.
@@ -90,7 +91,8 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--every", type=int, default=20, help="blend toward the best every k steps")
     ap.add_argument("--subset", type=float, default=0.25, help="fraction of members blended each time")
     ap.add_argument("--alpha", type=float, default=0.5, help="weight of the best in the blend")
-    ap.add_argument("--eval-every", type=int, default=10)
+    ap.add_argument("--eval-every", type=int, default=10,
+                    help="unused: validation accuracy is recorded once per generation of --every steps")
     ap.add_argument(
         "--threads", type=int, default=1,
         help="torch CPU threads (default 1: these small batched ops run faster on one thread, "
@@ -111,44 +113,31 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 class _Run:
-    """One process, or this rank's shard under ``torchrun`` (same seed everywhere)."""
+    """One process, or this rank's block of members under ``torchrun`` (same seed everywhere)."""
 
-    def __init__(self, hybrid: Hybrid, population: nf.Particle) -> None:
+    def __init__(self, hybrid: Hybrid, population: nf.Particle, generator: torch.Generator) -> None:
         from nytorch_fn import distributed as nfd
 
+        self.n = len(population)
         self.nfd = nfd if nfd.launched() else None
         if self.nfd is None:
-            self.rank, self.algo, self.state = 0, hybrid, hybrid.init(population)
+            self.rank, self.algo = 0, hybrid
         else:
             self.nfd.init()
             self.rank = self.nfd.world().rank
-            self.algo = self.nfd.sharded(hybrid)
-            self.state = self.algo.init(self.nfd.shard(population))
-
-    @property
-    def local(self) -> nf.Particle:
-        """The members this process trains (all of them without torchrun)."""
-        return self.state.population if self.nfd is None else self.state.shard.local
-
-    def rows(self, x: torch.Tensor) -> torch.Tensor:
-        """This process's rows of a value drawn for the whole population."""
-        return x if self.nfd is None else self.state.shard.block(x)
+            self.algo = self.nfd.sharded(hybrid)  # the same algorithm; only its collective changes
+        self.state = self.algo.init(population, generator=generator)
 
     def everyone(self, local_values: torch.Tensor) -> torch.Tensor:
         """``[N]`` from each process's ``[n_local]`` (one all_gather under torchrun)."""
-        return local_values if self.nfd is None else self.nfd.gather_fitness(self.state.shard, local_values)
-
-    def step(self, *batch: torch.Tensor, fitness: torch.Tensor, generator: torch.Generator) -> None:
         if self.nfd is None:
-            self.state, _ = self.algo.step(self.state, member_loss, *batch, fitness=fitness, in_dims=(0, 0), generator=generator)
-        else:
-            self.state, _ = self.algo.step(
-                self.state, member_loss, *batch, local_fitness=self.rows(fitness), in_dims=(0, 0), generator=generator
-            )
+            return local_values
+        return self.nfd.DistributedCollective(self.n, self.nfd.world()).gather(local_values)
 
     def population(self) -> nf.Particle | None:
         """The whole trained population (on rank 0; None elsewhere)."""
-        return self.local if self.nfd is None else self.nfd.gather(self.state.shard, dst=0)
+        local = self.state.population
+        return local if self.nfd is None else self.nfd.gather(self.nfd.from_local(local), dst=0)
 
     def close(self) -> None:
         if self.nfd is not None:
@@ -161,44 +150,65 @@ class _Run:
 def train(args: argparse.Namespace, data: dict[str, torch.Tensor]) -> dict[str, Any]:
     """The vectorised hybrid run; returns the trained population and the history.
 
-    Under ``torchrun`` each rank trains its block of members; noise and
+    One generation of the protocol is ``--every`` gradient steps (``ask``),
+    the validation accuracy of every member (the fitness), then the blend
+    (``tell``). Under ``torchrun`` each rank trains its block of members;
     minibatch indices are drawn for the whole population from the same seed
     on every rank, so the run equals the single-process one.
     """
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
     population = nf.init_population(make_net(args.hidden), args.population, generator=g)
+    x, y = data["x_train"], data["y_train"]
+    n_train = len(y)
+
+    def batches(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = torch.randint(0, n_train, (args.population, args.batch_size), generator=gen)
+        return x[idx], y[idx]  # one minibatch per member (cut to each rank's rows when sharded)
+
     hybrid = Hybrid(
-        optim.adam(args.lr),
+        loss=member_loss,
+        optimizer=optim.adam(args.lr),
+        batches=batches,
+        in_dims=(0, 0),
         every=args.every,
         subset=max(1, int(args.subset * args.population)),
         alpha=args.alpha,
     )
-    run = _Run(hybrid, population)
-    x, y = data["x_train"], data["y_train"]
-    n_train = len(y)
+    run = _Run(hybrid, population, g)
     steps, history = [], []
-    val_acc = run.everyone(accuracy(run.local, data["x_val"], data["y_val"]))
     progress = _progress(args, disable=run.rank != 0)
     start = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        idx = run.rows(torch.randint(0, n_train, (args.population, args.batch_size), generator=g))
-        run.step(x[idx], y[idx], fitness=val_acc, generator=g)
-        if step % args.eval_every == 0 or step == args.steps or step % args.every == args.every - 1:
-            val_acc = run.everyone(accuracy(run.local, data["x_val"], data["y_val"]))
-        if step % args.eval_every == 0 or step == args.steps:
-            steps.append(step)
-            history.append(val_acc.clone())
-            progress.set_postfix(best=f"{float(val_acc.max()):.3f}", mean=f"{float(val_acc.mean()):.3f}")
-        progress.update(1)
+    done = 0
+    while done < args.steps:
+        k = min(args.every, args.steps - done)
+        algo = run.algo if k == args.every else _with_every(run, hybrid, k)
+        pop, run.state = algo.ask(run.state, generator=g, donate=True)
+        local_val = accuracy(pop, data["x_val"], data["y_val"])
+        val_acc = run.everyone(local_val)
+        run.state = algo.tell(run.state, pop, local_val, generator=g, donate=True)
+        done += k
+        steps.append(done)
+        history.append(val_acc.clone())
+        progress.set_postfix(best=f"{float(val_acc.max()):.3f}", mean=f"{float(val_acc.mean()):.3f}")
+        progress.update(k)
     progress.close()
     seconds = time.perf_counter() - start
-    test_acc = run.everyone(accuracy(run.local, data["x_test"], data["y_test"]))
+    val_acc = run.everyone(accuracy(run.state.population, data["x_val"], data["y_val"]))
+    test_acc = run.everyone(accuracy(run.state.population, data["x_test"], data["y_test"]))
     trained = run.population()
     rank = run.rank
     run.close()
     return {"population": trained, "steps": steps, "history": torch.stack(history), "val": val_acc,
             "test": test_acc, "seconds": seconds, "rank": rank}
+
+
+def _with_every(run: _Run, hybrid: Hybrid, k: int) -> Any:
+    """The same algorithm for a last, shorter generation of ``k`` steps."""
+    import attrs
+
+    short = attrs.evolve(hybrid, every=k)
+    return short if run.nfd is None else run.nfd.sharded(short)
 
 
 def _progress(args: argparse.Namespace, *, disable: bool = False) -> Any:
