@@ -355,12 +355,12 @@ class NSGA2(Algorithm):
             d1 = (y - lo) / span
             d2 = (hi - y) / span
             e = 1.0 / (eta + 1)
-            low = mu <= 0.5
+            left = mu <= 0.5
             # deltaq = (2 mu + (1 - 2 mu)(1 - d1)^(eta+1))^(1/(eta+1)) - 1              (mu <= 1/2)
             #          1 - (2 (1 - mu) + 2 (mu - 1/2)(1 - d2)^(eta+1))^(1/(eta+1))      (mu > 1/2)
             q_low = (2 * mu + (1 - 2 * mu) * (1 - d1).pow(eta + 1)).pow(e) - 1
             q_high = 1 - (2 * (1 - mu) + 2 * (mu - 0.5) * (1 - d2).pow(eta + 1)).pow(e)
-            step = (torch.where(low, q_low, q_high) * span).nan_to_num_(nan=0.0)  # a zero-width box: no move
+            step = (torch.where(left, q_low, q_high) * span).nan_to_num_(nan=0.0)  # a zero-width box: no move
             torch.where(s, y + step, x, out=x)
 
     # -- selection -------------------------------------------------------------------

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import attrs
 import torch
 
-from .._particle import Particle, assemble, build, lincomb, operational
+from .._particle import Particle, assemble, build, operational
 from ._base import Algorithm, Example, draw_seed
 from ._de import (
     at_least,
@@ -38,7 +38,7 @@ from ._de import (
     uniform,
     where_,
 )
-from ._common import maximize_field, v_flag, v_nonneg
+from ._common import maximize_field, member_view, v_flag, v_nonneg
 from ._space import enforce_bounds
 
 
@@ -137,23 +137,22 @@ class PSO(Algorithm):
         gs = operational(g)
         w, c1, c2 = self.inertia, self.cognitive, self.social
         if self.per_dimension:
-            r1 = [uniform(t) for t in operational(coll.noise(g, draw_seed(generator)))]
-            r2 = [uniform(t) for t in operational(coll.noise(g, draw_seed(generator)))]
-            new_v = []
-            for x, v, p, gb, a, b in zip(xs, vs, ps, gs, r1, r2):
-                v = v.mul_(w) if donate else v * w
-                v.addcmul_(a.mul_(c1), p - x)  # c1 r1 (p - x)
-                v.addcmul_(b.mul_(c2), gb - x)  # c2 r2 (g - x)
-                new_v.append(v)
+            r1 = [uniform(t).mul_(c1) for t in operational(coll.noise(g, draw_seed(generator)))]
+            r2 = [uniform(t).mul_(c2) for t in operational(coll.noise(g, draw_seed(generator)))]
         else:
-            n = coll.n
-            device = xs[0].device
+            n, device = coll.n, xs[0].device
             gdev = generator.device if generator is not None else device
             r = coll.block(torch.rand(n, 2, generator=generator, dtype=torch.float64, device=gdev).to(device))
-            a, b = c1 * r[:, 0], c2 * r[:, 1]
-            # w v + a p + b g - (a + b) x, one buffer (the old velocity's when donated)
-            velocity = lincomb([w, a, b, -(a + b)], [state.velocity, personal, g, pop], donate=donate)
-            new_v = operational(velocity)
+            r1 = [member_view(c1 * r[:, 0], x) for x in xs]
+            r2 = [member_view(c2 * r[:, 1], x) for x in xs]
+        new_v = []
+        for x, v, p, gb, a, b in zip(xs, vs, ps, gs, r1, r2):
+            # differences first: a member at its bests is not moved by them (and no cancellation)
+            diff = torch.sub(p, x)
+            v = v.mul_(w) if donate else v * w
+            v.addcmul_(a, diff)  # c1 r1 (p - x)
+            v.addcmul_(b, torch.sub(gb, x, out=diff))  # c2 r2 (g - x)
+            new_v.append(v)
         new_x = [x.add_(v) if donate else x + v for x, v in zip(xs, new_v)]
         moved = enforce_bounds(build(sp, assemble(sp, pop.tensors, new_x, None)), self.bounds, self.bound_handling,
                                donate=True)

@@ -1,0 +1,191 @@
+"""DE: mutants and crossover against every admissible hand computation, selection, bounds, convergence, bad input."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nytorch_fn as nf
+from nytorch_fn import PopulationSizeError
+from nytorch_fn._algorithms._de import distinct_others
+from nytorch_fn.algorithms import DE, uniform_population
+from tests.helpers import Snapshot
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+_TEMPLATES: dict[int, nf.Particle] = {}
+
+
+def template(d: int = 2) -> nf.Particle:
+    """Two tensors (weight [1, d], bias [1]): d + 1 values per member (one species per d)."""
+    if d not in _TEMPLATES:
+        _TEMPLATES[d] = nf.particle(nn.Linear(d, 1))
+    return _TEMPLATES[d]
+
+
+def values(p: nf.Particle) -> torch.Tensor:
+    n = p.population_size
+    return torch.cat([t.double().reshape(-1) if n is None else t.double().reshape(n, -1) for t in p.tensors], -1)
+
+
+def sphere(pop: nf.Particle) -> torch.Tensor:
+    return (values(pop) ** 2).sum(1)
+
+
+def rastrigin(pop: nf.Particle) -> torch.Tensor:
+    x = values(pop)
+    return 10 * x.shape[1] + (x**2 - 10 * torch.cos(2 * math.pi * x)).sum(1)
+
+
+def start(n: int = 4, seed: int = 0, d: int = 2, low: float = -2.0, high: float = 2.0) -> nf.Particle:
+    return uniform_population(template(d), n, low, high, generator=gen(seed))
+
+
+def evaluated(algo: DE, pop: nf.Particle, fn=sphere):
+    state = algo.init(pop)
+    first, asked = algo.ask(state, generator=gen(0))
+    assert torch.equal(values(first), values(pop))  # the first ask evaluates the initial population
+    return algo.tell(asked, first, fn(first))
+
+
+def test_distinct_others_are_distinct_and_uniform():
+    counts = torch.zeros(6, 6)
+    for seed in range(400):
+        idx = distinct_others(6, 3, gen(seed), "cpu")
+        for i, row in enumerate(idx.tolist()):
+            assert len({i, *row}) == 4
+            for j in row:
+                counts[i, j] += 1
+    assert bool((counts.diagonal() == 0).all())
+    off = counts[~torch.eye(6, dtype=torch.bool)] / (400 * 3)
+    assert bool(((off - 0.2).abs() < 0.05).all())  # each other member picked with probability 1/5
+
+
+def test_rand_1_mutant_is_one_of_the_admissible_combinations():
+    f = 0.7
+    algo = DE(differential_weight=f, crossover_rate=1.0)
+    pop = start()
+    state = evaluated(algo, pop)
+    trial, _ = algo.ask(state, generator=gen(1))
+    x = values(pop)
+    for i in range(4):
+        others = [j for j in range(4) if j != i]
+        candidates = [x[a] + f * (x[b] - x[c]) for a, b, c in itertools.permutations(others)]
+        assert any(torch.allclose(values(trial)[i], v, atol=1e-6) for v in candidates)
+
+
+def test_current_to_best_mutant_is_one_of_the_admissible_combinations():
+    f = 0.6
+    algo = DE(strategy="current-to-best/1/bin", differential_weight=f, crossover_rate=1.0, maximize=False)
+    pop = start(5)
+    state = evaluated(algo, pop)
+    best = int(torch.argmin(sphere(pop)))
+    trial, _ = algo.ask(state, generator=gen(2))
+    x = values(pop)
+    for i in range(5):
+        others = [j for j in range(5) if j != i]
+        candidates = [x[i] + f * (x[best] - x[i]) + f * (x[a] - x[b]) for a, b in itertools.permutations(others, 2)]
+        assert any(torch.allclose(values(trial)[i], v, atol=1e-6) for v in candidates)
+
+
+def test_binomial_crossover_takes_at_least_one_value_from_the_mutant():
+    pop = start(8, d=5)
+    x = values(pop)
+    # CR = 0: exactly one value (j_rand) differs from the parent, in any tensor
+    trial, _ = DE(crossover_rate=0.0).ask(evaluated(DE(crossover_rate=0.0), pop), generator=gen(3))
+    changed = (values(trial) != x).sum(1)
+    assert changed.tolist() == [1] * 8
+    # CR = 0.5: about half the values, always at least one
+    algo = DE(crossover_rate=0.5)
+    state = evaluated(algo, start(64, d=9))
+    trial, _ = algo.ask(state, generator=gen(4))
+    frac = (values(trial) != values(state.population)).double().mean()
+    assert 0.4 < float(frac) < 0.6
+    assert bool(((values(trial) != values(state.population)).sum(1) >= 1).all())
+
+
+def test_selection_keeps_the_better_of_parent_and_trial():
+    algo = DE(maximize=False)
+    pop = start(4)
+    state = evaluated(algo, pop)
+    trial, asked = algo.ask(state, generator=gen(5))
+    parent_loss = sphere(pop)
+    loss = torch.tensor([float(parent_loss[0]) - 1, float(parent_loss[1]) + 1, float(parent_loss[2]), math.nan],
+                        dtype=torch.float64)
+    new = algo.tell(asked, trial, loss)
+    x, t = values(pop), values(trial)
+    assert torch.equal(values(new.population)[0], t[0])  # better: replaced
+    assert torch.equal(values(new.population)[1], x[1])  # worse: kept
+    assert torch.equal(values(new.population)[2], t[2])  # as good: replaced
+    assert torch.equal(values(new.population)[3], x[3])  # NaN: kept
+    assert torch.equal(new.score, torch.tensor([-float(loss[0]), -float(parent_loss[1]), -float(loss[2]),
+                                                 -float(parent_loss[3])], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("handling", ["clip", "reflect"])
+def test_trials_stay_inside_the_bounds(handling):
+    algo = DE(differential_weight=2.0, bounds=(-1.0, 1.0), bound_handling=handling)
+    state = evaluated(algo, start(16, low=-1.0, high=1.0))
+    for seed in range(3):
+        trial, asked = algo.ask(state, generator=gen(seed))
+        assert bool((values(trial).abs() <= 1.0).all())
+        state = algo.tell(asked, trial, sphere(trial))
+
+
+def test_particle_bounds_per_value():
+    low = template().map(lambda t, c: torch.full_like(t, -1.0))
+    high = template().map(lambda t, c: torch.full_like(t, 1.0))
+    high = nf.Particle(high.species, {"weight": torch.tensor([[1.0, 0.5]]), "bias": torch.tensor([0.1])})
+    algo = DE(differential_weight=2.0, bounds=(low, high))
+    state = evaluated(algo, start(12, low=-0.1, high=0.1))
+    trial, _ = algo.ask(state, generator=gen(1))
+    assert bool((values(trial) <= values(high) + 1e-7).all()) and bool((values(trial) >= -1.0).all())
+    with pytest.raises(TypeError, match="bound expects a particle of"):
+        DE(bounds=(low, nf.particle(nn.Linear(2, 1)))).init(start(4))  # another species
+
+
+def test_de_converges_on_sphere_and_rastrigin():
+    algo = DE(bounds=(-5.12, 5.12), maximize=False)
+    pop = uniform_population(nf.particle(nn.Linear(10, 1, bias=False)), 40, -5.12, 5.12, generator=gen(0))
+    state, history = algo.run(algo.init(pop), sphere, 250, generator=gen(0))
+    assert float(state.best_fitness) < 1e-8
+    assert history.best_fitness.shape == (250,) and bool((history.best_fitness[1:] <= history.best_fitness[:-1]).all())
+    for strategy in ("rand/1/bin", "current-to-best/1/bin"):
+        algo = DE(strategy=strategy, crossover_rate=0.2, bounds=(-5.12, 5.12), maximize=False)
+        pop = uniform_population(nf.particle(nn.Linear(4, 1, bias=False)), 30, -5.12, 5.12, generator=gen(1))
+        state, _ = algo.run(algo.init(pop), rastrigin, 200, generator=gen(1))
+        assert float(state.best_fitness) < 1e-6, strategy  # the global optimum
+
+
+def test_de_bad_input():
+    with pytest.raises(PopulationSizeError, match="at least 4"):
+        DE().init(start(3))
+    with pytest.raises(ValueError, match="strategy"):
+        DE(strategy="best/2/exp")
+    with pytest.raises(ValueError, match="differential_weight"):
+        DE(differential_weight=0.0)
+    with pytest.raises(ValueError, match="crossover_rate"):
+        DE(crossover_rate=1.1)
+    with pytest.raises(ValueError, match="bound_handling"):
+        DE(bound_handling="wrap")
+    with pytest.raises(ValueError, match="low <= high"):
+        DE(bounds=(1.0, -1.0))
+    with pytest.raises(TypeError, match="population"):
+        DE().init(template())
+    algo = DE()
+    pop = start(5)
+    state = evaluated(algo, pop)
+    trial, asked = algo.ask(state, generator=gen(0))
+    snap = Snapshot(asked.population, asked.score, trial)
+    with pytest.raises(PopulationSizeError):
+        algo.tell(asked, trial, torch.zeros(4))
+    with pytest.raises(ValueError, match="NaN"):
+        algo.tell(asked, trial, torch.full((5,), math.nan))
+    assert snap.unchanged()

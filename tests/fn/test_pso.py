@@ -1,0 +1,156 @@
+"""PSO: the velocity update by hand (coefficients recovered and checked inside their ranges),
+personal and global bests, bounds, convergence, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import nytorch_fn as nf
+from nytorch_fn import PopulationSizeError
+from nytorch_fn.algorithms import PSO, uniform_population
+from tests.helpers import Snapshot
+
+T = nf.particle(nn.Linear(3, 1))  # two tensors, 4 values
+
+
+def gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def values(p: nf.Particle) -> torch.Tensor:
+    n = p.population_size
+    return torch.cat([t.double().reshape(-1) if n is None else t.double().reshape(n, -1) for t in p.tensors], -1)
+
+
+def sphere(pop: nf.Particle) -> torch.Tensor:
+    return (values(pop) ** 2).sum(1)
+
+
+def rastrigin(pop: nf.Particle) -> torch.Tensor:
+    x = values(pop)
+    return 10 * x.shape[1] + (x**2 - 10 * torch.cos(2 * math.pi * x)).sum(1)
+
+
+def start(n: int = 6, seed: int = 0, low: float = -2.0, high: float = 2.0) -> nf.Particle:
+    return uniform_population(T, n, low, high, generator=gen(seed))
+
+
+def test_first_move_pulls_toward_the_best_with_coefficients_in_range():
+    c2 = 1.3
+    for per_dimension in (True, False):
+        algo = PSO(inertia=0.5, cognitive=0.8, social=c2, per_dimension=per_dimension, maximize=False)
+        pop = start()
+        state = algo.init(pop)
+        asked_pop, asked = algo.ask(state, generator=gen(1))
+        assert asked_pop is state.population
+        new = algo.tell(asked, asked_pop, sphere(pop), generator=gen(2))
+        x, v = values(pop), values(new.velocity)
+        best = int(torch.argmin(sphere(pop)))
+        g = x[best]
+        # velocity 0 and personal best = position: v = c2 r2 (g - x), r2 in [0, 1)
+        coef = v / (g - x)
+        others = [i for i in range(6) if i != best]
+        assert bool(((coef[others] >= 0) & (coef[others] < c2)).all())
+        if not per_dimension:  # one r2 per member: the same coefficient for every value
+            assert torch.allclose(coef[others], coef[others][:, :1].expand(-1, 4), atol=1e-5)
+        assert torch.equal(v[best], torch.zeros(4, dtype=torch.float64))
+        assert torch.allclose(values(new.population), x + v, atol=1e-7)
+        assert torch.equal(values(new.personal_best), x)
+
+
+def test_second_move_decomposes_into_inertia_cognitive_and_social_terms():
+    w, c1, c2 = 0.6, 1.1, 0.9
+    algo = PSO(inertia=w, cognitive=c1, social=c2, per_dimension=False, maximize=False)
+    state = algo.init(start(8, seed=3))
+    x0 = values(state.population)
+    pop, asked = algo.ask(state)
+    f0 = sphere(pop)
+    state = algo.tell(asked, pop, f0, generator=gen(4))
+    x1, v1 = values(state.population), values(state.velocity)
+    pop, asked = algo.ask(state)
+    f1 = sphere(pop)
+    state = algo.tell(asked, pop, f1, generator=gen(5))
+    # personal bests: the better of the two positions
+    p = torch.where((f1 <= f0)[:, None], x1, x0)
+    assert torch.equal(values(state.personal_best), p)
+    assert torch.equal(state.personal_score, -torch.minimum(f0, f1))
+    g = p[int(torch.argmin(torch.minimum(f0, f1)))]
+    rest = values(state.velocity) - w * v1
+    for i in range(8):
+        basis = torch.stack([p[i] - x1[i], g - x1[i]], 1)  # [4, 2]
+        if torch.linalg.matrix_rank(basis) < 2:
+            continue
+        ab = torch.linalg.lstsq(basis, rest[i]).solution
+        assert torch.allclose(basis @ ab, rest[i], atol=1e-5)  # exactly a (p - x) + b (g - x)
+        assert -1e-6 <= float(ab[0]) <= c1 + 1e-6 and -1e-6 <= float(ab[1]) <= c2 + 1e-6
+
+
+def test_nan_fitness_never_becomes_a_personal_or_global_best():
+    algo = PSO(maximize=True)
+    state = algo.init(start(4))
+    pop, asked = algo.ask(state)
+    state = algo.tell(asked, pop, torch.tensor([1.0, 2.0, 3.0, 4.0]), generator=gen(0))
+    pop, asked = algo.ask(state)
+    state = algo.tell(asked, pop, torch.tensor([math.nan, 5.0, math.nan, 0.0]), generator=gen(1))
+    assert state.personal_score.tolist() == [1.0, 5.0, 3.0, 4.0]
+    assert float(state.best_fitness) == 5.0
+
+
+@pytest.mark.parametrize("handling", ["clip", "reflect"])
+def test_positions_stay_inside_the_bounds(handling):
+    algo = PSO(inertia=1.0, cognitive=2.0, social=2.0, bounds=(-1.0, 1.0), bound_handling=handling)
+    state = algo.init(start(10, low=-1.0, high=1.0))
+    for seed in range(5):
+        pop, asked = algo.ask(state)
+        assert bool((values(pop).abs() <= 1.0).all())
+        state = algo.tell(asked, pop, sphere(pop), generator=gen(seed))
+
+
+def test_pso_converges_on_sphere_and_rastrigin():
+    algo = PSO(bounds=(-5.12, 5.12), maximize=False)
+    pop = uniform_population(nf.particle(nn.Linear(10, 1, bias=False)), 40, -5.12, 5.12, generator=gen(0))
+    state, history = algo.run(algo.init(pop), sphere, 250, generator=gen(0))
+    assert float(state.best_fitness) < 1e-8
+    pop = uniform_population(nf.particle(nn.Linear(2, 1, bias=False)), 30, -5.12, 5.12, generator=gen(1))
+    for per_dimension in (True, False):
+        algo = PSO(bounds=(-5.12, 5.12), per_dimension=per_dimension, maximize=False)
+        state, _ = algo.run(algo.init(pop), rastrigin, 150, generator=gen(1))
+        assert float(state.best_fitness) < 1e-6  # the global optimum
+
+
+def test_run_equals_steps_and_leaves_the_input():
+    algo = PSO(bounds=(-2.0, 2.0))
+    pop = start(6)
+    snap = Snapshot(pop)
+    state = algo.init(pop)
+    ran, _ = algo.run(state, sphere, 4, generator=gen(9))
+    stepped, g = state, gen(9)
+    for _ in range(4):
+        stepped, _ = algo.step(stepped, sphere, generator=g)
+    assert torch.equal(values(ran.population), values(stepped.population))
+    assert torch.equal(values(ran.velocity), values(stepped.velocity))
+    assert snap.unchanged()
+
+
+def test_pso_bad_input():
+    with pytest.raises(ValueError, match="inertia"):
+        PSO(inertia=-0.1)
+    with pytest.raises(TypeError, match="per_dimension"):
+        PSO(per_dimension=1)
+    with pytest.raises(PopulationSizeError, match="at least 2"):
+        PSO().init(start(1))
+    with pytest.raises(ValueError, match="bound_handling"):
+        PSO(bound_handling="absorb")
+    algo = PSO()
+    state = algo.init(start(4))
+    pop, asked = algo.ask(state)
+    snap = Snapshot(asked.population, asked.velocity, asked.personal_best, asked.personal_score)
+    with pytest.raises(PopulationSizeError):
+        algo.tell(asked, pop, torch.zeros(3))
+    with pytest.raises(ValueError, match="NaN"):
+        algo.tell(asked, pop, torch.full((4,), math.nan))
+    assert snap.unchanged()
