@@ -25,9 +25,9 @@ import torch
 
 from .._checks import check_real
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example
 from ._common import maximize_field, v_decay, v_int, v_nonneg, v_positive
-from ._nes import exact_field, full_like, need_noise, owned, sample, schedule_, square
+from ._nes import exact_field, full_like, owned, ask_gaussian, schedule_, square
 
 
 class CEMState(NamedTuple):
@@ -38,7 +38,9 @@ class CEMState(NamedTuple):
         mean: the centre ``m`` (a single particle).
         sigma: per-value standard deviations ``s`` (a particle like ``mean``).
         noise: the standard-normal ``z`` of the last ``ask`` (this process's
-            members), or None before ``ask`` and after ``tell``.
+            members), or None before the first ``ask``; after ``tell`` its square
+            ``z**2`` (a buffer the next donated ``ask`` refills).
+        population: the members of the last ``ask``, or None.
     """
 
     best: Particle
@@ -48,6 +50,7 @@ class CEMState(NamedTuple):
     mean: Particle
     sigma: Particle
     noise: Particle | None
+    population: Particle | None
 
 
 def _fraction(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -98,15 +101,13 @@ class CEM(Algorithm):
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
         mean = owned(x, f"{type(self).__name__}.init")
-        return {"mean": mean, "sigma": full_like(mean, self.sigma), "noise": None}
+        return {"mean": mean, "sigma": full_like(mean, self.sigma), "noise": None, "population": None}
 
     def _ask(self, state: CEMState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
-        z = coll.noise(state.mean, draw_seed(generator))
-        return sample(state.mean, state.sigma, z), {"noise": z}
+        return ask_gaussian(state, generator, coll, donate)
 
     def _tell(self, state: CEMState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
-        need_noise(state, f"{type(self).__name__}.tell")
         k = self.elites
         order = torch.argsort(score, descending=True, stable=True)
         w = torch.zeros_like(score, dtype=torch.float64)
@@ -114,7 +115,8 @@ class CEM(Algorithm):
         w_local = coll.block(w)
         z = state.noise
         zbar = coll.weighted_sum(z, w_local, exact=self.exact)
-        z2bar = coll.weighted_sum(square(z, donate), w_local, exact=self.exact)
+        z2 = square(z, donate)  # kept as the state's noise buffer (the same values donated or not)
+        z2bar = coll.weighted_sum(z2, w_local, exact=self.exact)
         sp = state.mean.species
         new_m, new_s = [], []
         for m, s, a, b in zip(operational(state.mean), operational(state.sigma), operational(zbar), operational(z2bar)):
@@ -128,7 +130,7 @@ class CEM(Algorithm):
         return {
             "mean": build(sp, assemble(sp, state.mean.tensors, new_m, None)),
             "sigma": build(sp, assemble(sp, state.sigma.tensors, new_s, None)),
-            "noise": None,
+            "noise": z2,
         }
 
     @classmethod

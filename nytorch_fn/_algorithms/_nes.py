@@ -43,7 +43,7 @@ import torch
 from .._errors import describe
 from .._fitness import check_shaping, shape_scores
 from .._particle import Particle, assemble, build, fill, operational
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example, draw_seed, fill_noise, refill_noise
 from ._common import maximize_field, v_decay, v_flag, v_int, v_nonneg, v_positive
 from ._space import ravel, unravel
 
@@ -124,11 +124,33 @@ def full_like(x: Particle, value: float) -> Particle:
     return build(x.species, fill(x, lambda t: torch.full_like(t, value)))
 
 
-def sample(mean: Particle, sigma: Particle, noise: Particle) -> Particle:
-    """``mean + sigma * noise`` per operational tensor, one ``addcmul`` pass each (a population)."""
+def sample(mean: Particle, sigma: Particle, noise: Particle, out: list[torch.Tensor] | None = None) -> Particle:
+    """``mean + sigma * noise`` per operational tensor, one ``addcmul`` pass each (a population),
+    written into ``out`` (tensors of the population's shapes) when given."""
     sp = mean.species
-    res = [torch.addcmul(m, s, z) for m, s, z in zip(operational(mean), operational(sigma), operational(noise))]
+    cols = zip(operational(mean), operational(sigma), operational(noise))
+    if out is None:
+        res = [torch.addcmul(m, s, z) for m, s, z in cols]
+    else:
+        res = [torch.addcmul(m, s, z, out=o) for (m, s, z), o in zip(cols, out)]
     return build(sp, assemble(sp, mean.tensors, res, noise.population_size))
+
+
+def ask_gaussian(state: Any, generator: Any, coll: Any, donate: bool, antithetic: bool = False) -> tuple[Particle, dict]:
+    """``ask`` of the diagonal Gaussians: per-member noise streams (``coll.noise``), then
+    ``mean + sigma * noise``. Donated, the noise and the population are drawn into the
+    state's buffers of the last ``ask`` (a loop's cost then does not depend on the heap)."""
+    seed = draw_seed(generator)
+    n = coll.local_n
+    noise = None
+    if donate and state.noise is not None and state.noise.population_size == n:
+        noise = refill_noise(state.noise, seed, coll.rows, antithetic)
+    if noise is None:
+        noise = coll.noise(state.mean, seed, antithetic=antithetic)
+    old = state.population
+    out = operational(old) if donate and old is not None and old.population_size == n else None
+    pop = sample(state.mean, state.sigma, noise, out)
+    return pop, {"noise": noise, "population": pop}
 
 
 def square(noise: Particle, in_place: bool) -> Particle:
@@ -152,11 +174,6 @@ def schedule_(ts: list[torch.Tensor], decay: float, limit: float) -> None:
             t.clamp_min_(limit)
 
 
-def need_noise(state: Any, where: str) -> None:
-    if getattr(state, "noise", None) is None:
-        raise ValueError(f"{where}: expected a state returned by ask() (holding its noise), got one without")
-
-
 def nes_population(d: int) -> int:
     """The paper's population size for ``d`` searched values: ``4 + floor(3 ln d)``."""
     return 4 + int(math.floor(3 * math.log(max(d, 1))))
@@ -174,8 +191,10 @@ class SNESState(NamedTuple):
         best, best_fitness, generation, asked: the protocol's common fields.
         mean: the centre ``m`` (a single particle of the centre's species).
         sigma: the per-value standard deviations ``s`` (a particle like ``mean``).
-        noise: the standard-normal ``z`` of the last ``ask`` (a population of
-            this process's members), or None before ``ask`` and after ``tell``.
+        noise: the standard-normal ``z`` of the last ``ask`` (this process's
+            members), or None before the first ``ask``; after ``tell`` its square
+            ``z**2`` (a buffer the next donated ``ask`` refills).
+        population: the members of the last ``ask``, or None.
     """
 
     best: Particle
@@ -185,6 +204,7 @@ class SNESState(NamedTuple):
     mean: Particle
     sigma: Particle
     noise: Particle | None
+    population: Particle | None
 
 
 @attrs.frozen(kw_only=True)
@@ -237,21 +257,20 @@ class SNES(Algorithm):
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
         mean = owned(x, f"{type(self).__name__}.init")
-        return {"mean": mean, "sigma": full_like(mean, self.sigma), "noise": None}
+        return {"mean": mean, "sigma": full_like(mean, self.sigma), "noise": None, "population": None}
 
     def _ask(self, state: SNESState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
-        z = coll.noise(state.mean, draw_seed(generator))
-        return sample(state.mean, state.sigma, z), {"noise": z}
+        return ask_gaussian(state, generator, coll, donate)
 
     def _tell(self, state: SNESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
         where = f"{type(self).__name__}.tell"
-        need_noise(state, where)
         u = shape_scores(self.shaping, score, where)
         u_local = coll.block(u)
         z = state.noise
         g_mean = coll.weighted_sum(z, u_local, exact=self.exact)  # sum_i u_i z_i
-        g_sq = coll.weighted_sum(square(z, donate), u_local, exact=self.exact)  # sum_i u_i z_i^2
+        z2 = square(z, donate)  # kept as the state's noise buffer (the same values donated or not)
+        g_sq = coll.weighted_sum(z2, u_local, exact=self.exact)  # sum_i u_i z_i^2
         total = u.sum()
         half_lr = self.lr_sigma_for(searched_values(state.mean)) / 2
         new_m, new_s = [], []
@@ -266,7 +285,7 @@ class SNES(Algorithm):
         return {
             "mean": build(sp, assemble(sp, state.mean.tensors, new_m, None)),
             "sigma": build(sp, assemble(sp, state.sigma.tensors, new_s, None)),
-            "noise": None,
+            "noise": z2,
         }
 
     @classmethod
@@ -289,7 +308,7 @@ class XNESState(NamedTuple):
         B: the ``[d, d]`` float64 shape matrix (``det B = 1``; the covariance
             is ``sigma**2 B B^T``).
         noise: the ``[n, d]`` float64 standard-normal ``z`` of the last
-            ``ask`` (this process's members), or None before ``ask``/after ``tell``.
+            ``ask`` (this process's members; zeros before the first).
     """
 
     best: Particle
@@ -299,7 +318,7 @@ class XNESState(NamedTuple):
     mean: Particle
     sigma: torch.Tensor
     B: torch.Tensor
-    noise: torch.Tensor | None
+    noise: torch.Tensor
 
 
 @attrs.frozen(kw_only=True)
@@ -357,19 +376,23 @@ class XNES(Algorithm):
             "mean": mean,
             "sigma": torch.tensor(float(self.sigma), dtype=torch.float64, device=device),
             "B": torch.eye(d, dtype=torch.float64, device=device),
-            "noise": None,
+            "noise": torch.zeros(coll.local_n, d, dtype=torch.float64, device=device),
         }
 
     def _ask(self, state: XNESState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
         mu = ravel(state.mean).to(torch.float64)
-        z = coll.noise(mu, draw_seed(generator))  # [n, d] float64
+        seed = draw_seed(generator)
+        if donate and state.noise.shape == (coll.local_n, mu.shape[0]):
+            z = state.noise
+            fill_noise([z], seed, coll.rows, False)  # the same draws as coll.noise, into the state's buffer
+        else:
+            z = coll.noise(mu, seed)  # [n, d] float64
         x = torch.addmm(mu, z, state.B.T, alpha=float(state.sigma))  # mu + sigma * B z, row by row
         return unravel(x, state.mean), {"noise": z}
 
     def _tell(self, state: XNESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
         where = f"{type(self).__name__}.tell"
-        need_noise(state, where)
         u = shape_scores(self.shaping, score, where)
         # every process computes the same d x d statistics from all members' noise
         z = coll.gather(state.noise)
@@ -392,7 +415,7 @@ class XNES(Algorithm):
             new_sigma = new_sigma.clamp_min(self.sigma_limit)
         mean = unravel(mu, state.mean)
         return {"mean": build(mean.species, [t.contiguous() for t in mean.tensors]), "sigma": new_sigma,
-                "B": new_b, "noise": None}
+                "B": new_b}
 
     @classmethod
     def _example(cls) -> Example:

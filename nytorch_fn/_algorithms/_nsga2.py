@@ -384,7 +384,8 @@ class NSGA2(Algorithm):
         sp = state.population.species
         joined = [torch.cat([x, y]) for x, y in zip(operational(a), operational(b))]
         return {
-            "population": build(sp, assemble(sp, a.tensors, joined, None)),
+            # non-operational parameters: the parents' (the same rows, as their config says)
+            "population": build(sp, assemble(sp, state.population.tensors, joined, None)),
             "score": both[keep],
             "rank": rank[keep],
             "crowding": crowd[keep],

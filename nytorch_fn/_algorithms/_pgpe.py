@@ -30,9 +30,9 @@ from .._errors import describe
 from .._fitness import centered_ranks, shape_scores
 from .._optim import GradientTransformation, apply_updates, clipup
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example
 from ._common import maximize_field, v_decay, v_nonneg, v_positive, v_unit
-from ._nes import exact_field, full_like, need_noise, owned, sample, schedule_, square, v_shaping
+from ._nes import exact_field, full_like, owned, ask_gaussian, schedule_, square, v_shaping
 
 
 class PGPEState(NamedTuple):
@@ -44,7 +44,9 @@ class PGPEState(NamedTuple):
         sigma: per-value standard deviations ``s`` (a particle like ``mean``).
         opt_state: the optimiser's state for ``mean``.
         noise: the signed standard-normal ``z`` of the last ``ask`` (this
-            process's members), or None before ``ask`` and after ``tell``.
+            process's members), or None before the first ``ask``; after ``tell`` its
+            square ``z**2`` (a buffer the next donated ``ask`` refills).
+        population: the members of the last ``ask``, or None.
     """
 
     best: Particle
@@ -55,6 +57,7 @@ class PGPEState(NamedTuple):
     sigma: Particle
     opt_state: Any
     noise: Particle | None
+    population: Particle | None
 
 
 def _even_size(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -123,22 +126,22 @@ class PGPE(Algorithm):
             "sigma": full_like(mean, self.sigma),
             "opt_state": self.optimizer.init(mean),
             "noise": None,
+            "population": None,
         }
 
     def _ask(self, state: PGPEState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
-        z = coll.noise(state.mean, draw_seed(generator), antithetic=True)
-        return sample(state.mean, state.sigma, z), {"noise": z}
+        return ask_gaussian(state, generator, coll, donate, antithetic=True)
 
     def _tell(self, state: PGPEState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
         where = f"{type(self).__name__}.tell"
-        need_noise(state, where)
         n = score.shape[0]
         u = shape_scores(self.shaping, score, where)
         centred = u - u.mean()
         z = state.noise
         g_z = coll.weighted_sum(z, coll.block(u), exact=self.exact)  # sum_i u_i z_i
-        g_sq = coll.weighted_sum(square(z, donate), coll.block(centred), exact=self.exact)  # sum_i (u_i - b) z_i^2
+        z2 = square(z, donate)  # kept as the state's noise buffer (the same values donated or not)
+        g_sq = coll.weighted_sum(z2, coll.block(centred), exact=self.exact)  # sum_i (u_i - b) z_i^2
         total = centred.sum()  # 0 up to rounding; kept so the estimate is exact for any shaping
         sp = state.mean.species
         ss = operational(state.sigma)
@@ -159,7 +162,7 @@ class PGPE(Algorithm):
             "mean": mean,
             "sigma": build(sp, assemble(sp, state.sigma.tensors, new_s, None)),
             "opt_state": opt_state,
-            "noise": None,
+            "noise": z2,
         }
 
     @classmethod
