@@ -50,6 +50,13 @@ from ._algorithms._hybrid import HybridState as HybridState
 from ._algorithms._pbt import PBT as PBT
 from ._algorithms._pbt import PBTState as PBTState
 from ._algorithms._cem import CEM as CEM
+from ._algorithms._cma import CMAES as CMAES
+from ._algorithms._cma import CMAESState as CMAESState
+from ._algorithms._cma import LMMAES as LMMAES
+from ._algorithms._cma import LMMAESState as LMMAESState
+from ._algorithms._cma import SepCMAES as SepCMAES
+from ._algorithms._cma import SepCMAESState as SepCMAESState
+from ._algorithms._cma import cma_population_size as cma_population_size
 from ._algorithms._cem import CEMState as CEMState
 from ._algorithms._de import DE as DE
 from ._algorithms._de import DEState as DEState
@@ -89,6 +96,9 @@ ALGORITHMS["CEM"] = CEM
 ALGORITHMS["DE"] = DE
 ALGORITHMS["PSO"] = PSO
 ALGORITHMS["NSGA2"] = NSGA2
+ALGORITHMS["CMAES"] = CMAES
+ALGORITHMS["SepCMAES"] = SepCMAES
+ALGORITHMS["LMMAES"] = LMMAES
 
 __all__ = [
     "ALGORITHMS",
@@ -97,6 +107,8 @@ __all__ = [
     "Algorithm",
     "CEM",
     "CEMState",
+    "CMAES",
+    "CMAESState",
     "Collective",
     "DE",
     "DEState",
@@ -106,6 +118,8 @@ __all__ = [
     "History",
     "Hybrid",
     "HybridState",
+    "LMMAES",
+    "LMMAESState",
     "LocalCollective",
     "NSGA2",
     "NSGA2State",
@@ -118,9 +132,12 @@ __all__ = [
     "PSOState",
     "SNES",
     "SNESState",
+    "SepCMAES",
+    "SepCMAESState",
     "XNES",
     "XNESState",
     "centered_ranks",
+    "cma_population_size",
     "compose",
     "enforce_bounds",
     "identity",
