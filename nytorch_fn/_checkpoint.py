@@ -198,7 +198,7 @@ def _layout(items: list[tuple[str, torch.Tensor, int | None]], block: int | None
     for i in order:
         name, t, population = items[i]
         n = t.numel() * t.element_size()
-        e = {"name": name, "dtype": _dtype_name(t.dtype), "shape": list(t.shape), "offsets": [offset, offset + n]}
+        e: dict[str, Any] = {"name": name, "dtype": _dtype_name(t.dtype), "shape": list(t.shape), "offsets": [offset, offset + n]}
         if block is not None:
             e["population"] = population
             e["rows_per_digest"] = _rows_per_digest(population, t.shape, t.dtype, block)
@@ -313,7 +313,7 @@ class _Encoder:
         if isinstance(obj, str):
             return {"kind": "str", "value": obj}
         if isinstance(obj, tuple) and hasattr(type(obj), "_fields"):
-            fields = list(type(obj)._fields)
+            fields = list(type(obj)._fields)  # type: ignore[attr-defined]
             items = [self.encode(v, f"{path}.{f}", (*segments, f)) for f, v in zip(fields, obj)]
             return {"kind": "namedtuple", "type": _type_name(obj), "fields": fields, "items": items}
         if attrs.has(type(obj)):
@@ -531,7 +531,7 @@ class _File:
             raise CheckpointError(f"{where}: not {what} or a corrupted header ({error})") from None
         meta = header.pop("__metadata__", None)
         self.metadata = meta if isinstance(meta, dict) else {}
-        self.manifest: dict | None = None
+        self.manifest: Any = None  # the parsed JSON manifest (None for a plain safetensors file)
         if kind == "plain":
             self.entries = self._plain_entries(header, size - self.data_start)
         else:
@@ -584,7 +584,7 @@ class _File:
             raise CheckpointError(
                 f"{where}: checkpoint format version {version!r} is newer than this library reads ({FORMAT_VERSION})"
             )
-        entries = manifest.get("tensors")
+        entries: Any = manifest.get("tensors")
         try:
             checked = [self._entry(e) for e in entries]
             expected = _render_header({_MANIFEST_KEY: text, _MANIFEST_DIGEST_KEY: digest}, checked)
@@ -887,8 +887,8 @@ def load(
 def _navigate(f: _File, node: Any, segments: tuple[str, ...]) -> tuple[Any, str]:
     path = "tree"
     for s in segments:
-        kind = node.get("kind") if isinstance(node, dict) else None
-        items = node.get("items") if isinstance(node, dict) else None
+        kind: Any = node.get("kind") if isinstance(node, dict) else None
+        items: Any = node.get("items") if isinstance(node, dict) else None
         if kind == "dict" and s in (node.get("keys") or []):
             node, path = items[node["keys"].index(s)], f"{path}[{s!r}]"
         elif kind in ("namedtuple", "record") and s in (node.get("fields") or []):
@@ -1028,8 +1028,9 @@ class _Decoder:
                     raise self.corrupt(path, f"bad {name} value {value!r}") from None
                 return value
         if isinstance(like, tuple) and hasattr(type(like), "_fields"):
-            items = self._fields(like, node, kind, "namedtuple", list(type(like)._fields), path)
-            return type(like)(*[self.decode(v, n, f"{path}.{f}") for (f, v), n in zip(zip(type(like)._fields, like), items)])
+            fields = list(type(like)._fields)  # type: ignore[attr-defined]
+            items = self._fields(like, node, kind, "namedtuple", fields, path)
+            return type(like)(*[self.decode(v, n, f"{path}.{f}") for (f, v), n in zip(zip(fields, like), items)])
         if attrs.has(type(like)):
             fields = [a.name for a in attrs.fields(type(like))]
             items = self._fields(like, node, kind, "record", fields, path)
@@ -1141,7 +1142,9 @@ class _Decoder:
             if len(names) > len(sp.names):
                 raise self.fail(path, f"the file has parameter {names[len(sp.names)]!r}, which the species lacks")
             raise self.fail(path, f"the species has parameter {sp.names[len(names)]!r}, which the file lacks")
-        shapes, dtypes, configs = rec.get("shapes"), rec.get("dtypes"), rec.get("config")
+        shapes: Any = rec.get("shapes")
+        dtypes: Any = rec.get("dtypes")
+        configs: Any = rec.get("config")
         if not all(isinstance(x, list) and len(x) == len(names) for x in (shapes, dtypes, configs)):
             raise self.corrupt(path, "species shapes/dtypes/config")
         for name, shape, dtype, config in zip(names, shapes, dtypes, configs):
@@ -1240,7 +1243,7 @@ def save_state_dict(
             raise ValueError(f"{where}: metadata expects str -> str, got {k!r}: {describe(v)}")
     sp = particle.species
     values = dict(zip(sp.names, particle.tensors))
-    items: list[tuple[str, torch.Tensor, None]] = []
+    items: list[tuple[str, torch.Tensor, int | None]] = []
     seen: set[str] = set()
     for key, kind, name in _state_dict_sources(sp, where):
         if tied == "first" and name in seen:

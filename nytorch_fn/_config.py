@@ -29,21 +29,31 @@ def _check_bool(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
 
 @attrs.frozen
 class ParamConfig:
-    """How particle operations treat one parameter.
+    """How particle operations treat one parameter (an ``attrs`` frozen record).
 
-    Args:
-        operational: take part in arithmetic, ``map``/``zip_with`` decide for
-            themselves; ``randn``/``rand`` redraw it. When False the result
-            takes the parameter from the left operand instead.
+    Changed with ``attrs.evolve`` (or, for a species' parameters,
+    ``Species.with_config``); never mutated.
+
+    Attributes:
+        operational: take part in arithmetic and random draws (``randn``,
+            ``rand``, optimisers, algorithms, merges). When False the result
+            takes the parameter from the left operand instead; ``map`` and
+            ``zip_with`` see it and decide for themselves.
         clone: for a non-operational parameter, give the result a copy (True)
             or the very same tensor (False).
         tags: user labels (a pyrsistent map; any mapping is converted), e.g.
             ``{"is_weight": True}``.
 
-    Example:
-        >>> cfg = attrs.evolve(ParamConfig(), operational=False)
+    Raises:
+        TypeError: ``operational`` or ``clone`` is not a bool, ``tags`` not a mapping.
+
+    Examples:
+        >>> import attrs
+        >>> cfg = attrs.evolve(nf.ParamConfig(), operational=False)
         >>> cfg.operational, cfg.clone
         (False, True)
+        >>> nf.ParamConfig(tags={"is_weight": True}).tags["is_weight"]
+        True
     """
 
     operational: bool = attrs.field(default=True, validator=_check_bool)

@@ -48,10 +48,15 @@ def particle(module: nn.Module, *, copy: bool = True) -> Particle:
         A single particle (tensors detached, ``requires_grad=False``; the
         species remembers each Parameter's ``requires_grad`` for ``to_module``).
 
-    Example:
-        >>> p = particle(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+    Raises:
+        TypeError: ``module`` is not an ``nn.Module``, or ``copy`` not a bool.
+
+    Examples:
+        >>> p = nf.particle(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
         >>> p.species.names
         ('0.weight', '0.bias', '2.weight', '2.bias')
+        >>> p.params["0.weight"].shape
+        torch.Size([8, 4])
     """
     if not isinstance(copy, bool):
         raise TypeError(f"particle(): copy expects a bool, got {describe(copy)}")
@@ -112,10 +117,27 @@ def apply(particle: Particle, *args: Any, **kwargs: Any) -> Any:
     train/eval mode the module had when captured, with copies of the
     species' buffers: the species is never written to (a training-mode
     BatchNorm updates the copies, which are dropped; use
-    ``apply_with_buffers`` to get them back).
+    ``apply_with_buffers`` to get them back). Errors raised by the module's
+    own forward pass (an input of the wrong shape) pass through unchanged.
 
-    Example:
-        >>> y = apply(p, torch.randn(16, 4))
+    Args:
+        particle: a single particle (``vmap_apply`` runs a population).
+        *args: the module's positional inputs.
+        **kwargs: the module's keyword inputs.
+
+    Returns:
+        Whatever the module's ``forward`` returns for these values.
+
+    Raises:
+        TypeError: ``particle`` is not a Particle.
+        NotAPopulationError: ``particle`` is a population.
+
+    Examples:
+        >>> net = nn.Linear(4, 2)
+        >>> p = nf.particle(net)
+        >>> x = torch.randn(16, 4)
+        >>> torch.equal(nf.apply(p, x), net(x).detach())
+        True
     """
     p = require_single(particle, "apply")
     sp = p.species
@@ -143,16 +165,26 @@ def apply_with_buffers(
         particle: a single particle.
         buffers: name -> tensor for some or all buffers; the rest come from
             the species.
-        args, kwargs: the forward pass's arguments (a tuple and a dict).
+        args: the forward pass's positional arguments (a tuple).
+        kwargs: its keyword arguments (a mapping).
         training: run the module in training (True) or eval (False) mode;
             None keeps the mode it was captured in.
 
     Returns:
         ``(output, new_buffers)`` with ``new_buffers`` a dict of every buffer.
 
-    Example:
-        >>> out, stats = apply_with_buffers(p, None, (x,), training=True)
-        >>> out2, stats = apply_with_buffers(p, stats, (x2,), training=True)
+    Raises:
+        TypeError: ``args`` is not a tuple, ``buffers`` not a mapping.
+        UnknownNameError: a name in ``buffers`` the species does not have.
+        NotAPopulationError: ``particle`` is a population (``vmap_apply_with``).
+
+    Examples:
+        >>> p = nf.particle(nn.BatchNorm1d(3))
+        >>> x = torch.randn(8, 3) + 5.0
+        >>> out, stats = nf.apply_with_buffers(p, None, (x,), training=True)
+        >>> out2, stats = nf.apply_with_buffers(p, stats, (x,), training=True)
+        >>> int(stats["num_batches_tracked"]), int(p.species.buffers["num_batches_tracked"])
+        (2, 0)
     """
     p = require_single(particle, "apply_with_buffers")
     sp = p.species
@@ -172,9 +204,22 @@ def to_module(particle: Particle) -> nn.Module:
     the particle) with the ``requires_grad`` each had when captured; tied
     weights are tied again; buffers are copies of the species' buffers.
 
-    Example:
-        >>> net = to_module(p)
-        >>> torch.optim.SGD(net.parameters(), lr=0.1)
+    Args:
+        particle: a single particle (``to_modules`` converts a population).
+
+    Returns:
+        A new module of the captured module's class and structure.
+
+    Raises:
+        TypeError: ``particle`` is not a Particle.
+        NotAPopulationError: ``particle`` is a population.
+
+    Examples:
+        >>> p = nf.particle(nn.Linear(4, 2))
+        >>> net = nf.to_module(2 * p)
+        >>> torch.equal(net.weight.detach(), 2 * p.params["weight"]), net.weight.requires_grad
+        (True, True)
+        >>> opt = torch.optim.SGD(net.parameters(), lr=0.1)   # a plain module from here on
     """
     p = require_single(particle, "to_module")
     sp = p.species

@@ -42,20 +42,41 @@ from ._particle import Particle, assemble, build, check_donation, lerp, lincomb,
 
 
 class GradientTransformation(NamedTuple):
-    """``init(params) -> state`` and ``update(grads, state, params=None) -> (updates, state)``."""
+    """An optimiser: ``init(params) -> state`` and ``update(grads, state, params=None) -> (updates, state)``.
+
+    As optax's: two pure functions, the state a NamedTuple of particles and
+    tensors (a pytree that ``nytorch_fn.checkpoint`` saves).
+
+    Attributes:
+        init: ``init(params)``: the initial state for a particle or population.
+        update: ``update(grads, state, params=None, *, donate=False)``: the
+            updates (a particle like ``grads``, to add with ``apply_updates``)
+            and the new state.
+    """
 
     init: Callable[[Particle], Any]
     update: Callable[..., tuple[Particle, Any]]
 
 
 class SGDState(NamedTuple):
-    """Momentum buffers (a particle like ``params``), or None without momentum."""
+    """The state of ``sgd``: momentum buffers, or None without momentum.
+
+    Attributes:
+        momentum: a particle like ``params`` (``[N, ...]`` for a population),
+            or None when ``momentum=0``.
+    """
 
     momentum: Particle | None
 
 
 class AdamState(NamedTuple):
-    """Step count (0-d tensor) and first/second moment estimates (particles like ``params``)."""
+    """The state of ``adam``: step count and first/second moment estimates.
+
+    Attributes:
+        count: the number of steps taken, a 0-d int64 tensor.
+        mu: the first moment, a particle like ``params``.
+        nu: the second moment, a particle like ``params``.
+    """
 
     count: torch.Tensor
     mu: Particle
@@ -63,7 +84,11 @@ class AdamState(NamedTuple):
 
 
 class ClipUpState(NamedTuple):
-    """The velocity (a particle like ``params``)."""
+    """The state of ``clipup``: the velocity.
+
+    Attributes:
+        velocity: a particle like ``params``.
+    """
 
     velocity: Particle
 
@@ -154,10 +179,22 @@ def sgd(lr: Any, *, momentum: float = 0.0, nesterov: bool = False, weight_decay:
         params=None, *, donate=False)`` returns ``(updates, state)``, and with
         ``donate=True`` may write the new momentum into the old state's buffers.
 
-    Example:
-        >>> opt = sgd(0.1, momentum=0.9)
-        >>> updates, state = opt.update(grads, opt.init(params))
-        >>> params = apply_updates(params, updates)
+    Raises:
+        ValueError: a rate out of range or NaN, a ``[N]`` rate that is not a
+            real vector, ``nesterov`` without momentum.
+        TypeError: a rate that is not a number or tensor.
+
+    Examples:
+        >>> from nytorch_fn import optim
+        >>> pop = nf.init_population(nn.Linear(3, 1), 4, generator=torch.Generator().manual_seed(0))
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+        >>> loss = lambda member: (nf.apply(member, x) - y).pow(2).mean()
+        >>> grads = torch.func.vmap(torch.func.grad(loss))(pop)       # [N, ...] per-member gradients
+        >>> opt = optim.sgd(torch.tensor([0.1, 0.01, 0.001, 0.0]), momentum=0.9)   # one rate per member
+        >>> updates, state = opt.update(grads, opt.init(pop))
+        >>> new = optim.apply_updates(pop, updates)
+        >>> torch.equal(new.params["bias"][3], pop.params["bias"][3])                # lr 0 leaves member 3
+        True
     """
     _check_rate(lr, "sgd: lr")
     _check_rate(momentum, "sgd: momentum", high=1.0, closed_high=False)
@@ -207,10 +244,23 @@ def adam(
         params=None, *, donate=False)`` returns ``(updates, state)``, and with
         ``donate=True`` may write the new moments into the old state's buffers.
 
-    Example:
-        >>> opt = adam(1e-3)
-        >>> state = opt.init(params)
-        >>> updates, state = opt.update(grads, state)
+    Raises:
+        ValueError: a rate out of range or NaN.
+        TypeError: a rate that is not a number or tensor.
+
+    Examples:
+        >>> from nytorch_fn import optim
+        >>> net = nn.Linear(3, 1)
+        >>> p = nf.particle(net)
+        >>> x, y = torch.randn(8, 3), torch.randn(8, 1)
+        >>> loss = lambda w: (nf.apply(w, x) - y).pow(2).mean()
+        >>> opt = optim.adam(1e-2)
+        >>> updates, state = opt.update(torch.func.grad(loss)(p), opt.init(p))
+        >>> p = optim.apply_updates(p, updates)
+        >>> reference = torch.optim.Adam(net.parameters(), lr=1e-2)
+        >>> (net(x) - y).pow(2).mean().backward(); reference.step()
+        >>> torch.equal(p.params["weight"], net.weight.detach())              # torch's Adam, bit for bit
+        True
     """
     _check_rate(lr, "adam: lr")
     _check_rate(b1, "adam: b1", high=1.0, closed_high=False)
@@ -343,18 +393,30 @@ def apply_updates(params: Particle, updates: Particle, *, donate: bool = False) 
     """``params + updates`` (non-operational parameters kept from ``params``).
 
     Args:
-        params, updates: particles (or populations) of one species.
+        params: a particle or population.
+        updates: a particle or population of the same species (from an
+            optimiser's ``update``).
         donate: allow writing the new parameters into ``params``' tensors
             (``params``, and every view of it, must not be used afterwards);
             the call allocates where that is impossible (autograd, transforms,
             broadcasting). The values are the same either way.
 
+    Returns:
+        ``params + updates`` for the operational parameters; the others as in ``params``.
+
     Raises:
         TypeError: not two particles.
+        SpeciesMismatchError: particles of different species.
         ValueError: ``donate=True`` and ``updates`` shares storage with ``params``.
 
-    Example:
-        >>> params = apply_updates(params, updates, donate=True)   # in place, in a training loop
+    Examples:
+        >>> from nytorch_fn import optim
+        >>> params = nf.particle(nn.Linear(3, 1))
+        >>> updates = params.map(lambda t, cfg: torch.full_like(t, 0.5))
+        >>> stepped = optim.apply_updates(params, updates)
+        >>> params = optim.apply_updates(params, updates, donate=True)   # in place, in a training loop
+        >>> torch.equal(params.params["weight"], stepped.params["weight"])
+        True
     """
     if not isinstance(params, Particle) or not isinstance(updates, Particle):
         raise TypeError(

@@ -70,31 +70,59 @@ class Particle:
     A particle is what a model *is* once its structure is factored out into
     its ``species``: a tuple of tensors in ``species.names`` order. A
     *population* is a particle of the same species whose every tensor has a
-    leading population dimension ``N``.
+    leading population dimension ``N`` (shape ``[N, ...]``).
 
     Arithmetic (``+ - * / **``, unary ``-``/``+``, reflected forms) takes
-    Python numbers, 0-d tensors, particles of the same species and, for a
-    population, ``[N]`` vectors (one value per member). Each operator is the
-    same torch expression evaluated tensor by tensor (``p * 0.3`` holds
-    ``t * 0.3`` for every tensor ``t``), computed when it runs. Only
+    Python numbers, 0-d tensors, particles of the same species (an older
+    version is migrated first) and, for a population, ``[N]`` vectors (one
+    value per member). Each operator is the same torch expression evaluated
+    tensor by tensor (``p * 0.3`` holds ``t * 0.3`` for every tensor ``t``),
+    computed when it runs, with torch's promotion and rounding. Only
     operational parameters take part; the others are copied (``clone=True``)
     or shared (``clone=False``) from the left particle. Results keep each
     parameter's dtype and shape, and the arithmetic is differentiable.
 
+    A population is indexed like a tensor's first dimension: an int
+    (negative too) gives one member as a single particle, a slice, an index
+    tensor, a list or a boolean mask gives a population (views for an int
+    or a slice, copies otherwise). ``len(pop)`` is ``N``; ``len()`` and
+    indexing of a single particle raise ``NotAPopulationError``.
+
+    Particles are registered as torch pytree nodes (leaves: the tensors in
+    ``names`` order), so ``torch.func.grad``, ``vmap`` and
+    ``torch.utils._pytree.tree_map`` take and return them.
+
     Args:
         species: the structure.
-        params: a mapping with exactly the names of ``species``; its tensors
-            are used as they are (no copy).
+        params: a mapping with exactly the parameter names of ``species``,
+            each a tensor of the species' dtype and shape ``[...]``, or every
+            one ``[N, ...]`` for a population of ``N``. The tensors are used
+            as they are (no copy).
 
-    Example:
-        >>> p, q = particle(net_a), particle(net_b)
+    Raises:
+        TypeError: ``species`` is not a Species, ``params`` not a mapping, a
+            value not a tensor or of another dtype.
+        SpeciesMismatchError: names missing from ``params`` or not in the species.
+        OperandShapeError: a tensor of the wrong shape.
+
+    Examples:
+        >>> p = nf.particle(nn.Linear(3, 2))
+        >>> q = p.randn(generator=torch.Generator().manual_seed(0))
         >>> mid = 0.5 * p + 0.5 * q
-        >>> apply(mid, x).shape
+        >>> torch.equal(mid.params["weight"], 0.5 * p.params["weight"] + 0.5 * q.params["weight"])
+        True
+        >>> nf.apply(mid, torch.ones(4, 3)).shape
+        torch.Size([4, 2])
+        >>> zeros = nf.Particle(p.species, {"weight": torch.zeros(2, 3), "bias": torch.zeros(2)})
+        >>> pop = nf.stack([p, q, zeros])
+        >>> len(pop), pop[-1].params["bias"], pop[1:].population_size
+        (3, tensor([0., 0.]), 2)
     """
 
     __slots__ = ("species", "_t", "__weakref__")
 
     species: Species
+    _t: tuple[torch.Tensor, ...]
 
     def __init__(self, species: Species, params: Mapping[str, torch.Tensor]) -> None:
         if not isinstance(species, Species):
@@ -134,19 +162,19 @@ class Particle:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"Particle is immutable; cannot delete {name!r}")
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[..., "Particle"], tuple[Species, tuple[torch.Tensor, ...]]]:
         return (build, (self.species, self._t))
 
     # -- reading ------------------------------------------------------------
 
     @property
     def tensors(self) -> tuple[torch.Tensor, ...]:
-        """The tensors in ``species.names`` order."""
+        """The tensors in ``species.names`` order (each ``[...]``, or ``[N, ...]`` for a population)."""
         return self._t
 
     @property
     def params(self) -> Mapping[str, torch.Tensor]:
-        """A read-only mapping ``name -> tensor`` in ``species.names`` order."""
+        """A read-only mapping ``name -> tensor`` in ``species.names`` order (a view, no copy)."""
         return ParamsView(self)
 
     @property
@@ -174,9 +202,12 @@ class Particle:
         return n
 
     def __getitem__(self, index: Any) -> "Particle":
-        """Members of a population: an int (negative too) gives one particle; a slice,
-        an index tensor or a boolean mask gives a population (views for an int or a
-        slice, copies for an index tensor or mask, as torch indexing gives)."""
+        """Members of a population (see the class docstring): one particle or a population.
+
+        An int (negative too) gives one particle; a slice, an index tensor or
+        a boolean mask gives a population (views for an int or a slice, copies
+        for an index tensor or mask, as torch indexing gives).
+        """
         n = len(self)
         if isinstance(index, bool):
             raise TypeError("population index: expected an int, slice, index tensor or boolean mask, got bool")
@@ -212,11 +243,26 @@ class Particle:
         """A new particle with ``fn(tensor, config)`` for **every** parameter.
 
         ``fn`` sees non-operational parameters too and decides what to do
-        with them (as the legacy ``unary_operator`` does). It must return a
-        tensor of the same shape and dtype.
+        with them (as the legacy ``unary_operator`` does).
 
-        Example:
-            >>> noisy = p.map(lambda t, cfg: t + 0.1 if cfg.operational else t)
+        Args:
+            fn: called once per parameter, in ``names`` order, with the tensor
+                (``[...]``, or ``[N, ...]`` for a population) and its
+                ``ParamConfig``; returns a tensor of the same shape and dtype.
+
+        Returns:
+            A particle of the same species holding ``fn``'s results.
+
+        Raises:
+            TypeError: ``fn`` is not callable.
+            OperatorResultError: ``fn`` returned a non-tensor, another shape or
+                another dtype (the message names the parameter).
+
+        Examples:
+            >>> p = nf.particle(nn.Linear(2, 1))
+            >>> shifted = p.map(lambda t, cfg: t + 1.0 if cfg.operational else t)
+            >>> torch.equal(shifted.params["bias"], p.params["bias"] + 1.0)
+            True
         """
         if not callable(fn):
             raise TypeError(f"map: expected a callable fn(tensor, config) -> tensor, got {describe(fn)}")
@@ -231,9 +277,29 @@ class Particle:
     ) -> "Particle":
         """A new particle with ``fn(mine, theirs, config)`` for every parameter.
 
-        ``other`` must be a particle of the same species (an older or newer
-        version is migrated first). Population sizes must agree, or one side
-        is a single particle that broadcasts.
+        Args:
+            other: a particle of the same species (an older or newer version
+                is migrated first). Population sizes must agree, or one side
+                is a single particle that broadcasts.
+            fn: called once per parameter with this particle's tensor,
+                ``other``'s and the ``ParamConfig``; returns a tensor of the
+                broadcast shape of the two and this particle's dtype.
+
+        Returns:
+            A particle (a population when either side is one) of the newer species.
+
+        Raises:
+            OperandError: ``other`` is not a particle.
+            SpeciesMismatchError: ``other`` is of another species.
+            PopulationSizeError: the population sizes differ.
+            OperatorResultError: ``fn`` returned the wrong shape or dtype.
+
+        Examples:
+            >>> p = nf.particle(nn.Linear(2, 1))
+            >>> q = p.randn(generator=torch.Generator().manual_seed(0))
+            >>> larger = p.zip_with(q, lambda a, b, cfg: torch.maximum(a, b))
+            >>> torch.equal(larger.params["weight"], torch.maximum(p.params["weight"], q.params["weight"]))
+            True
         """
         if not isinstance(other, Particle):
             raise OperandError(f"zip_with: expected a Particle of the same species, got {describe(other)}")
@@ -252,7 +318,13 @@ class Particle:
     # -- copies and randomness ----------------------------------------------
 
     def clone(self) -> "Particle":
-        """A copy: operational parameters cloned, the others as their config says."""
+        """A copy: operational parameters cloned, the others as their config says.
+
+        Returns:
+            A particle of the same species (and population size) with new storage
+            for every operational tensor; a non-operational one is copied
+            (``clone=True``) or shared (``clone=False``).
+        """
         return build(self.species, fill(self, lambda t: t.clone()))
 
     def randn(self, generator: torch.Generator | None = None) -> "Particle":
@@ -262,19 +334,55 @@ class Particle:
             generator: a ``torch.Generator`` for reproducible draws (drawn on
                 its device, then moved to each tensor's); None uses torch's
                 global RNG.
+
+        Returns:
+            A particle of the same species and shapes (``[N, ...]`` for a
+            population: every member its own draw).
+
+        Raises:
+            TypeError: ``generator`` is not a ``torch.Generator``, or an
+                operational parameter is not floating point.
+
+        Examples:
+            >>> p = nf.particle(nn.Linear(2, 1))
+            >>> a = p.randn(generator=torch.Generator().manual_seed(0))
+            >>> b = p.randn(generator=torch.Generator().manual_seed(0))
+            >>> torch.equal(a.params["weight"], b.params["weight"])
+            True
         """
         return build(self.species, fill(self, _draw(torch.randn, generator, self.species)))
 
     def rand(self, generator: torch.Generator | None = None) -> "Particle":
-        """Operational parameters redrawn from U[0, 1); the others as their config says."""
+        """Operational parameters redrawn from U[0, 1); the others as their config says.
+
+        Args:
+            generator: as for ``randn``.
+
+        Returns:
+            A particle of the same species and shapes.
+
+        Raises:
+            TypeError: as for ``randn``.
+        """
         return build(self.species, fill(self, _draw(torch.rand, generator, self.species)))
 
     def detach(self) -> "Particle":
-        """The same values cut from any autograd graph (storage shared)."""
+        """The same values cut from any autograd graph (storage shared).
+
+        Returns:
+            A particle whose tensors are ``t.detach()`` of this one's.
+        """
         return build(self.species, [t.detach() for t in self._t])
 
     def to(self, device: torch.device | str) -> "Particle":
-        """The same particle with every tensor on ``device`` (dtypes are structure and stay)."""
+        """The same particle with every tensor on ``device`` (dtypes are structure and stay).
+
+        Args:
+            device: a ``torch.device`` or its name (``"cpu"``, ``"cuda:0"``, ...).
+
+        Returns:
+            A particle of the same species; tensors already there are shared.
+        """
         return build(self.species, [t.to(device) for t in self._t])
 
     # -- arithmetic ---------------------------------------------------------
@@ -320,7 +428,7 @@ class Particle:
         function given a particle, or these with keyword arguments, is refused
         by torch with a ``TypeError``.
         """
-        entry = _TORCH_OPERATORS.get(getattr(func, "__name__", None)) if not kwargs and len(args) == 2 else None
+        entry = _TORCH_OPERATORS.get(getattr(func, "__name__", "")) if not kwargs and len(args) == 2 else None
         if entry is not None:
             op, reflected = entry
             left, right = (args[1], args[0]) if reflected else args
@@ -437,15 +545,24 @@ def migrate(particle: Particle, species: Species) -> Particle:
     removed or None-d ones disappear; config and buffer edits change no
     tensor. Tensors that no edit touched are shared with ``particle``.
 
+    Args:
+        particle: a single particle or a population.
+        species: ``particle.species`` or a later version of it.
+
+    Returns:
+        A particle of ``species`` (``particle`` itself when its species is
+        already ``species``).
+
     Raises:
         TypeError: ``particle`` is not a Particle or ``species`` not a Species.
         SpeciesMismatchError: ``species`` is not ``particle.species`` or a
             later version of it (an earlier version, another branch or
             another species).
 
-    Example:
+    Examples:
+        >>> p = nf.particle(nn.Linear(2, 1))
         >>> s2 = p.species.add_param("scale", torch.ones(1))
-        >>> migrate(p, s2).params["scale"]
+        >>> nf.migrate(p, s2).params["scale"]
         tensor([1.])
     """
     if not isinstance(particle, Particle):
@@ -820,8 +937,10 @@ def lerp(start: Particle, end: Particle, weight: Any, *, donate: bool = False) -
     parameters come from ``start`` as their config says.
 
     Args:
-        start, end: particles of one species (an older version is migrated);
-            a population and a single particle broadcast.
+        start: a particle or population (an older version of ``end``'s
+            species is migrated).
+        end: a particle or population of the same species; a population and
+            a single particle broadcast.
         weight: a Python number, a 0-d floating tensor, or a ``[N]`` floating
             vector giving member ``i`` the weight ``weight[i]``.
         donate: allow writing the result into ``start``'s tensors instead of
@@ -831,14 +950,26 @@ def lerp(start: Particle, end: Particle, weight: Any, *, donate: bool = False) -
             that autograd records, a result of another shape) the call
             allocates; the result's values are the same either way.
 
+    Returns:
+        A particle of the newer species: a population of ``N`` when either
+        side is one (``[N, ...]`` per tensor), else a single particle.
+
     Raises:
         SpeciesMismatchError: ``start`` and ``end`` are of different species.
         PopulationSizeError: population sizes, or the weight vector's length, disagree.
         TypeError: a non-float weight, or a non-float operational parameter.
         ValueError: ``donate=True`` and ``end`` shares storage with ``start``.
 
-    Example:
-        >>> pop = lerp(pop, best, 0.5, donate=True)   # a step toward the best, in place
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pop = nf.random_population(nf.particle(nn.Linear(2, 1)), 4, generator=g)
+        >>> best = nf.best(pop, torch.tensor([0.1, 0.9, 0.3, 0.2]))   # a copy of member 1
+        >>> moved = nf.lerp(pop, best, 0.5)
+        >>> torch.equal(moved.params["weight"], torch.lerp(pop.params["weight"], best.params["weight"], 0.5))
+        True
+        >>> pop = nf.lerp(pop, best, 0.5, donate=True)   # the same bits, written into pop's storage
+        >>> torch.equal(pop.params["weight"], moved.params["weight"])
+        True
     """
     where = "lerp"
     if not isinstance(start, Particle) or not isinstance(end, Particle):
@@ -889,13 +1020,26 @@ def lincomb(weights: Sequence[Any], particles: Sequence[Particle], *, donate: bo
             must not be used afterwards); allocates where that is impossible,
             as ``lerp`` does.
 
+    Returns:
+        A particle of the newest species among ``particles``: a population
+        of ``N`` when any of them is one.
+
     Raises:
         ValueError: empty or unequal lengths; ``donate=True`` with
             ``particles[0]`` sharing storage with another argument.
-        SpeciesMismatchError, PopulationSizeError, TypeError: as ``lerp``.
+        SpeciesMismatchError: particles of different species.
+        PopulationSizeError: population sizes, or a weight vector's length, disagree.
+        TypeError: a non-float weight, a non-particle, or a non-float
+            operational parameter.
 
-    Example:
-        >>> new = lincomb([1 - b, b, a], [pop, best, noise])     # APSO's move
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pop = nf.random_population(nf.particle(nn.Linear(2, 1)), 4, generator=g)
+        >>> best, noise = pop[0].clone(), pop.randn(generator=g)
+        >>> moved = nf.lincomb([0.5, 0.5, 0.1], [pop, best, noise])   # APSO's move, one buffer
+        >>> expected = 0.5 * pop + 0.5 * best + 0.1 * noise            # five passes, five buffers
+        >>> torch.allclose(moved.params["weight"], expected.params["weight"])
+        True
     """
     where = "lincomb"
     if not isinstance(donate, bool):

@@ -36,17 +36,25 @@ def _members(items: Any, where: str, what: str) -> list[Particle]:
 def stack(particles: Sequence[Particle]) -> Particle:
     """A population of the given single particles (new storage, ``[N, ...]`` per tensor).
 
-    Particles of older versions of the species are migrated to the newest.
+    Args:
+        particles: ``N >= 1`` single particles of one species; older versions
+            of the species are migrated to the newest.
+
+    Returns:
+        A population of ``N`` members of the newest species; member ``i`` is
+        ``particles[i]``.
 
     Raises:
         ValueError: ``particles`` is empty.
-        TypeError: an element is not a single particle.
+        TypeError: ``particles`` is not a sequence, or an element is not a
+            single particle (``concat`` joins populations).
         SpeciesMismatchError: they are of different species.
 
-    Example:
-        >>> pop = stack([p.randn() for _ in range(8)])
-        >>> len(pop)
-        8
+    Examples:
+        >>> p = nf.particle(nn.Linear(3, 2))
+        >>> pop = nf.stack([p.randn() for _ in range(8)])
+        >>> len(pop), pop.params["weight"].shape
+        (8, torch.Size([8, 2, 3]))
     """
     particles = _members(particles, "stack", "particle")
     for i, p in enumerate(particles):
@@ -58,7 +66,22 @@ def stack(particles: Sequence[Particle]) -> Particle:
 
 
 def unstack(population: Particle) -> list[Particle]:
-    """The members of a population as single particles (views into its storage)."""
+    """The members of a population as single particles (views into its storage).
+
+    Args:
+        population: a population of ``N`` members (``N`` may be 0).
+
+    Returns:
+        ``N`` single particles; particle ``i`` views member ``i`` (no copy).
+
+    Raises:
+        NotAPopulationError: a single particle.
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 4)
+        >>> [m.population_size for m in nf.unstack(pop)]
+        [None, None, None, None]
+    """
     n = require_population(population, "unstack")
     sp = population.species
     if not sp.names:
@@ -70,7 +93,26 @@ def unstack(population: Particle) -> list[Particle]:
 
 
 def concat(populations: Sequence[Particle]) -> Particle:
-    """One population from several (a single particle counts as a population of one)."""
+    """One population from several (a single particle counts as a population of one).
+
+    Args:
+        populations: populations and single particles of one species (older
+            versions are migrated), joined in order.
+
+    Returns:
+        A population of ``sum(N_k)`` members (new storage).
+
+    Raises:
+        ValueError: ``populations`` is empty.
+        TypeError: not a sequence of particles.
+        SpeciesMismatchError: they are of different species.
+
+    Examples:
+        >>> p = nf.particle(nn.Linear(3, 2))
+        >>> pop = nf.random_population(p, 4)
+        >>> len(nf.concat([pop, p, pop[:2]]))
+        7
+    """
     pops = _members(populations, "concat", "population")
     parts = []
     for p in pops:
@@ -93,6 +135,27 @@ def random_population(
     Non-operational parameters follow their config: copies of the
     template's value (``clone=True``) or one shared tensor broadcast over
     members (``clone=False``, a view).
+
+    Args:
+        template: a single particle giving the species, shapes, dtypes and device.
+        n: the population size, ``>= 1``.
+        generator: a ``torch.Generator`` for reproducible draws; None uses
+            torch's global RNG.
+        distribution: ``"randn"`` (N(0, 1), default) or ``"rand"`` (U[0, 1)).
+
+    Returns:
+        A population of ``n`` members (``[n, ...]`` per tensor).
+
+    Raises:
+        ValueError: ``n`` is not an int ``>= 1``, or an unknown ``distribution``.
+        TypeError: ``template`` is a population or not a particle, a bad
+            ``generator``, or an operational parameter that is not floating point.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 16, generator=g, distribution="rand")
+        >>> pop.params["weight"].shape, bool((pop.params["weight"] < 1).all())
+        (torch.Size([16, 2, 3]), True)
     """
     check_size(n, "random_population")
     if not isinstance(template, Particle):
@@ -122,8 +185,24 @@ def init_population(module: nn.Module, n: int, *, generator: torch.Generator | N
     and its species is the population's. With ``generator`` the draws are
     reproducible and torch's global RNG is left as it was.
 
-    Example:
-        >>> pop = init_population(nn.Linear(4, 2), 16, generator=torch.Generator().manual_seed(0))
+    Args:
+        module: any ``nn.Module``.
+        n: the population size, ``>= 1``.
+        generator: a ``torch.Generator`` seeding each member's initialisation;
+            None uses (and advances) torch's global RNG.
+
+    Returns:
+        A population of ``n`` members of a new species captured from ``module``.
+
+    Raises:
+        ValueError: ``n`` is not an int ``>= 1``.
+        TypeError: ``module`` is not an ``nn.Module``, or a bad ``generator``.
+
+    Examples:
+        >>> pop = nf.init_population(nn.Linear(4, 2), 16, generator=torch.Generator().manual_seed(0))
+        >>> bound = 1 / 4 ** 0.5                    # nn.Linear's Kaiming-uniform bound for 4 inputs
+        >>> len(pop), bool(pop.params["weight"].abs().max() <= bound)
+        (16, True)
     """
     check_size(n, "init_population")
     if not isinstance(module, nn.Module):
@@ -160,9 +239,25 @@ def stack_modules(modules: Sequence[nn.Module], *, species: Species | None = Non
     dtypes. Values are copied. Buffers come from the species (use
     ``stack_buffers`` for per-member buffers).
 
+    Args:
+        modules: ``N >= 1`` modules of one architecture (not changed).
+        species: the species to use (e.g. one already captured from the same
+            architecture); None captures one from ``modules[0]``.
+
+    Returns:
+        A population of ``N`` members; member ``i`` holds copies of
+        ``modules[i]``'s parameters.
+
     Raises:
         ValueError: ``modules`` is empty.
-        SpeciesMismatchError: a module's parameters differ from the first's.
+        TypeError: an element is not an ``nn.Module``, or ``species`` not a Species.
+        SpeciesMismatchError: a module's parameters differ from the species'.
+
+    Examples:
+        >>> nets = [nn.Linear(3, 2) for _ in range(5)]
+        >>> pop = nf.stack_modules(nets)
+        >>> torch.equal(pop.params["weight"][4], nets[4].weight.detach())
+        True
     """
     modules = as_list(modules, "stack_modules")
     if not modules:
@@ -192,7 +287,29 @@ def stack_modules(modules: Sequence[nn.Module], *, species: Species | None = Non
 
 
 def stack_buffers(species: Species, n: int, buffers: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Per-member copies of the species' buffers (or of ``buffers``), stacked to ``[n, ...]``."""
+    """Per-member copies of the species' buffers (or of ``buffers``), stacked to ``[n, ...]``.
+
+    Args:
+        species: the species whose buffers are copied.
+        n: the number of members, ``>= 1``.
+        buffers: name -> tensor for some buffers, copied instead of the
+            species' own; None: the species' buffers.
+
+    Returns:
+        ``{name: tensor of shape [n, ...]}`` for every buffer that is not
+        None, in ``species.buffer_names`` order, for ``vmap_apply_with(...,
+        buffers=...)``.
+
+    Raises:
+        TypeError: ``species`` is not a Species, or ``buffers`` not a mapping.
+        ValueError: ``n`` is not an int ``>= 1``.
+        UnknownNameError: a name in ``buffers`` the species does not have.
+
+    Examples:
+        >>> species = nf.particle(nn.BatchNorm1d(3)).species
+        >>> {k: tuple(v.shape) for k, v in nf.stack_buffers(species, 8).items()}
+        {'running_mean': (8, 3), 'running_var': (8, 3), 'num_batches_tracked': (8,)}
+    """
     check_size(n, "stack_buffers")
     if not isinstance(species, Species):
         raise TypeError(f"stack_buffers: expected a Species, got {describe(species)}")
@@ -201,7 +318,23 @@ def stack_buffers(species: Species, n: int, buffers: Mapping[str, torch.Tensor] 
 
 
 def to_modules(population: Particle) -> list[nn.Module]:
-    """``N`` independent modules, one per member (copies; no storage shared)."""
+    """``N`` independent modules, one per member (copies; no storage shared).
+
+    Args:
+        population: a population of ``N`` members.
+
+    Returns:
+        ``N`` new ``nn.Module`` objects, module ``i`` holding member ``i``'s
+        values (as ``to_module`` builds them).
+
+    Raises:
+        NotAPopulationError: a single particle (use ``to_module``).
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 3)
+        >>> [type(m).__name__ for m in nf.to_modules(pop)]
+        ['Linear', 'Linear', 'Linear']
+    """
     require_population(population, "to_modules")
     return [to_module(m) for m in unstack(population)]
 
@@ -222,13 +355,32 @@ def _in_dims_for(args: tuple, in_dims: Any) -> tuple:
 def vmap_apply(population: Particle, *args: Any, **kwargs: Any) -> Any:
     """Every member's forward pass on the same inputs, in one ``torch.func.vmap`` call.
 
-    Outputs get a leading population dimension. Buffers are the species'
-    (copies; never written). A module captured in training mode with
-    buffers (BatchNorm) runs on per-member copies, which are dropped: use
-    ``vmap_apply_with`` to keep them or to pass per-member inputs.
+    Inputs are shared by every member: they are closed over, not passed
+    through ``vmap``, so any Python object works (a ``PackedSequence``, a
+    dataclass). Buffers are the species' (copies; never written). A module
+    captured in training mode with buffers (BatchNorm) runs on per-member
+    copies, which are dropped: use ``vmap_apply_with`` to keep them or to
+    pass per-member inputs.
 
-    Example:
-        >>> y = vmap_apply(pop, x)        # x: [B, in] -> y: [N, B, out]
+    Args:
+        population: ``N`` members.
+        *args: the forward pass's positional inputs, shared by all members.
+        **kwargs: its keyword inputs, shared by all members.
+
+    Returns:
+        The forward pass's output with a leading ``N`` on every tensor (the
+        same pytree: a tuple of outputs stays a tuple); non-tensor outputs
+        (None, numbers) come back as one member returned them.
+
+    Raises:
+        NotAPopulationError: a single particle (use ``apply``).
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 8)
+        >>> x = torch.randn(5, 3)                    # [B, in]
+        >>> y = nf.vmap_apply(pop, x)                # [N, B, out]
+        >>> y.shape, torch.allclose(y[2], nf.apply(pop[2], x))
+        (torch.Size([8, 5, 2]), True)
     """
     out, _ = vmap_apply_with(population, args, kwargs)
     return out
@@ -267,6 +419,25 @@ def vmap_apply_with(
     Returns:
         ``(outputs, buffers)``: outputs with a leading ``N``; buffers after
         the pass (``[N, ...]`` when per-member, else the shared copies).
+
+    Raises:
+        NotAPopulationError: a single particle.
+        TypeError: ``args`` not a tuple, ``buffers`` not a mapping.
+        ValueError: ``in_dims`` of the wrong length or out of range, an
+            unknown ``randomness``.
+        PopulationSizeError: a per-member input or buffer without ``N`` entries.
+        UnknownNameError: a buffer the species does not have.
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 4)
+        >>> xs = torch.randn(4, 5, 3)                # one [5, 3] batch per member
+        >>> y, _ = nf.vmap_apply_with(pop, (xs,), in_dims=0)
+        >>> y.shape, torch.allclose(y[1], nf.apply(pop[1], xs[1]))
+        (torch.Size([4, 5, 2]), True)
+        >>> bn = nf.init_population(nn.BatchNorm1d(3), 4)
+        >>> out, stats = nf.vmap_apply_with(bn, (torch.randn(6, 3),), training=True)
+        >>> stats["running_mean"].shape               # per-member running statistics
+        torch.Size([4, 3])
     """
     n = require_population(population, "vmap_apply")
     sp = population.species
@@ -356,6 +527,26 @@ def best(population: Particle, fitness: Any, *, maximize: bool = True) -> Partic
     to the lowest index. The result is a copy (no storage shared with the
     population), so it can stand beside the population in a donating call
     such as ``lerp(pop, best(pop, f), 0.5, donate=True)``.
+
+    Args:
+        population: ``N >= 1`` members.
+        fitness: ``[N]`` real values (a tensor, or a list of numbers).
+        maximize: higher is better (default), or lower.
+
+    Returns:
+        A single particle: a copy of the best member.
+
+    Raises:
+        NotAPopulationError: a single particle.
+        ValueError: an empty population, all-NaN fitness, or fitness on the meta device.
+        PopulationSizeError: ``fitness`` is not ``[N]``.
+        TypeError: ``fitness`` is not real numbers (bool, complex, str).
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 3)
+        >>> b = nf.best(pop, torch.tensor([0.2, float("nan"), 0.7]))
+        >>> torch.equal(b.params["weight"], pop.params["weight"][2])
+        True
     """
     n = require_population(population, "best")
     _require_members(n, "best")
@@ -365,7 +556,28 @@ def best(population: Particle, fitness: Any, *, maximize: bool = True) -> Partic
 
 
 def top_k(population: Particle, fitness: Any, k: int, *, maximize: bool = True) -> Particle:
-    """The ``k`` best members, best first, as a population (NaN counts as worst)."""
+    """The ``k`` best members, best first, as a population (NaN counts as worst).
+
+    Args:
+        population: ``N`` members.
+        fitness: ``[N]`` real values.
+        k: how many, ``1 <= k <= N``.
+        maximize: higher is better (default), or lower.
+
+    Returns:
+        A population of ``k`` members (copies), ordered best first; ties by index.
+
+    Raises:
+        NotAPopulationError: a single particle.
+        ValueError: ``k`` out of range, all-NaN fitness.
+        PopulationSizeError: ``fitness`` is not ``[N]``.
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 4)
+        >>> top = nf.top_k(pop, torch.tensor([0.1, 0.4, 0.3, 0.2]), 2)
+        >>> torch.equal(top.params["bias"], pop.params["bias"][[1, 2]])
+        True
+    """
     n = require_population(population, "top_k")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"top_k: expected 1 <= k <= {n} (the population size), got {k!r}")
@@ -375,13 +587,51 @@ def top_k(population: Particle, fitness: Any, k: int, *, maximize: bool = True) 
 
 
 def mean(population: Particle) -> Particle:
-    """The average member (operational parameters; the others from member 0 per config)."""
+    """The average member (operational parameters; the others from member 0 per config).
+
+    Integer parameters are averaged in float64 and cast back to their dtype.
+
+    Args:
+        population: ``N >= 1`` members.
+
+    Returns:
+        A single particle holding ``t.mean(0)`` of every operational tensor.
+
+    Raises:
+        NotAPopulationError: a single particle.
+        ValueError: an empty population.
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 4)
+        >>> torch.equal(nf.mean(pop).params["weight"], pop.params["weight"].mean(0))
+        True
+    """
     _require_members(require_population(population, "mean"), "mean")
     return _reduce(population, lambda t: t.mean(0))
 
 
 def weighted_mean(population: Particle, weights: Any) -> Particle:
-    """``sum_i w_i p_i / sum_i w_i`` over members, for a ``[N]`` weight vector."""
+    """``sum_i w_i p_i / sum_i w_i`` over members, for a ``[N]`` weight vector.
+
+    Args:
+        population: ``N >= 1`` members.
+        weights: ``[N]`` real weights (not summing to zero); NaN propagates.
+
+    Returns:
+        A single particle: the weighted average of every operational tensor
+        (the others from member 0, as their config says).
+
+    Raises:
+        NotAPopulationError: a single particle.
+        ValueError: an empty population, weights summing to zero or on the meta device.
+        PopulationSizeError: ``weights`` is not ``[N]``.
+
+    Examples:
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 2)
+        >>> avg = nf.weighted_mean(pop, torch.tensor([3.0, 1.0]))
+        >>> torch.allclose(avg.params["bias"], 0.75 * pop.params["bias"][0] + 0.25 * pop.params["bias"][1])
+        True
+    """
     n = require_population(population, "weighted_mean")
     _require_members(n, "weighted_mean")
     w = member_vector(weights, n, "weighted_mean: weights")

@@ -9,10 +9,18 @@ edit costs the depth of the path, not the size of the model.
 from __future__ import annotations
 
 import copy
-from typing import Iterable
+from typing import Iterable, overload
 
 import torch
 from torch import nn
+
+
+@overload
+def meta_like(tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+@overload
+def meta_like(tensor: None) -> None: ...
 
 
 def meta_like(tensor: torch.Tensor | None) -> torch.Tensor | None:
@@ -71,9 +79,9 @@ def copy_path(root: nn.Module, prefix: str) -> tuple[nn.Module, nn.Module]:
             child = current._modules[part]
             if child is None:
                 raise KeyError(part)
-            child = _shallow_copy(child)
-            current._modules[part] = child
-            current = child
+            copied = _shallow_copy(child)
+            current._modules[part] = copied
+            current = copied
     return new_root, current
 
 
@@ -82,10 +90,10 @@ def get_module(root: nn.Module, prefix: str) -> nn.Module:
     current = root
     if prefix:
         for part in prefix.split("."):
-            modules = current._modules
-            if part not in modules or modules[part] is None:
+            child = current._modules.get(part)
+            if child is None:
                 raise KeyError(prefix)
-            current = modules[part]
+            current = child
     return current
 
 

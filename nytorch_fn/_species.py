@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Literal, Mapping, Sequence
 
 import attrs
 import torch
@@ -40,19 +40,45 @@ def _drop_under(tensors: dict[str, torch.Tensor], path: str) -> None:
 
 @attrs.frozen(eq=False)
 class AddParam:
-    """A parameter ``name`` was added with value ``value`` (kept as a private copy)."""
+    """A parameter ``name`` was added with value ``value`` (kept as a private copy).
+
+    Attributes:
+        name: the new parameter's dotted path.
+        value: its value at the time of the edit; each migrated particle gets
+            its own copy.
+        config: its ``ParamConfig``.
+
+    Examples:
+        >>> s2 = nf.particle(nn.Linear(2, 1)).species.add_param("scale", torch.ones(1))
+        >>> type(s2.edit).__name__, s2.edit.name
+        ('AddParam', 'scale')
+    """
 
     name: str
     value: torch.Tensor = attrs.field(repr=lambda t: f"<tensor {tuple(t.shape)} {t.dtype}>")
     config: ParamConfig = DEFAULT_CONFIG
 
     def replay(self, tensors: dict[str, torch.Tensor], population: int | None, device: torch.device | None = None) -> None:
+        """Apply this edit to a particle's tensors (``migrate`` calls it; it changes ``tensors`` in place).
+
+        Args:
+            tensors: name -> tensor of the version before this edit; updated
+                to the version after it (a private dict of the caller's).
+            population: ``N`` when the tensors are a population's, else None.
+            device: where added values go (None: where the edit keeps them).
+        """
         tensors[self.name] = _grow(self.value, population, device)
 
 
 @attrs.frozen(eq=False)
 class AddModule:
-    """A submodule was added at ``name``; ``values`` holds copies of its parameters (or None: a None slot)."""
+    """A submodule was added at ``name``; ``values`` holds copies of its parameters (or None: a None slot).
+
+    Attributes:
+        name: the submodule's dotted path.
+        values: ``(relative name, value)`` per parameter of the submodule, or
+            None for an empty (None) slot.
+    """
 
     name: str
     values: tuple[tuple[str, torch.Tensor], ...] | None = attrs.field(
@@ -60,6 +86,14 @@ class AddModule:
     )
 
     def replay(self, tensors: dict[str, torch.Tensor], population: int | None, device: torch.device | None = None) -> None:
+        """Apply this edit to a particle's tensors (``migrate`` calls it; it changes ``tensors`` in place).
+
+        Args:
+            tensors: name -> tensor of the version before this edit; updated
+                to the version after it (a private dict of the caller's).
+            population: ``N`` when the tensors are a population's, else None.
+            device: where added values go (None: where the edit keeps them).
+        """
         _drop_under(tensors, self.name)
         for rel, value in self.values or ():
             tensors[f"{self.name}.{rel}"] = _grow(value, population, device)
@@ -67,45 +101,97 @@ class AddModule:
 
 @attrs.frozen(eq=False)
 class AddBuffer:
-    """A buffer was registered at ``name`` (buffers live in the species, not in particles)."""
+    """A buffer was registered at ``name`` (buffers live in the species, not in particles).
+
+    Attributes:
+        name: the buffer's dotted path.
+        persistent: whether it is part of a ``state_dict``.
+    """
 
     name: str
     persistent: bool = True
 
     def replay(self, tensors: dict[str, torch.Tensor], population: int | None, device: torch.device | None = None) -> None:
+        """Apply this edit to a particle's tensors (``migrate`` calls it; it changes ``tensors`` in place).
+
+        Args:
+            tensors: name -> tensor of the version before this edit; updated
+                to the version after it (a private dict of the caller's).
+            population: ``N`` when the tensors are a population's, else None.
+            device: where added values go (None: where the edit keeps them).
+        """
         pass
 
 
 @attrs.frozen(eq=False)
 class Remove:
-    """The parameter, submodule or buffer at ``name`` was removed; ``kind`` says which."""
+    """The parameter, submodule or buffer at ``name`` was removed; ``kind`` says which.
+
+    Attributes:
+        name: the removed path.
+        kind: ``"param"``, ``"module"``, ``"buffer"`` or ``"alias"`` (a tied name).
+    """
 
     name: str
     kind: str
 
     def replay(self, tensors: dict[str, torch.Tensor], population: int | None, device: torch.device | None = None) -> None:
+        """Apply this edit to a particle's tensors (``migrate`` calls it; it changes ``tensors`` in place).
+
+        Args:
+            tensors: name -> tensor of the version before this edit; updated
+                to the version after it (a private dict of the caller's).
+            population: ``N`` when the tensors are a population's, else None.
+            device: where added values go (None: where the edit keeps them).
+        """
         _drop_under(tensors, self.name)
 
 
 @attrs.frozen(eq=False)
 class SetNone:
-    """The parameter, submodule or buffer at ``name`` was set to None; ``kind`` says which."""
+    """The parameter, submodule or buffer at ``name`` was set to None; ``kind`` says which.
+
+    Attributes:
+        name: the path set to None (the attribute stays, as in torch).
+        kind: ``"param"``, ``"module"``, ``"buffer"`` or ``"alias"``.
+    """
 
     name: str
     kind: str
 
     def replay(self, tensors: dict[str, torch.Tensor], population: int | None, device: torch.device | None = None) -> None:
+        """Apply this edit to a particle's tensors (``migrate`` calls it; it changes ``tensors`` in place).
+
+        Args:
+            tensors: name -> tensor of the version before this edit; updated
+                to the version after it (a private dict of the caller's).
+            population: ``N`` when the tensors are a population's, else None.
+            device: where added values go (None: where the edit keeps them).
+        """
         _drop_under(tensors, self.name)
 
 
 @attrs.frozen(eq=False)
 class SetConfig:
-    """The config of the parameters under ``name`` (None: all) was changed by ``changes``."""
+    """The config of the parameters under ``name`` (None: all) was changed by ``changes``.
+
+    Attributes:
+        name: a parameter name, a submodule prefix, or None (every parameter).
+        changes: the ``with_config`` keywords (``operational``, ``clone``, ``tags``).
+    """
 
     name: str | None
     changes: PMap
 
     def replay(self, tensors: dict[str, torch.Tensor], population: int | None, device: torch.device | None = None) -> None:
+        """Apply this edit to a particle's tensors (``migrate`` calls it; it changes ``tensors`` in place).
+
+        Args:
+            tensors: name -> tensor of the version before this edit; updated
+                to the version after it (a private dict of the caller's).
+            population: ``N`` when the tensors are a population's, else None.
+            device: where added values go (None: where the edit keeps them).
+        """
         pass
 
 
@@ -131,7 +217,7 @@ class _taken:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, error: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, error: Any, tb: Any) -> Literal[False]:
         if kind is KeyError:
             raise ValueError(
                 f"expected a new attribute name, but {self.leaf!r} is already an attribute of "
@@ -212,22 +298,30 @@ class Species:
             A Parameter shared at two paths (tied weights) has one entry, the
             first path; the others are listed in ``tied``.
         config: name -> ``ParamConfig``.
-        shapes, dtypes, requires_grad: name -> ``torch.Size`` / dtype / bool
-            (``requires_grad`` is what ``to_module`` gives each Parameter).
+        shapes: name -> ``torch.Size`` of the parameter (a single particle's shape).
+        dtypes: name -> ``torch.dtype``.
+        requires_grad: name -> bool, what ``to_module`` gives each Parameter.
         buffers: buffer name -> tensor (or None); ``buffer_names`` fixes their order.
         nonpersistent: names of buffers left out of a ``state_dict``.
         tied: alias path -> canonical name, for parameters and buffers.
         modules: every submodule path ("" is the root).
         skeleton: the module with meta tensors, used for forward passes;
             never mutate it.
-        parent, edit, version: the previous version, what made this one, and
-            how many edits lie between this version and the captured one.
+        parent: the previous version (None for a captured species).
+        edit: what made this version from ``parent`` (``AddParam``,
+            ``AddModule``, ``AddBuffer``, ``Remove``, ``SetNone`` or
+            ``SetConfig``; None for a captured species).
+        version: how many edits lie between this version and the captured one.
 
-    Example:
-        >>> p = particle(nn.Linear(2, 1))
+    Examples:
+        >>> p = nf.particle(nn.Linear(2, 1))
         >>> s2 = p.species.add_param("scale", torch.ones(1))
-        >>> s2.parent is p.species, s2.names
-        (True, ('weight', 'bias', 'scale'))
+        >>> s2.parent is p.species, s2.names, s2.version
+        (True, ('weight', 'bias', 'scale'), 1)
+        >>> p.species.names                          # the old version is unchanged
+        ('weight', 'bias')
+        >>> dict(p.species.shapes), p.species.buffer_names
+        ({'weight': torch.Size([1, 2]), 'bias': torch.Size([1])}, ())
     """
 
     names: tuple[str, ...]
@@ -262,7 +356,17 @@ class Species:
         )
 
     def index(self, name: str) -> int:
-        """Position of parameter ``name`` in ``names``; ``KeyError`` if there is none."""
+        """Position of parameter ``name`` in ``names``.
+
+        Args:
+            name: a parameter name.
+
+        Returns:
+            Its index in ``names`` (and in ``Particle.tensors``).
+
+        Raises:
+            UnknownNameError: the species has no parameter ``name``.
+        """
         table = self._cache.get("index")
         if table is None:
             table = {n: i for i, n in enumerate(self.names)}
@@ -273,12 +377,26 @@ class Species:
             raise UnknownNameError(self._unknown(name, "a parameter name")) from None
 
     def layout(self) -> Layout:
-        """Operational positions, dtype groups and sizes of this version (computed with it)."""
+        """Operational positions, dtype groups and sizes of this version (computed with it).
+
+        Used by the library's hot paths; plain tuples that ``torch.compile``
+        can trace.
+
+        Returns:
+            The ``Layout`` of this version.
+        """
         return self._cache["layout"]
 
     def moded_skeleton(self, training: bool) -> nn.Module:
-        """The skeleton in training (True) or eval (False) mode: ``skeleton`` itself when it
-        is already in that mode, else a copy made once and kept."""
+        """The skeleton in training (True) or eval (False) mode, for forward passes.
+
+        Args:
+            training: the mode wanted.
+
+        Returns:
+            ``skeleton`` itself when it is already in that mode, else a copy
+            made once and kept (never mutate either).
+        """
         if training == self.skeleton.training:
             return self.skeleton
         key = ("skeleton", training)
@@ -290,9 +408,20 @@ class Species:
     def kind(self, name: str) -> str:
         """What ``name`` is: ``"param"``, ``"buffer"``, ``"module"`` or ``"alias"``.
 
+        Args:
+            name: a dotted path (a slot set to None counts as what it was).
+
+        Returns:
+            ``"param"``, ``"buffer"``, ``"module"`` or ``"alias"`` (a tied name).
+
         Raises:
             KeyError: ``name`` is none of them.
             TypeError: ``name`` is not a string.
+
+        Examples:
+            >>> species = nf.particle(nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))).species
+            >>> species.kind("0.weight"), species.kind("1"), species.kind("1.running_mean")
+            ('param', 'module', 'buffer')
         """
         _check_name_type(name)
         if name in self.config:
@@ -327,8 +456,15 @@ class Species:
         return f"expected {what} of this species (parameters: {known}{more}), got {name!r}"
 
     def is_ancestor_of(self, other: "Species") -> bool:
-        """True when ``other`` is this species or a later version of it."""
-        node = other
+        """True when ``other`` is this species or a later version of it.
+
+        Args:
+            other: a species.
+
+        Returns:
+            Whether ``other``'s version chain passes through this species.
+        """
+        node: Species | None = other
         while node is not None and node.version >= self.version:
             if node is self:
                 return True
@@ -336,7 +472,17 @@ class Species:
         return False
 
     def edits_since(self, ancestor: "Species") -> list[Edit]:
-        """The edits from ``ancestor`` to this version, oldest first."""
+        """The edits from ``ancestor`` to this version, oldest first.
+
+        Args:
+            ancestor: this species or an earlier version of it.
+
+        Returns:
+            The ``edit`` of every version after ``ancestor`` up to this one.
+
+        Raises:
+            ValueError: ``ancestor`` is not an earlier version of this one.
+        """
         chain: list[Edit] = []
         node: Species | None = self
         while node is not None and node is not ancestor:
@@ -362,7 +508,20 @@ class Species:
         (repeated along a leading population dimension of ``population``
         members, on ``device``); removed or None-d ones disappear; config and
         buffer edits change no tensor. Tensors no edit touched are returned as
-        they came. Returns the tensors in this version's ``names`` order.
+        they came.
+
+        Args:
+            since: an earlier version of this species.
+            tensors: a particle's tensors of version ``since``, in its ``names`` order.
+            population: ``N`` when they are a population's, else None.
+            device: where added values go (None: where the edits keep them).
+
+        Returns:
+            The tensors in this version's ``names`` order (``migrate`` builds
+            the particle from them).
+
+        Raises:
+            ValueError: ``since`` is not an earlier version of this one.
         """
         current = dict(zip(since.names, tensors))
         for edit in self.edits_since(since):
@@ -370,7 +529,17 @@ class Species:
         return tuple(current[n] for n in self.names)
 
     def history(self) -> Iterator["Species"]:
-        """This version and its ancestors, newest first."""
+        """This version and its ancestors, newest first.
+
+        Returns:
+            An iterator over the version chain, ending at the captured species.
+
+        Examples:
+            >>> s = nf.particle(nn.Linear(2, 1)).species
+            >>> s3 = s.add_param("a", torch.ones(1)).remove("a")
+            >>> [type(v.edit).__name__ for v in s3.history()]
+            ['Remove', 'AddParam', 'NoneType']
+        """
         node: Species | None = self
         while node is not None:
             yield node
@@ -403,10 +572,19 @@ class Species:
                 particle migrated to the new version gets its own copy of it.
             config: the parameter's ``ParamConfig`` (default: operational, clone).
 
+        Returns:
+            The new version; its ``names`` end with ``name``.
+
         Raises:
             KeyError: the prefix is not a submodule.
             ValueError: ``name`` already exists.
             TypeError: ``value`` is not a tensor.
+
+        Examples:
+            >>> p = nf.particle(nn.Sequential(nn.Linear(2, 2)))
+            >>> s2 = p.species.add_param("0.scale", torch.ones(2))
+            >>> s2.names, nf.migrate(p, s2).params["0.scale"]
+            (('0.weight', '0.bias', '0.scale'), tensor([1., 1.]))
         """
         prefix, leaf = self._check_new_path(name)
         if not isinstance(value, torch.Tensor):
@@ -441,6 +619,23 @@ class Species:
         are copied into the edit and appended to ``names`` (as
         ``name + "." + their path``) with the default config; its buffers are
         copied into the species. The module is not changed.
+
+        Args:
+            name: a new dotted path under an existing submodule (``"head"``).
+            module: the submodule, or None for an empty slot.
+
+        Returns:
+            The new version.
+
+        Raises:
+            KeyError: the prefix is not a submodule.
+            ValueError: ``name`` already exists.
+            TypeError: ``module`` is neither an ``nn.Module`` nor None.
+
+        Examples:
+            >>> s = nf.particle(nn.Sequential(nn.Linear(2, 2))).species
+            >>> s.add_module("head", nn.Linear(2, 1)).names
+            ('0.weight', '0.bias', 'head.weight', 'head.bias')
         """
         prefix, leaf = self._check_new_path(name)
         if module is not None and not isinstance(module, nn.Module):
@@ -479,8 +674,26 @@ class Species:
     def add_buffer(self, name: str, tensor: torch.Tensor | None, persistent: bool = True, *, copy: bool = True) -> "Species":
         """A new version with buffer ``name`` (None registers an empty slot).
 
+        Buffers live in the species (shared by all its particles), not in particles.
+
         Args:
+            name: a new dotted path under an existing submodule.
+            tensor: the buffer's value, or None.
+            persistent: whether it belongs in a ``state_dict``.
             copy: keep a copy of ``tensor`` (default) or share its storage.
+
+        Returns:
+            The new version.
+
+        Raises:
+            KeyError: the prefix is not a submodule.
+            ValueError: ``name`` already exists.
+            TypeError: ``tensor`` is neither a tensor nor None, ``persistent`` not a bool.
+
+        Examples:
+            >>> s = nf.particle(nn.Linear(2, 1)).species.add_buffer("steps", torch.zeros(()))
+            >>> s.buffer_names, s.buffers["steps"]
+            (('steps',), tensor(0.))
         """
         prefix, leaf = self._check_new_path(name)
         if tensor is not None and not isinstance(tensor, torch.Tensor):
@@ -564,8 +777,20 @@ class Species:
     def remove(self, name: str) -> "Species":
         """A new version without the parameter, submodule or buffer at ``name``.
 
+        Args:
+            name: the dotted path to remove (a submodule takes everything under it).
+
+        Returns:
+            The new version.
+
         Raises:
-            KeyError: ``name`` is none of them.
+            KeyError: ``name`` is none of them (or the root ``""``).
+            ValueError: removing it would leave a tied alias without a value.
+
+        Examples:
+            >>> s = nf.particle(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))).species
+            >>> s.remove("1").names
+            ('0.weight', '0.bias')
         """
         return self._edit_slot(name, remove=True)
 
@@ -574,6 +799,20 @@ class Species:
 
         The attribute stays (as ``module.name = None`` leaves it in torch);
         its tensors leave the particles.
+
+        Args:
+            name: the dotted path to set to None.
+
+        Returns:
+            The new version.
+
+        Raises:
+            KeyError: ``name`` is none of them.
+
+        Examples:
+            >>> s = nf.particle(nn.Linear(2, 1)).species.set_none("bias")
+            >>> s.names, s.kind("bias")
+            (('weight',), 'param')
         """
         return self._edit_slot(name, remove=False)
 
@@ -586,8 +825,23 @@ class Species:
             **changes: ``operational`` and ``clone`` (bools), ``tags`` (a
                 mapping merged into each parameter's tags).
 
-        Example:
+        Returns:
+            The new version; its particles' values are unchanged (no migration needed
+            beyond the species).
+
+        Raises:
+            TypeError: an unknown keyword, a non-bool ``operational``/``clone``,
+                ``tags`` not a mapping.
+            KeyError: ``name`` is neither a parameter nor a submodule.
+
+        Examples:
+            >>> p = nf.particle(nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1)))
             >>> s = p.species.with_config("0", operational=False, tags={"frozen": True})
+            >>> s.config["0.weight"].operational, s.config["1.weight"].operational
+            (False, True)
+            >>> r = nf.migrate(p, s) * 0.0                     # layer "0" stays out of arithmetic
+            >>> torch.equal(r.params["0.weight"], p.params["0.weight"]), bool((r.params["1.weight"] == 0).all())
+            (True, True)
         """
         unknown = sorted(set(changes) - set(_CONFIG_KEYS))
         if unknown:
@@ -640,7 +894,8 @@ class _Captured:
 
 def _capture(module: nn.Module, *, copy: bool) -> _Captured:
     take = (lambda t: t.detach().clone()) if copy else (lambda t: t.detach())
-    names, leaves, seen = [], [], {}
+    names, leaves = [], []
+    seen: dict[int, str] = {}
     shapes, dtypes, grads = {}, {}, {}
     tied: dict[str, str] = {}
     for name, param in module.named_parameters(remove_duplicate=False):
