@@ -1,4 +1,4 @@
-"""The model, data, population and algorithm runs shared by the workers (sharded) and
+"""The model, data, populations and algorithm runs shared by the workers (sharded) and
 the tests (single-process references). Everything is seeded; nothing uses global RNG."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from torch import nn
 
 import nytorch_fn as nf
 from nytorch_fn import algorithms as alg
-from nytorch_fn import optim
 
 STEPS = 3
+GENERATIONS = 3
 
 
 def template() -> nf.Particle:
@@ -44,60 +44,55 @@ def member_loss(p: nf.Particle, x: torch.Tensor, y: torch.Tensor) -> torch.Tenso
     return ((nf.apply(p, x) - y) ** 2).mean()
 
 
-def algorithms() -> dict:
-    """name -> algorithm (every one minimises the loss)."""
-    return {
-        "apso": alg.APSO(alpha=0.3, beta=0.4, alpha_decay=0.9, maximize=False),
-        "ga_uniform": alg.GeneticAlgorithm(tournament_size=3, elitism=2, maximize=False),
-        "ga_blend": alg.GeneticAlgorithm(
-            tournament_size=2, crossover="blend", granularity="element", blend_alpha=0.2,
-            mutation_rate=0.5, elitism=1, maximize=False,
-        ),
-        # 4 elites fill rank 0's whole block (and spill into rank 1's) on 4 ranks of 10
-        "ga_elite": alg.GeneticAlgorithm(
-            tournament_size=2, granularity="element", mutation_rate=0.5, elitism=4, maximize=False,
-        ),
-        "es": alg.OpenAIES(population_size=10, sigma=0.1, maximize=False),
-        "hybrid": alg.Hybrid(optim.sgd(0.05, momentum=0.9), every=2, subset=3, alpha=0.5, maximize=True),
-        "pbt": alg.PBT(fraction=0.25, bounds={"lr": (1e-3, 1.0)}, maximize=False),
-    }
+def algo_template() -> nf.Particle:
+    """The protocol tests' species: a float32 Linear(3, 2), a float64 parameter, a non-operational one."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        p = nf.particle(nn.Linear(3, 2))
+    sp = p.species.add_param("scale", torch.full((2,), 0.25, dtype=torch.float64))
+    sp = sp.add_param("frozen", torch.arange(3.0)).with_config("frozen", operational=False)
+    return nf.migrate(p, sp)
 
 
-def hyper(n: int) -> dict:
-    return {"lr": torch.logspace(-2, -1, n, dtype=torch.float64)}
+def fitness_fn(objectives: int = 1):
+    """Per member (works on any block): minus the squared distance to 0.5 (and to -0.5, ...)."""
+
+    def one(pop: nf.Particle, c: float) -> torch.Tensor:
+        xs = [pop.tensors[i] for i in pop.species.layout().op]
+        return -sum(((t.double() - c) ** 2).flatten(1).sum(1) for t in xs)
+
+    def f(pop: nf.Particle) -> torch.Tensor:
+        if objectives == 1:
+            return one(pop, 0.5)
+        return torch.stack([one(pop, 0.5), one(pop, -0.5)] + [one(pop, 0.1 * k) for k in range(objectives - 2)], 1)
+
+    return f
 
 
-def pbt_train(pop: nf.Particle, lr: torch.Tensor) -> nf.Particle:
-    """One SGD step per member with its own learning rate (works on any block)."""
-    x, y = data()
-    grads = torch.func.vmap(torch.func.grad(member_loss), in_dims=(0, None, None))(pop, x, y)
-    return pop - grads * lr.to(torch.float32)
+def algorithm_cases() -> dict:
+    """name -> (algorithm, x, objectives, exact) for every registered algorithm, plus the
+    OpenAI-ES with its default (fast, inexact) gradient sum."""
+    out = {}
+    tpl = algo_template()
+    for name, cls in sorted(alg.ALGORITHMS.items()):
+        ex = cls._example()
+        a = ex.algorithm
+        x = tpl if a.kind == "distribution" else nf.random_population(
+            tpl, ex.population, generator=torch.Generator().manual_seed(2))
+        out[name] = (a, x, ex.objectives, ex.exact)
+    es = alg.OpenAIES(population_size=10, sigma=0.1)
+    out["OpenAIES(fast sum)"] = (es, tpl, 1, False)
+    return out
 
 
-def run_single(name: str, n: int) -> dict:
-    """The single-process reference: the final population (or ES mean) and best fitness."""
-    tpl = template()
-    a = algorithms()[name]
+def run_case(algo, x, objectives: int, generations: int = GENERATIONS):
+    """``generations`` of ``algo`` (sharded or not) from fixed seeds: the final state."""
     g = torch.Generator().manual_seed(3)
-    x, y = data()
-    if name == "es":
-        st = a.init(tpl)
-        for _ in range(STEPS):
-            st, _ = a.step(st, losses, generator=g)
-        return {"mean": list(st.mean.tensors), "best": list(st.best.tensors), "best_fitness": st.best_fitness}
-    pop = population(tpl, n)
-    if name == "hybrid":
-        st = a.init(pop)
-        for _ in range(2 * STEPS):
-            st, _ = a.step(st, member_loss, x, y, generator=g)
-        return {"pop": list(st.population.tensors)}
-    if name == "pbt":
-        st = a.init(pop, hyper(n))
-        for _ in range(STEPS):
-            st = st._replace(population=pbt_train(st.population, st.hyperparams["lr"]))
-            st = a.exploit_explore(st, losses(st.population), generator=g)
-        return {"pop": list(st.population.tensors), "lr": st.hyperparams["lr"], "source": st.source}
-    st = a.init(pop)
-    for _ in range(STEPS):
-        st, _ = a.step(st, losses, generator=g)
-    return {"pop": list(st.population.tensors), "best": list(st.best.tensors), "best_fitness": st.best_fitness}
+    state = algo.init(x, generator=g)
+    state, _ = algo.run(state, fitness_fn(objectives), generations, generator=g)
+    return state
+
+
+def fault_algorithm():
+    """The APSO of the fault tests (minimises ``losses``)."""
+    return alg.APSO(alpha=0.3, beta=0.4, alpha_decay=0.9, maximize=False)

@@ -13,6 +13,7 @@ import traceback
 from pathlib import Path
 
 import torch
+import torch.utils._pytree as pytree
 from torch import nn
 
 import nytorch_fn as nf
@@ -77,70 +78,46 @@ def suite_ops() -> dict:
     return out
 
 
+def flat_state(state) -> list:
+    """The state's leaves (tensors cloned, numbers as they are), in pytree order."""
+    leaves, _ = pytree.tree_flatten(state)
+    return [t.detach().clone() if isinstance(t, torch.Tensor) else t for t in leaves]
+
+
 def suite_algos() -> dict:
-    w = nfd.world()
-    n = SIZES[w.size]
+    """Every registered algorithm, sharded, from the same seeds as the single-process reference."""
     out: dict = {}
-    x, y = sc.data()
-    for name, a in sc.algorithms().items():
+    for name, (a, x, objectives, exact) in sc.algorithm_cases().items():
         s = nfd.sharded(a)
-        g = torch.Generator().manual_seed(3)
-        tpl = sc.template()
-        if name == "es":
-            st = s.init(tpl)
-            for _ in range(sc.STEPS):
-                local, st = s.ask(st, generator=g)
-                st = s.tell(st, local, sc.losses(local.local))
-            out[name] = {"mean": leaves(st.es.mean), "best": leaves(st.es.best), "best_fitness": st.es.best_fitness}
-            continue
-        sh = nfd.shard(sc.population(tpl, n))
-        if name == "hybrid":
-            st = s.init(sh)
-            with nfd.count_bytes() as log:
-                for _ in range(2 * sc.STEPS):
-                    st, _ = s.step(st, sc.member_loss, x, y, generator=g)
-            out[name] = {"pop": leaves(nfd.all_gather(st.shard)), "calls": log.calls}
-            continue
-        if name == "pbt":
-            st = s.init(sh, sc.hyper(n))
-            for _ in range(sc.STEPS):
-                moved = sc.pbt_train(st.shard.local, st.shard.block(st.hyperparams["lr"]))
-                st = st._replace(shard=st.shard.replace(moved))
-                st = s.exploit_explore(st, sc.losses(st.shard.local), generator=g)
-            out[name] = {"pop": leaves(nfd.all_gather(st.shard)), "lr": st.hyperparams["lr"], "source": st.source}
-            continue
-        st = s.init(sh)
-        for _ in range(sc.STEPS):
-            st = s.tell(st, sc.losses(st.shard.local), generator=g)
-        out[name] = {"pop": leaves(nfd.all_gather(st.shard)), "best": leaves(st.best), "best_fitness": st.best_fitness}
+        with nfd.count_bytes() as log:
+            st = sc.run_case(s, x, objectives)
+        coll = nfd.DistributedCollective(st.asked[0, 0].item(), nfd.world())
+        out[name] = {"leaves": flat_state(st), "rows": [coll.rows.start, coll.rows.stop],
+                     "wire": log.wire, "calls": log.calls}
     return out
 
 
-def _apso_run(sh, st, s, g, start: int, stop: int, outdir: Path, *, die_at: int | None = None) -> tuple:
+def _apso_run(st, s, g, start: int, stop: int, outdir: Path, *, die_at: int | None = None):
+    rank = nfd.world().rank
     for step in range(start, stop):
-        if die_at is not None and step == die_at and nfd.world().rank == 1:
+        if die_at is not None and step == die_at and rank == 1:
             os._exit(3)  # a rank dies without a word
-        st = s.tell(st, sc.losses(st.shard.local), generator=g)
-        if step == 1:  # checkpoint after generation 2: the whole swarm and the generator
-            full = nfd.gather(st.shard, dst=0)
-            if nfd.world().rank == 0:
-                checkpoint.save(outdir / "ckpt.safetensors", {
-                    "population": full, "best": st.best, "best_fitness": st.best_fitness,
-                    "generation": st.generation, "rng": g.get_state(),
-                })
-            nfd.check_alive(timeout=10)  # nobody reads the checkpoint before it is written
+        st, _ = s.step(st, sc.losses, generator=g)
+        if step == 1:  # checkpoint after generation 2: each rank its own state, and the generator
+            checkpoint.save(outdir / f"ckpt{rank}.safetensors", {"state": st, "rng": g.get_state()})
+            nfd.check_alive(timeout=10)  # nobody goes on before every rank has written
     return st
 
 
 def suite_die(outdir: Path) -> dict:
     """APSO for 5 generations, checkpoint after 2; rank 1 dies in generation 4."""
     w = nfd.world()
-    s = nfd.sharded(sc.algorithms()["apso"])
+    s = nfd.sharded(sc.fault_algorithm())
     g = torch.Generator().manual_seed(3)
-    st = s.init(nfd.shard(sc.population(sc.template(), SIZES[w.size])))
+    st = s.init(sc.population(sc.template(), SIZES[w.size]), generator=g)
     start = time.monotonic()
     try:
-        _apso_run(st.shard, st, s, g, 0, 5, outdir, die_at=3)
+        _apso_run(st, s, g, 0, 5, outdir, die_at=3)
         return {"error": "none"}
     except nfd.DistributedError as e:
         return {"error": str(e), "elapsed": time.monotonic() - start}
@@ -149,19 +126,16 @@ def suite_die(outdir: Path) -> dict:
 
 
 def suite_resume(outdir: Path) -> dict:
-    """Resume the run of ``suite_die`` from its checkpoint and finish 5 generations."""
+    """Resume the run of ``suite_die`` from the checkpoints and finish 5 generations."""
     w = nfd.world()
-    s = nfd.sharded(sc.algorithms()["apso"])
-    tpl = sc.template()
-    like = {"population": tpl.species, "best": tpl, "best_fitness": torch.zeros((), dtype=torch.float64),
-            "generation": 0, "rng": torch.Generator().get_state()}
-    ck = checkpoint.load(outdir / "ckpt.safetensors", like=like)
+    s = nfd.sharded(sc.fault_algorithm())
+    like = {"state": s.init(sc.population(sc.template(), SIZES[w.size])), "rng": torch.Generator().get_state()}
+    ck = checkpoint.load(outdir / f"ckpt{w.rank}.safetensors", like=like)
     g = torch.Generator()
     g.set_state(ck["rng"])
-    sh = nfd.shard(ck["population"])
-    st = nfd.ShardedAPSOState(sh, ck["best"], ck["best_fitness"], ck["generation"])
-    st = _apso_run(sh, st, s, g, ck["generation"], 5, outdir / "unused")
-    return {"pop": leaves(nfd.all_gather(st.shard)), "best": leaves(st.best), "generation": st.generation, "world": w.size}
+    st = ck["state"]
+    st = _apso_run(st, s, g, st.generation, 5, outdir / "unused")
+    return {"pop": leaves(st.population), "best": leaves(st.best), "generation": st.generation, "world": w.size}
 
 
 def suite_hang() -> dict:

@@ -7,6 +7,7 @@ import torch
 
 import nytorch_fn as nf
 import nytorch_fn.distributed as nfd
+from nytorch_fn import algorithms as alg
 
 from . import _scenarios as sc
 
@@ -44,9 +45,13 @@ def test_fingerprint_sees_structure_not_values():
     assert nfd.fingerprint((tpl * 2).species) == nfd.fingerprint(tpl.species)
 
 
-def test_sharded_refuses_unknown_algorithms():
-    with pytest.raises(TypeError, match="expected APSO, Hybrid"):
+def test_sharded_refuses_what_is_not_an_algorithm_and_needs_a_group():
+    with pytest.raises(TypeError, match="expected an algorithm of nytorch_fn.algorithms"):
         nfd.sharded(object())
+    s = nfd.sharded(alg.APSO(alpha=0.1))
+    assert s.alpha == 0.1 and s.State is alg.APSOState and s.kind == "population"
+    with pytest.raises(nfd.NotInitializedError, match="expected an initialised torch.distributed process group"):
+        s.init(sc.population(sc.template(), 4))
 
 
 def test_launched_reads_torchrun_environment(monkeypatch):
