@@ -4,6 +4,18 @@ A model's parameters are an immutable pytree (a ``Particle``); its structure
 is an immutable ``Species`` in a persistent version chain; forward passes go
 through ``torch.func.functional_call``; a population is one stacked particle
 evaluated with ``torch.func.vmap``.
+
+Examples:
+    >>> import nytorch_fn as nf
+    >>> p = nf.particle(nn.Linear(4, 2))                 # capture any module
+    >>> q = p.randn(generator=torch.Generator().manual_seed(0))
+    >>> nf.apply(0.5 * p + 0.5 * q, torch.ones(3, 4)).shape
+    torch.Size([3, 2])
+    >>> pop = nf.stack([p, q])                            # a population of 2
+    >>> nf.vmap_apply(pop, torch.ones(3, 4)).shape
+    torch.Size([2, 3, 2])
+
+The documentation site (``mkdocs serve``) has the guides and the API reference.
 """
 
 from . import _pytree as _pytree  # registers Particle as a pytree node

@@ -101,11 +101,19 @@ _after_chunk: Callable[[int], None] | None = None
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file cannot be read: not a checkpoint, truncated, corrupted, or of a newer format."""
+    """A checkpoint file cannot be read: not a checkpoint, truncated, corrupted, or of a newer format.
+
+    A ``ValueError``. The message names the file and, for a corrupted
+    tensor, the tensor whose digest failed.
+    """
 
 
 class CheckpointMismatchError(CheckpointError):
-    """A checkpoint does not match the structure given by ``like`` (the message names the first difference)."""
+    """A checkpoint does not match the structure given by ``like`` (the message names the first difference).
+
+    Raised before any tensor is read: a name, shape, dtype, config or kind
+    of node that differs between the file and the template.
+    """
 
 
 # safetensors dtype codes (the format's own names).
@@ -355,8 +363,16 @@ def save(path: str | os.PathLike, tree: Any) -> None:
         ValueError: a tensor on the meta device (it has no values).
         OSError: the file cannot be written (the old one is then untouched).
 
-    Example:
-        >>> save("run/step100.safetensors", {"params": pop, "opt": opt_state, "step": 100})
+    Examples:
+        >>> import os, tempfile
+        >>> from nytorch_fn import checkpoint, optim
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "step100.safetensors")
+        >>> pop = nf.init_population(nn.Linear(3, 2), 8, generator=torch.Generator().manual_seed(0))
+        >>> checkpoint.save(path, {"params": pop, "opt": optim.adam(1e-3).init(pop), "step": 100})
+        >>> sorted(t["name"] for t in checkpoint.read_manifest(path)["tensors"])[:3]
+        ['opt/count', 'opt/mu/bias', 'opt/mu/weight']
+        >>> tmp.cleanup()
     """
     if sys.byteorder != "little":  # pragma: no cover - no big-endian CI
         raise CheckpointError("save: checkpoints are written on little-endian machines only")
@@ -731,12 +747,26 @@ def read_manifest(path: str | os.PathLike) -> dict:
     ``population`` (N for a population's tensor, else None),
     ``rows_per_digest`` and ``digests``.
 
+    Args:
+        path: a file written by ``save``.
+
+    Returns:
+        The manifest, a dict of JSON values: ``format``, ``format_version``,
+        ``nytorch_fn_version``, ``species``, ``tree`` and ``tensors``.
+
     Raises:
         CheckpointError: not a checkpoint, truncated or with a corrupted header.
 
-    Example:
-        >>> [t["name"] for t in read_manifest("run/step100.safetensors")["tensors"]]
-        ['params/0.weight', 'params/0.bias', ...]
+    Examples:
+        >>> import os, tempfile
+        >>> from nytorch_fn import checkpoint
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "pop.safetensors")
+        >>> checkpoint.save(path, {"params": nf.random_population(nf.particle(nn.Linear(3, 2)), 4)})
+        >>> manifest = checkpoint.read_manifest(path)
+        >>> manifest["format_version"], [(t["name"], t["shape"], t["population"]) for t in manifest["tensors"]]
+        (2, [('params/weight', [4, 2, 3], 4), ('params/bias', [4, 2], 4)])
+        >>> tmp.cleanup()
     """
     with _File(path, kind="checkpoint") as f:
         manifest = f.manifest
@@ -866,10 +896,21 @@ def load(
             loaded tree holds no population.
         TypeError: ``like`` holds a leaf of an unsupported type.
 
-    Example:
-        >>> state = load("run/step100.safetensors", like={"params": pop, "opt": opt.init(pop), "step": 0})
-        >>> best = load("run/step100.safetensors", like=pop.species, at="params", members=3)
-        >>> pop_gpu = load("run/step100.safetensors", like=pop.species, at="params", device="cuda")
+    Examples:
+        >>> import os, tempfile
+        >>> from nytorch_fn import checkpoint, optim
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "step100.safetensors")
+        >>> pop = nf.init_population(nn.Linear(3, 2), 8, generator=torch.Generator().manual_seed(0))
+        >>> opt = optim.adam(1e-3)
+        >>> checkpoint.save(path, {"params": pop, "opt": opt.init(pop), "step": 100})
+        >>> state = checkpoint.load(path, like={"params": pop.species, "opt": opt.init(pop), "step": 0})
+        >>> state["step"], torch.equal(state["params"].params["weight"], pop.params["weight"])
+        (100, True)
+        >>> third = checkpoint.load(path, like=pop.species, at="params", members=3)   # one member's bytes
+        >>> torch.equal(third.params["weight"], pop.params["weight"][3])
+        True
+        >>> tmp.cleanup()
     """
     if configs not in ("check", "ignore"):
         raise ValueError(f"load: configs expects 'check' or 'ignore', got {configs!r}")
@@ -928,8 +969,17 @@ def load_tensors(
         KeyError: a name that is not in the file (the message lists some that are).
         CheckpointError, IndexError, ValueError: as for ``load``.
 
-    Example:
-        >>> w = load_tensors("run/step100.safetensors", ["params/0.weight"], members=0)["params/0.weight"]
+    Examples:
+        >>> import os, tempfile
+        >>> from nytorch_fn import checkpoint
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "pop.safetensors")
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 4)
+        >>> checkpoint.save(path, {"params": pop})
+        >>> w = checkpoint.load_tensors(path, ["params/weight"], members=0)["params/weight"]
+        >>> torch.equal(w, pop.params["weight"][0])
+        True
+        >>> tmp.cleanup()
     """
     target = _check_device(device, "load_tensors")
     with _File(path, kind="checkpoint") as f:
@@ -1223,9 +1273,20 @@ def save_state_dict(
         TypeError: a population, a non-particle, or a module with extra state.
         ValueError: ``tied`` not "all"/"first", metadata that is not str -> str.
 
-    Example:
-        >>> save_state_dict("model.safetensors", soup)
-        >>> net.load_state_dict(safetensors.torch.load_file("model.safetensors"))
+    Examples:
+        >>> import os, tempfile
+        >>> from safetensors.torch import load_file
+        >>> from nytorch_fn import checkpoint
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "model.safetensors")
+        >>> net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4))
+        >>> p = nf.particle(net)
+        >>> checkpoint.save_state_dict(path, 0.5 * p)
+        >>> net.load_state_dict(load_file(path))
+        <All keys matched successfully>
+        >>> torch.equal(net[0].weight.detach(), 0.5 * p.params["0.weight"])
+        True
+        >>> tmp.cleanup()
     """
     where = "save_state_dict"
     if not isinstance(particle, Particle):
@@ -1294,8 +1355,18 @@ def load_state_dict(
         CheckpointError: not a safetensors file, truncated, or malformed.
         ValueError: ``device`` does not exist here.
 
-    Example:
-        >>> p = load_state_dict("model.safetensors", like=GPT2LMHeadModel(config))
+    Examples:
+        >>> import os, tempfile
+        >>> from safetensors.torch import save_file
+        >>> from nytorch_fn import checkpoint
+        >>> tmp = tempfile.TemporaryDirectory()
+        >>> path = os.path.join(tmp.name, "model.safetensors")
+        >>> net = nn.Linear(3, 2)
+        >>> save_file(net.state_dict(), path)            # any writer: save_file, save_pretrained, ...
+        >>> p = checkpoint.load_state_dict(path, like=nn.Linear(3, 2))
+        >>> torch.equal(p.params["weight"], net.weight.detach())
+        True
+        >>> tmp.cleanup()
     """
     where = "load_state_dict"
     target = _check_device(device, where)

@@ -96,7 +96,11 @@ def centered_ranks(fitness: Any, *, maximize: bool = True) -> torch.Tensor:
     Returns:
         ``[N]`` float64 (all zeros for ``N == 1``).
 
-    Example:
+    Raises:
+        TypeError: ``fitness`` is not a ``[N]`` real tensor.
+        ValueError: every value is NaN.
+
+    Examples:
         >>> centered_ranks(torch.tensor([3.0, 1.0, 2.0]))
         tensor([ 0.5000, -0.5000,  0.0000], dtype=torch.float64)
     """
@@ -183,7 +187,17 @@ def _finite_clipped(s: torch.Tensor) -> torch.Tensor:
 def identity(score: Any) -> torch.Tensor:
     """The score itself as float64 (``[N]``; NaN stays the worst as ``-inf``).
 
-    Example:
+    Args:
+        score: ``[N]`` real scores (higher is better).
+
+    Returns:
+        ``[N]`` float64.
+
+    Raises:
+        TypeError: not a ``[N]`` real tensor.
+        ValueError: an empty tensor.
+
+    Examples:
         >>> identity(torch.tensor([1.0, 3.0]))
         tensor([1., 3.], dtype=torch.float64)
     """
@@ -199,7 +213,17 @@ def z_score(score: Any) -> torch.Tensor:
     a diverged member is the worst without poisoning the statistics. The
     standard deviation is the population one (``unbiased=False``).
 
-    Example:
+    Args:
+        score: ``[N]`` real scores (higher is better).
+
+    Returns:
+        ``[N]`` float64 with mean 0 and standard deviation 1 (zeros when all are equal).
+
+    Raises:
+        TypeError: not a ``[N]`` real tensor.
+        ValueError: an empty tensor.
+
+    Examples:
         >>> z_score(torch.tensor([1.0, 2.0, 3.0]))
         tensor([-1.2247,  0.0000,  1.2247], dtype=torch.float64)
     """
@@ -216,7 +240,17 @@ def normalized(score: Any) -> torch.Tensor:
 
     Non-finite scores are clipped as in ``z_score``.
 
-    Example:
+    Args:
+        score: ``[N]`` real scores (higher is better).
+
+    Returns:
+        ``[N]`` float64 in [0, 1].
+
+    Raises:
+        TypeError: not a ``[N]`` real tensor.
+        ValueError: an empty tensor.
+
+    Examples:
         >>> normalized(torch.tensor([1.0, 2.0, 5.0]))
         tensor([0.0000, 0.2500, 1.0000], dtype=torch.float64)
     """
@@ -259,7 +293,18 @@ class _Composed:
 def compose(*shapings: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
     """One shaping applying ``shapings`` left to right (as ``optax.chain``).
 
-    Example:
+    Args:
+        *shapings: callables ``score [N] -> [N]`` (``centered_ranks``,
+            ``z_score``, ``normalized``, ``identity`` or your own).
+
+    Returns:
+        A picklable shaping that applies them in order and returns float64.
+
+    Raises:
+        ValueError: no shaping given.
+        TypeError: one is not callable.
+
+    Examples:
         >>> shape = compose(centered_ranks, lambda s: 2 * s)     # ranks onto [-1, 1]
         >>> shape(torch.tensor([3.0, 1.0, 2.0]))
         tensor([ 1., -1.,  0.], dtype=torch.float64)

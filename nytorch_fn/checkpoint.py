@@ -3,7 +3,7 @@
 One safetensors file per checkpoint with a JSON manifest in its header
 (structure, configs, versions, a SHA-256 per tensor and per block of
 population members); written atomically; loading never unpickles, checks
-everything against a caller-given template and reads only what it returns::
+everything against a caller-given template and reads only what it returns:
 
     from nytorch_fn import checkpoint
     checkpoint.save("step100.safetensors", {"params": pop, "opt": state, "step": 100})
@@ -11,7 +11,7 @@ everything against a caller-given template and reads only what it returns::
     member = checkpoint.load("step100.safetensors", like=pop.species, at="params", members=3)
     manifest = checkpoint.read_manifest("step100.safetensors")       # the header only
 
-Plain ``state_dict`` files (``model.safetensors``) for one particle::
+Plain ``state_dict`` files (``model.safetensors``) for one particle:
 
     checkpoint.save_state_dict("model.safetensors", soup)   # module.load_state_dict(load_file(...)) reads it
     p = checkpoint.load_state_dict("model.safetensors", like=module)

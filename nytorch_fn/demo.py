@@ -40,7 +40,17 @@ from nytorch_fn.algorithms import Hybrid
 
 
 def _need(module: str) -> Any:
-    """Import a demo dependency, or exit saying how to install it."""
+    """Import a demo dependency, or exit saying how to install it.
+
+    Args:
+        module: the module to import (``"sklearn.datasets"``).
+
+    Returns:
+        The imported module.
+
+    Raises:
+        SystemExit: it is not installed (the message gives the pip command).
+    """
     import importlib
 
     try:
@@ -52,7 +62,15 @@ def _need(module: str) -> Any:
 
 
 def load_digits(seed: int) -> dict[str, torch.Tensor]:
-    """scikit-learn's 8x8 digits (shipped inside the package), split train/val/test 60/20/20."""
+    """scikit-learn's 8x8 digits (shipped inside the package), split train/val/test 60/20/20.
+
+    Args:
+        seed: seeds the shuffle before the split.
+
+    Returns:
+        ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test``:
+        inputs ``[n, 64]`` float32 in [0, 1], labels ``[n]`` int64.
+    """
     sk_load_digits = _need("sklearn.datasets").load_digits
 
     data = sk_load_digits()
@@ -65,21 +83,70 @@ def load_digits(seed: int) -> dict[str, torch.Tensor]:
 
 
 def make_net(hidden: int = 128) -> nn.Module:
+    """One member's network: an MLP 64-hidden-10 (ReLU).
+
+    Args:
+        hidden: the hidden width.
+
+    Returns:
+        ``nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))``.
+
+    Examples:
+        >>> from nytorch_fn.demo import make_net
+        >>> nf.particle(make_net(32)).species.names
+        ('0.weight', '0.bias', '2.weight', '2.bias')
+    """
     return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
 
 
 def member_loss(member: nf.Particle, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One member's cross-entropy loss on a batch (what ``Hybrid`` differentiates).
+
+    Args:
+        member: a single particle of ``make_net``'s species.
+        x: inputs ``[B, 64]``.
+        y: labels ``[B]``.
+
+    Returns:
+        The mean loss, a 0-d tensor.
+    """
     return F.cross_entropy(nf.apply(member, x), y)
 
 
 def accuracy(population: nf.Particle, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """``[N]`` accuracies of every member on (x, y), one vmap call."""
+    """``[N]`` accuracies of every member on (x, y), one vmap call.
+
+    Args:
+        population: ``N`` members of ``make_net``'s species.
+        x: inputs ``[B, 64]``, shared by all members.
+        y: labels ``[B]``.
+
+    Returns:
+        ``[N]`` float32 accuracies in [0, 1].
+
+    Examples:
+        >>> from nytorch_fn.demo import accuracy, make_net
+        >>> pop = nf.init_population(make_net(8), 4, generator=torch.Generator().manual_seed(0))
+        >>> accuracy(pop, torch.rand(20, 64), torch.randint(0, 10, (20,))).shape
+        torch.Size([4])
+    """
     with torch.no_grad():
         logits = nf.vmap_apply(population, x)
     return (logits.argmax(-1) == y).float().mean(-1)
 
 
 def parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The command line (``python -m nytorch_fn.demo --help`` lists it).
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        The parsed options.
+
+    Raises:
+        SystemExit: an unknown or out-of-range option (argparse's message).
+    """
     ap = argparse.ArgumentParser(prog="python -m nytorch_fn.demo", description=__doc__.split("\n\n")[0])
     ap.add_argument("--population", type=int, default=64, help="members (default 64)")
     ap.add_argument("--steps", type=int, default=600, help="gradient steps (default 600)")
@@ -155,6 +222,16 @@ def train(args: argparse.Namespace, data: dict[str, torch.Tensor]) -> dict[str, 
     (``tell``). Under ``torchrun`` each rank trains its block of members;
     minibatch indices are drawn for the whole population from the same seed
     on every rank, so the run equals the single-process one.
+
+    Args:
+        args: the options from ``parse``.
+        data: the splits from ``load_digits``.
+
+    Returns:
+        ``population`` (the trained population; None on ranks other than 0),
+        ``steps`` and ``history`` (``[generations, N]`` validation accuracy),
+        ``val`` and ``test`` (``[N]`` final accuracies), ``seconds`` (training
+        time) and ``rank``.
     """
     g = torch.Generator().manual_seed(args.seed)
     torch.manual_seed(args.seed)
@@ -219,6 +296,24 @@ def _progress(args: argparse.Namespace, *, disable: bool = False) -> Any:
 
 
 def table(val: torch.Tensor, test: torch.Tensor) -> str:
+    """The per-member accuracy table the demo prints, the best member (by validation) marked.
+
+    Args:
+        val: ``[N]`` validation accuracies.
+        test: ``[N]`` test accuracies.
+
+    Returns:
+        The table as text, one line per member and a mean line.
+
+    Examples:
+        >>> from nytorch_fn.demo import table
+        >>> print(table(torch.tensor([0.5, 0.75]), torch.tensor([0.25, 1.0])))
+        member   val acc   test acc
+        ------   -------   --------
+             0     0.500      0.250
+             1     0.750      1.000  <- best (by validation)
+        mean       0.625      0.625
+    """
     best = int(torch.argmax(val))
     lines = ["member   val acc   test acc", "------   -------   --------"]
     for i in range(len(val)):
@@ -229,6 +324,13 @@ def table(val: torch.Tensor, test: torch.Tensor) -> str:
 
 
 def plot(path: Path, steps: list[int], history: torch.Tensor) -> None:
+    """Draw validation accuracy against step for every member, the best and the mean (matplotlib).
+
+    Args:
+        path: the PNG file to write.
+        steps: the step after each generation.
+        history: ``[len(steps), N]`` validation accuracies.
+    """
     _need("matplotlib").use("Agg")
     plt = _need("matplotlib.pyplot")
 
@@ -249,6 +351,17 @@ def plot(path: Path, steps: list[int], history: torch.Tensor) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the demo: train, print the table, write ``accuracy.png`` and ``summary.json``.
+
+    Args:
+        argv: command-line arguments (None: ``sys.argv[1:]``), e.g.
+            ``["--population", "16", "--steps", "40", "--out", "demo-out"]``.
+
+    Returns:
+        The summary written to ``summary.json`` (population, steps, seed,
+        training time, the best member and its accuracies; ``{}`` on ranks
+        other than 0 under ``torchrun``).
+    """
     args = parse(argv)
     torch.set_num_threads(args.threads)
     data = load_digits(args.seed)
