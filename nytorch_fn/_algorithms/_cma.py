@@ -34,7 +34,7 @@ from .._checks import check_int, require_floating
 from .._errors import describe
 from .._particle import Particle
 from .._species import Species
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example, draw_seed, fill_noise
 from ._common import maximize_field, v_flag, v_int, v_positive
 from ._space import ravel, ravel_size, unravel
 
@@ -477,6 +477,16 @@ def _centre(flat: torch.Tensor, like: Particle) -> Particle:
     return unravel(flat.clone(), like)
 
 
+def _every_member_noise(coll: Any, like: torch.Tensor, seed: int) -> torch.Tensor:
+    """``[N, P]`` standard normal noise of ALL members (member ``i`` from its own stream, as
+    ``Collective.noise`` draws it), for samples computed alike on every process: a matrix
+    product's rows can round differently for different row counts, so each process
+    computing only its block would not give the single-process bits."""
+    buf = torch.empty(coll.n, like.numel(), dtype=like.dtype, device=like.device)
+    fill_noise([buf], seed, range(coll.n), False)
+    return buf
+
+
 def _v_mu(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
     if value is None:
         return
@@ -548,7 +558,7 @@ class CMAES(Algorithm):
     generation ``O(N P**2)``, plus an ``O(P**3)`` eigendecomposition every
     ``eigen_interval`` generations. A sharded run gathers the members and
     computes the update identically on every process (bit for bit the
-    single-process one).
+    single-process one; every process also samples all ``N``, for the same reason).
 
     Args (keyword-only):
         population_size: ``N >= 2`` samples per generation; Hansen's default is
@@ -609,9 +619,10 @@ class CMAES(Algorithm):
         }
 
     def _ask(self, state: CMAESState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
-        z = coll.noise(state.m, draw_seed(generator))  # [n_local, P] float64
+        # every process samples all N (the O(N P^2) product is replicated, as the update is)
+        z = _every_member_noise(coll, state.m, draw_seed(generator))  # [N, P] float64
         x = cma_sample(state.m, state.sigma, state.B, state.D, z)
-        return unravel(x, state.mean), {}
+        return unravel(coll.block(x), state.mean), {}
 
     def _tell(self, state: CMAESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
@@ -785,7 +796,11 @@ class LMMAES(Algorithm):
         mu: parents (default ``N // 2``, positive log weights).
         memory: the number of directions ``M_j`` (default ``4 + floor(3 ln P)``).
         dtype: the dtype of ``m``, ``M``, ``p_sigma`` and the sampling (float64 default).
-        exact: sums over members bit-identical under any sharding (slower).
+        exact: a sharded run gives the single-process bits: sums over members in
+            fixed point and every process transforms all ``N`` samples (a matrix
+            product's rows round differently for different row counts); default
+            False: each process samples only its members, sums in floating
+            point (the same to rounding).
         maximize: higher fitness is better (default) or lower.
     """
 
@@ -821,9 +836,12 @@ class LMMAES(Algorithm):
 
     def _ask(self, state: LMMAESState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
         rates = self.rates_for(state.m.numel())
-        z = coll.noise(state.m, draw_seed(generator))
+        seed = draw_seed(generator)
+        # exact: every process transforms all N (the products' rows round by row count)
+        z = _every_member_noise(coll, state.m, seed) if self.exact else coll.noise(state.m, seed)
         d = lm_transform(state.M, rates.c_d, min(state.generation, rates.memory), z)
-        return unravel(torch.add(state.m, d, alpha=float(state.sigma)), state.mean), {}
+        x = torch.add(state.m, d, alpha=float(state.sigma))
+        return unravel(coll.block(x) if self.exact else x, state.mean), {}
 
     def _tell(self, state: LMMAESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
