@@ -20,14 +20,13 @@ every later one returns the trials.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any, NamedTuple
 
 import attrs
 import torch
 
 from .._checks import check_real
-from .._errors import PopulationSizeError, describe
+from .._errors import PopulationSizeError
 from .._particle import Particle, assemble, build, lincomb, operational
 from ._base import Algorithm, Example, draw_seed
 from ._common import maximize_field, v_unit
@@ -101,11 +100,13 @@ def distinct_others(n: int, k: int, generator: Any, device: Any) -> torch.Tensor
     return torch.stack(picks, dim=1)
 
 
-def where_(mask: list[torch.Tensor], new: list[torch.Tensor], old: list[torch.Tensor], in_place: bool) -> list[torch.Tensor]:
-    """Per tensor ``where(mask, new, old)``, written into ``old`` when ``in_place``."""
+def replace_rows(old: list[torch.Tensor], new: list[torch.Tensor], rows: torch.Tensor, in_place: bool) -> list[torch.Tensor]:
+    """Per tensor, ``old`` with the members where ``rows`` (``[n]`` bool) is True taken from
+    ``new``: only those rows are copied (``index_copy``), into ``old`` when ``in_place``."""
+    idx = torch.nonzero(rows.to(old[0].device) if old else rows).squeeze(1)
     if in_place:
-        return [torch.where(m, a, b, out=b) for m, a, b in zip(mask, new, old)]
-    return [torch.where(m, a, b) for m, a, b in zip(mask, new, old)]
+        return [o.index_copy_(0, idx, t.index_select(0, idx)) for o, t in zip(old, new)]
+    return [o.index_copy(0, idx, t.index_select(0, idx)) for o, t in zip(old, new)]
 
 
 def member_mask(rows: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -253,7 +254,7 @@ class DE(Algorithm):
             return {"score": score.clone(), "evaluated": True}
         better = score >= state.score  # a trial as good as its parent replaces it; NaN (-inf) never beats a number
         xs = operational(state.population)
-        kept = where_(member_mask(coll.block(better), xs), operational(population), xs, in_place=donate)
+        kept = replace_rows(xs, operational(population), coll.block(better), in_place=donate)
         sp = state.population.species
         return {
             "population": build(sp, assemble(sp, state.population.tensors, kept, None)),

@@ -28,17 +28,8 @@ import torch
 
 from .._particle import Particle, assemble, build, operational
 from ._base import Algorithm, Example, draw_seed
-from ._de import (
-    at_least,
-    bounds_field,
-    check_bounds_species,
-    handling_field,
-    member_mask,
-    own_population,
-    uniform,
-    where_,
-)
 from ._common import maximize_field, member_view, v_flag, v_nonneg
+from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population, replace_rows, uniform
 from ._space import enforce_bounds
 
 
@@ -131,7 +122,7 @@ class PSO(Algorithm):
         xs, vs, ps = operational(pop), operational(state.velocity), operational(state.personal_best)
         improved = score >= state.personal_score
         personal_score = torch.where(improved, score, state.personal_score)
-        ps = where_(member_mask(coll.block(improved), xs), xs, ps, in_place=donate)
+        ps = replace_rows(ps, xs, coll.block(improved), in_place=donate)
         personal = build(sp, assemble(sp, state.personal_best.tensors, ps, None))
         g = coll.member(personal, int(torch.argmax(personal_score)))
         gs = operational(g)
