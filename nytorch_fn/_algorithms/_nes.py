@@ -368,9 +368,19 @@ class XNES(Algorithm):
             self.lr_B if self.lr_B is not None else default,
         )
 
+    #: the largest ``d`` accepted: the ``[d, d]`` float64 matrix takes ``8 d**2`` bytes (800 MB here)
+    #: and each generation an ``O(d**3)`` matrix exponential
+    max_dimension = 10_000
+
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
-        mean = owned(x, f"{type(self).__name__}.init")
+        where = f"{type(self).__name__}.init"
+        mean = owned(x, where)
         d = searched_values(mean)
+        if d > self.max_dimension:
+            raise ValueError(
+                f"{where}: XNES keeps a d x d matrix; expected at most {self.max_dimension} searched values, "
+                f"got {d} (use SNES, or the linear-memory LMMAES / SepCMAES, for large d)"
+            )
         device = ravel(mean).device
         return {
             "mean": mean,

@@ -247,6 +247,11 @@ def test_nan_fitness_is_the_worst_and_all_nan_is_refused_untouched(cls):
     assert snap.unchanged()
 
 
+def test_xnes_refuses_a_dimension_its_matrix_cannot_hold():
+    with pytest.raises(ValueError, match="at most 10000 searched values, got 10001"):
+        XNES().init(nf.particle(nn.Linear(10_000, 1)))
+
+
 def test_run_equals_step_by_step_and_leaves_the_state():
     for algo in (SNES(population_size=6, sigma=0.3), XNES(population_size=6, sigma=0.3)):
         state = algo.init(linear())
