@@ -213,7 +213,7 @@ def _table(title: str, ours_runs: list, legacy_runs: list) -> None:
     faults = [
         "/".join(f"{r['particle_ops_faults']:.0f}" for r in runs) for runs in (legacy_runs, ours_runs)
     ]
-    print(f"{'page faults per 0.5*net + 0.5*other, per process':<46}{faults[0]:>12}  {faults[1]}")
+    print(f"{'page faults per 0.5*net+0.5*other, each process':<46}  legacy {faults[0]}; ours {faults[1]}")
     if len(ours_runs) > 1:
         spans = [
             f"{who} {min(r['particle_ops'] for r in runs) * 1e3:.3f}-{max(r['particle_ops'] for r in runs) * 1e3:.3f}ms"
