@@ -62,10 +62,10 @@ def check_bounds_species(bounds: Any, template: Particle, where: str) -> None:
 
 
 def uniform(z: torch.Tensor) -> torch.Tensor:
-    """Standard-normal draws turned into U(0, 1) draws (``Phi(z)``), kept inside ``(0, 1)``."""
-    u = torch.special.ndtr(z)
-    tiny = torch.finfo(u.dtype).tiny
-    return u.clamp_(tiny, 1.0 - torch.finfo(u.dtype).eps / 2)
+    """Standard-normal draws turned into U(0, 1) draws (``Phi(z)``) in ``z``'s own buffer (a fresh
+    draw the caller owns), kept inside the open interval ``(0, 1)``."""
+    u = torch.special.ndtr(z, out=z)
+    return u.clamp_(torch.finfo(u.dtype).tiny, 1.0 - torch.finfo(u.dtype).eps / 2)
 
 
 def own_population(population: Particle, where: str) -> Particle:
