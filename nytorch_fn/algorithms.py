@@ -57,6 +57,10 @@ from ._algorithms._cma import LMMAESState as LMMAESState
 from ._algorithms._cma import SepCMAES as SepCMAES
 from ._algorithms._cma import SepCMAESState as SepCMAESState
 from ._algorithms._cma import cma_population_size as cma_population_size
+from ._algorithms._restarts import BIPOP as BIPOP
+from ._algorithms._restarts import BIPOPState as BIPOPState
+from ._algorithms._restarts import IPOP as IPOP
+from ._algorithms._restarts import IPOPState as IPOPState
 from ._algorithms._cem import CEMState as CEMState
 from ._algorithms._de import DE as DE
 from ._algorithms._de import DEState as DEState
@@ -99,12 +103,16 @@ ALGORITHMS["NSGA2"] = NSGA2
 ALGORITHMS["CMAES"] = CMAES
 ALGORITHMS["SepCMAES"] = SepCMAES
 ALGORITHMS["LMMAES"] = LMMAES
+ALGORITHMS["IPOP"] = IPOP
+ALGORITHMS["BIPOP"] = BIPOP
 
 __all__ = [
     "ALGORITHMS",
     "APSO",
     "APSOState",
     "Algorithm",
+    "BIPOP",
+    "BIPOPState",
     "CEM",
     "CEMState",
     "CMAES",
@@ -116,6 +124,8 @@ __all__ = [
     "GAState",
     "GeneticAlgorithm",
     "History",
+    "IPOP",
+    "IPOPState",
     "Hybrid",
     "HybridState",
     "LMMAES",

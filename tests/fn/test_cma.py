@@ -11,7 +11,16 @@ from torch import nn
 
 import nytorch_fn as nf
 from nytorch_fn import PopulationSizeError, checkpoint
-from nytorch_fn.algorithms import CMAES, LMMAES, LocalCollective, SepCMAES, cma_population_size, ravel
+from nytorch_fn.algorithms import (
+    BIPOP,
+    CMAES,
+    IPOP,
+    LMMAES,
+    LocalCollective,
+    SepCMAES,
+    cma_population_size,
+    ravel,
+)
 from nytorch_fn._algorithms._base import draw_seed
 from nytorch_fn._algorithms._cma import cma_rates, lm_inverse, lm_rates, lm_transform
 from tests.helpers import Snapshot
@@ -424,3 +433,106 @@ def test_checkpoint_and_resume_bit_for_bit(cls, tmp_path):
     for field in ("m", "sigma", "p_sigma"):
         assert torch.equal(getattr(a, field), getattr(b, field)), field
     assert torch.equal(a.best_fitness, b.best_fitness) and a.generation == b.generation == 16
+
+
+# -- restarts ------------------------------------------------------------------------------------
+
+
+def test_ipop_solves_rastrigin_d5():
+    algo = IPOP(algorithm=CMAES(population_size=cma_population_size(5), sigma=2.0), maximize=False)
+    used, state = evaluations_to(algo, flat([3.0] * 5), rastrigin, 1e-8, 30_000, seed=3)
+    assert used is not None, (float(state.best_fitness), state.restarts)
+    assert state.restarts >= 1 and state.population_size == 8 * 2**state.restarts
+    assert state.evaluations == used and state.generation > state.inner.generation
+
+
+def test_ipop_restart_by_hand():
+    # a flat fitness stops a run by tolfun after 10 generations; the next run starts at the
+    # centre with twice the members and sigma_0
+    centre = flat([1.0, 2.0, 3.0])
+    algo = IPOP(algorithm=CMAES(population_size=4, sigma=0.3), maximize=False)
+    state = algo.init(centre, generator=gen(0))
+    g = gen(1)
+    for k in range(10):
+        assert state.population_size == 4 and state.restarts == 0
+        state, _ = algo.step(state, lambda pop: torch.ones(pop.population_size), generator=g)
+    assert state.restarts == 1 and state.reason == "tolfun"
+    assert state.population_size == 8 and state.evaluations == 40 and state.run_evaluations == 0
+    assert state.inner.generation == 0 and state.generation == 10
+    assert torch.equal(state.inner.m, ravel(centre)) and float(state.inner.sigma) == 0.3
+    pop, asked = algo.ask(state, generator=g)
+    assert pop.population_size == 8
+    new = algo.tell(asked, pop, sphere(pop), generator=g)
+    assert new.evaluations == 48 and new.inner.generation == 1
+    # restart_centre
+    moved = IPOP(algorithm=CMAES(population_size=4, sigma=0.3), maximize=False,
+                 restart_centre=lambda c, gen_: c * 0.0)
+    state = moved.init(centre, generator=gen(0))
+    for _ in range(10):
+        state, _ = moved.step(state, lambda pop: torch.ones(pop.population_size), generator=g)
+    assert torch.equal(state.inner.m, torch.zeros(3, dtype=torch.float64))
+    bad = IPOP(algorithm=CMAES(population_size=4, sigma=0.3), restart_centre=lambda c, gen_: 1.0)
+    state = bad.init(centre)
+    with pytest.raises(TypeError, match="restart_centre"):
+        for _ in range(10):
+            state, _ = bad.step(state, lambda pop: torch.ones(pop.population_size), generator=g)
+
+
+def test_bipop_regimes_share_the_evaluations():
+    algo = BIPOP(algorithm=CMAES(population_size=6, sigma=2.0), maximize=False)
+    state = algo.init(flat([3.0] * 3), generator=gen(0))
+    g = gen(4)
+    seen = []
+    while state.restarts < 6:
+        before = (state.restarts, state.regime, state.population_size, float(state.sigma0))
+        state, _ = algo.step(state, rastrigin, generator=g)
+        if state.restarts != before[0]:
+            seen.append((state.regime, state.population_size, state.sigma0, state.run_limit))
+            # the regime that used fewer evaluations runs next
+            assert (state.regime == "small") == (state.small_evaluations < state.large_evaluations)
+    assert state.large_evaluations + state.small_evaluations + state.run_evaluations == state.evaluations
+    for regime, n, sigma0, limit in seen:
+        if regime == "large":
+            assert n in (12, 24, 48, 96) and sigma0 == 2.0 and limit == 0
+        else:
+            assert 6 <= n <= 48 and 2.0 * 1e-2 <= sigma0 <= 2.0 and limit > 0
+    assert {r for r, *_ in seen} == {"small", "large"}
+
+
+@pytest.mark.parametrize("cls", [IPOP, BIPOP])
+def test_restart_checkpoint_and_resume_bit_for_bit(cls, tmp_path):
+    x0 = flat([1.0, 2.0, 3.0])
+    algo = cls(algorithm=CMAES(population_size=4, sigma=0.3), maximize=False)
+    g = gen(2)
+    state = algo.init(x0, generator=g)
+    for _ in range(12):  # across one restart (flat fitness: tolfun after 10)
+        state, _ = algo.step(state, lambda pop: torch.ones(pop.population_size), generator=g)
+    assert state.restarts == 1
+    checkpoint.save(tmp_path / "r.safetensors", {"state": state, "rng": g.get_state()})
+    like = {"state": algo.template(x0, population_size=state.population_size), "rng": g.get_state()}
+    loaded = checkpoint.load(tmp_path / "r.safetensors", like=like)
+    g2 = torch.Generator()
+    g2.set_state(loaded["rng"])
+    a, ha = algo.run(state, rastrigin, 5, generator=g)
+    b, hb = algo.run(loaded["state"], rastrigin, 5, generator=g2)
+    assert torch.equal(a.inner.m, b.inner.m) and torch.equal(a.inner.C, b.inner.C)
+    assert torch.equal(ha.best_fitness, hb.best_fitness) and torch.equal(ha.sigma, hb.sigma)
+
+
+def test_restart_bad_input():
+    with pytest.raises(TypeError, match="algorithm"):
+        IPOP(algorithm=object())
+    with pytest.raises(ValueError, match="increase"):
+        IPOP(algorithm=CMAES(population_size=4, sigma=1.0), increase=1.0)
+    with pytest.raises(ValueError, match="max_restarts"):
+        BIPOP(algorithm=CMAES(population_size=4, sigma=1.0), max_restarts=-1)
+    algo = IPOP(algorithm=SepCMAES(population_size=4, sigma=1.0))
+    assert algo.maximize is True and IPOP(algorithm=LMMAES(population_size=4, sigma=1.0, maximize=False)).maximize is False
+    state = algo.init(flat([1.0, 2.0]))
+    pop, asked = algo.ask(state, generator=gen(0))
+    snap = Snapshot(asked, pop)
+    with pytest.raises(PopulationSizeError):
+        algo.tell(asked, pop, torch.zeros(3))
+    with pytest.raises(TypeError, match="expected a IPOPState|expected an IPOPState"):
+        algo.tell(BIPOP(algorithm=SepCMAES(population_size=4, sigma=1.0)).init(flat([1.0, 2.0])), pop, torch.zeros(4))
+    assert snap.unchanged()
