@@ -235,7 +235,8 @@ def adam(
 
     Args:
         lr: learning rate, a number > 0 or a ``[N]`` tensor for a population.
-        b1, b2: moment decay rates in [0, 1).
+        b1: the first moment's decay rate, in [0, 1).
+        b2: the second moment's decay rate, in [0, 1).
         eps: added to the denominator, >= 0 (as torch.optim.Adam).
         weight_decay: L2 penalty added to the gradient (needs ``params`` in ``update``).
 
@@ -350,11 +351,17 @@ def clipup(lr: Any, *, max_speed: Any = None, momentum: float = 0.9) -> Gradient
         params=None, *, donate=False)`` returns ``(updates, state)``, and with
         ``donate=True`` may write the new velocity into the old state's buffers.
 
-    Example:
-        >>> opt = clipup(0.15)                  # max_speed 0.3
-        >>> state = opt.init(params)
-        >>> updates, state = opt.update(grads, state)
+    Examples:
+        >>> params = nf.particle(nn.Linear(2, 1)).map(lambda t, cfg: torch.ones_like(t))
+        >>> grads = params * 10.0                   # |g| = 10 sqrt(3): only its direction counts
+        >>> opt = clipup(0.15)                      # max_speed 0.3
+        >>> updates, state = opt.update(grads, opt.init(params))
+        >>> round(float(sum(t.square().sum() for t in updates.tensors).sqrt()), 4)   # the first step: lr
+        0.15
+        >>> updates, state = opt.update(grads, state)   # 0.9 * 0.15 + 0.15 = 0.285 < 0.3
         >>> params = apply_updates(params, updates)
+        >>> round(float(sum(t.square().sum() for t in state.velocity.tensors).sqrt()), 4)
+        0.285
     """
     _check_rate(lr, "clipup: lr")
     if max_speed is None:

@@ -27,7 +27,7 @@ from .._checks import check_real
 from .._particle import Particle, assemble, build, operational
 from ._base import Algorithm, Example
 from ._common import maximize_field, v_decay, v_int, v_nonneg, v_positive
-from ._nes import exact_field, full_like, owned, ask_gaussian, schedule_, square
+from ._nes import ask_gaussian, exact_field, full_like, owned, schedule_, square
 
 
 class CEMState(NamedTuple):
@@ -65,8 +65,8 @@ class CEM(Algorithm):
     runs tensor by tensor over its operational floating-point values. Module
     docstring: the update.
 
-    Args (keyword-only):
-        population_size: ``N >= 2`` samples per generation.
+    Args:
+        population_size: ``N >= 2`` samples per generation (default 32).
         sigma: the initial standard deviation of every value, > 0.
         elite_ratio: the fraction of members refitted to, in (0, 1]
             (``k = max(1, floor(elite_ratio * N))``; default 0.1).
@@ -76,9 +76,16 @@ class CEM(Algorithm):
         exact: exact collective sums (sharded runs give the single-process bits).
         maximize: higher fitness is better (default) or lower.
 
-    Example:
-        >>> cem = CEM(population_size=64, sigma=0.5, elite_ratio=0.2, sigma_limit=1e-3, maximize=False)
-        >>> state = cem.init(x0, generator=g)
+    All arguments are keyword-only.
+
+    Examples:
+        >>> def loss(pop):                              # [N]: the squared distance to 1
+        ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+        >>> cem = CEM(population_size=60, sigma=1.0, elite_ratio=0.2, lr_sigma=0.7, maximize=False)
+        >>> state = cem.init(nf.particle(nn.Linear(4, 2)))
+        >>> state, _ = cem.run(state, loss, 150, generator=torch.Generator().manual_seed(0))
+        >>> cem.elites, bool(state.best_fitness < 1e-6)
+        (12, True)
     """
 
     population_size: int = attrs.field(default=32, validator=v_int(2))
@@ -96,7 +103,7 @@ class CEM(Algorithm):
 
     @property
     def elites(self) -> int:
-        """``k``, the number of members the Gaussian is refitted to."""
+        """``k = max(1, floor(elite_ratio * population_size))``, the members the Gaussian is refitted to."""
         return max(1, int(math.floor(self.elite_ratio * self.population_size)))
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:

@@ -161,7 +161,7 @@ class DE(Algorithm):
     tensor by tensor; crossover picks values across all operational
     parameters of a member. Module docstring: the update.
 
-    Args (keyword-only):
+    Args:
         strategy: ``"rand/1/bin"`` (default) or ``"current-to-best/1/bin"``.
         differential_weight: ``F`` in (0, 2] (default 0.5, Storn & Price's starting point).
         crossover_rate: ``CR`` in [0, 1] (default 0.9).
@@ -171,10 +171,18 @@ class DE(Algorithm):
         bound_handling: ``"clip"`` (default) or ``"reflect"``.
         maximize: higher fitness is better (default) or lower.
 
-    Example:
+    All arguments are keyword-only.
+
+    Examples:
+        >>> from nytorch_fn.algorithms import uniform_population
+        >>> def loss(pop):                              # [N]: the squared distance to 1
+        ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+        >>> g = torch.Generator().manual_seed(0)
         >>> de = DE(bounds=(-5.0, 5.0), maximize=False)
-        >>> state = de.init(uniform_population(x, 64, -5.0, 5.0, generator=g))
-        >>> state, history = de.run(state, loss_fn, 300, generator=g)
+        >>> state = de.init(uniform_population(nf.particle(nn.Linear(4, 2)), 30, -5.0, 5.0, generator=g))
+        >>> state, history = de.run(state, loss, 300, generator=g)
+        >>> bool(state.best_fitness < 1e-6)
+        True
     """
 
     strategy: str = attrs.field(default="rand/1/bin", validator=_strategy)

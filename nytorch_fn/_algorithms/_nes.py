@@ -66,8 +66,12 @@ def nes_utilities(score: torch.Tensor) -> torch.Tensor:
     Returns:
         ``[N]`` float64 utilities (zeros for ``N == 1``).
 
-    Example:
-        >>> nes_utilities(torch.tensor([1.0, 3.0, 2.0, 0.0]))   # best (3.0) gets the most
+    Raises:
+        TypeError: ``score`` is not a ``[N]`` tensor.
+
+    Examples:
+        >>> nes_utilities(torch.tensor([1.0, 3.0, 2.0, 0.0]))   # the best (3.0) gets the most
+        tensor([-0.2500,  0.4804,  0.0196, -0.2500], dtype=torch.float64)
     """
     if not isinstance(score, torch.Tensor) or score.dim() != 1:
         raise TypeError(f"nes_utilities: expected a [N] tensor, got {describe(score)}")
@@ -175,7 +179,14 @@ def schedule_(ts: list[torch.Tensor], decay: float, limit: float) -> None:
 
 
 def nes_population(d: int) -> int:
-    """The paper's population size for ``d`` searched values: ``4 + floor(3 ln d)``."""
+    """The paper's population size for ``d`` searched values: ``4 + floor(3 ln d)``.
+
+    Args:
+        d: the number of searched values (``ravel_size(species)``).
+
+    Returns:
+        The population size (an int).
+    """
     return 4 + int(math.floor(3 * math.log(max(d, 1))))
 
 
@@ -209,14 +220,14 @@ class SNESState(NamedTuple):
 
 @attrs.frozen(kw_only=True)
 class SNES(Algorithm):
-    """Separable natural evolution strategy (Wierstra et al. 2014): a diagonal Gaussian with
-    a standard deviation per value, adapted multiplicatively by the natural gradient.
+    """Separable natural evolution strategy (Wierstra et al. 2014): a sigma per value.
 
-    ``init(centre)`` takes the starting mean (a single particle); the search
+    A diagonal Gaussian whose standard deviations are adapted multiplicatively
+    by the natural gradient. ``init(centre)`` takes the starting mean (a single particle); the search
     runs over its operational floating-point values, tensor by tensor (no
     ravelling); the others follow their config. Module docstring: the update.
 
-    Args (keyword-only):
+    Args:
         population_size: ``N >= 2`` samples per generation (default 16; the
             paper's ``4 + floor(3 ln d)`` is ``nes_population(d)``).
         sigma: the initial standard deviation of every value, > 0.
@@ -231,11 +242,16 @@ class SNES(Algorithm):
             cost of the two sums).
         maximize: higher fitness is better (default) or lower.
 
-    Example:
-        >>> snes = SNES(population_size=32, sigma=0.5, maximize=False)
-        >>> state = snes.init(x0)
-        >>> state, history = snes.run(state, loss_fn, 200, generator=g)
-        >>> state.mean, state.best
+    All arguments are keyword-only.
+
+    Examples:
+        >>> def loss(pop):                              # [N]: the squared distance to 1
+        ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+        >>> snes = SNES(population_size=16, sigma=0.5, maximize=False)
+        >>> state = snes.init(nf.particle(nn.Linear(4, 2)))
+        >>> state, history = snes.run(state, loss, 150, generator=torch.Generator().manual_seed(0))
+        >>> bool(state.best_fitness < 1e-6), history.sigma.shape
+        (True, torch.Size([150]))
     """
 
     population_size: int = attrs.field(default=16, validator=v_int(2))
@@ -252,7 +268,14 @@ class SNES(Algorithm):
     kind = "distribution"
 
     def lr_sigma_for(self, d: int) -> float:
-        """The step on ``log sigma`` for ``d`` searched values."""
+        """The step on ``log sigma`` for ``d`` searched values.
+
+        Args:
+            d: the number of searched values.
+
+        Returns:
+            ``lr_sigma``, or the paper's ``(3 + ln d) / (5 sqrt d)`` when it is None.
+        """
         return self.lr_sigma if self.lr_sigma is not None else (3 + math.log(d)) / (5 * math.sqrt(d))
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
@@ -323,15 +346,15 @@ class XNESState(NamedTuple):
 
 @attrs.frozen(kw_only=True)
 class XNES(Algorithm):
-    """Exponential natural evolution strategy (Wierstra et al. 2014): a full-covariance Gaussian
-    ``N(mu, sigma**2 B B^T)`` adapted by the natural gradient in local coordinates.
+    """Exponential natural evolution strategy (Wierstra et al. 2014): a full covariance.
 
-    Works on the ravelled operational values (``d`` of them, ``ravel``) and
+    A Gaussian ``N(mu, sigma**2 B B^T)`` adapted by the natural gradient in
+    local coordinates. Works on the ravelled operational values (``d`` of them, ``ravel``) and
     keeps a ``[d, d]`` float64 matrix: meant for moderate ``d`` (up to a few
     thousand: ``8 d**2`` bytes, an ``O(d**3)`` matrix exponential per
     generation). For large ``d`` use ``SNES``. Module docstring: the update.
 
-    Args (keyword-only):
+    Args:
         population_size: ``N >= 2`` (default 16; the paper's is ``nes_population(d)``).
         sigma: the initial scale, > 0 (``B`` starts as the identity).
         lr_mean: > 0 (paper: 1).
@@ -341,10 +364,17 @@ class XNES(Algorithm):
             after each update (off by default).
         maximize: higher fitness is better (default) or lower.
 
-    Example:
-        >>> xnes = XNES(sigma=1.0, maximize=False)
-        >>> state = xnes.init(x0)
-        >>> state, history = xnes.run(state, loss_fn, 300, generator=g)
+    All arguments are keyword-only.
+
+    Examples:
+        >>> def ellipse(pop):                           # [N]: badly scaled, minimum at 0
+        ...     x = ravel(pop)
+        ...     return (x[:, 0] ** 2 + 100 * x[:, 1] ** 2).double()
+        >>> xnes = XNES(population_size=10, sigma=1.0, maximize=False)
+        >>> state = xnes.init(nf.particle(nn.Linear(2, 1, bias=False)))
+        >>> state, _ = xnes.run(state, ellipse, 200, generator=torch.Generator().manual_seed(0))
+        >>> bool(state.best_fitness < 1e-8)
+        True
     """
 
     population_size: int = attrs.field(default=16, validator=v_int(2))
@@ -361,7 +391,14 @@ class XNES(Algorithm):
     kind = "distribution"
 
     def rates_for(self, d: int) -> tuple[float, float]:
-        """``(lr_sigma, lr_B)`` for ``d`` searched values."""
+        """``(lr_sigma, lr_B)`` for ``d`` searched values.
+
+        Args:
+            d: the number of searched values.
+
+        Returns:
+            The two rates; a None field gives the paper's ``(9 + 3 ln d) / (5 d sqrt d)``.
+        """
         default = (9 + 3 * math.log(d)) / (5 * d * math.sqrt(d))
         return (
             self.lr_sigma if self.lr_sigma is not None else default,

@@ -228,7 +228,8 @@ class NSGA2(Algorithm):
     ``uniform_population`` inside the bounds); ``tell`` takes fitness ``[N, M]``.
     Module docstring: the generation, and what ``best`` means here.
 
-    Args (keyword-only):
+    Args:
+        objectives: ``M >= 2``, the number of fitness columns (default 2).
         crossover_prob: probability that a child is crossed (default 0.9).
         crossover_eta: SBX distribution index >= 0 (default 20; larger: children nearer their parents).
         mutation: ``"polynomial"`` (needs bounds) or ``"gaussian"``; None
@@ -240,11 +241,22 @@ class NSGA2(Algorithm):
         bound_handling: ``"clip"`` (default) or ``"reflect"``.
         maximize: a bool for every objective, or a tuple of ``M`` bools (default True).
 
-    Example:
+    All arguments are keyword-only.
+
+    Examples:
+        >>> from nytorch_fn.algorithms import ravel, uniform_population
+        >>> def zdt1(pop):                              # [N, 2], both minimised; front: f2 = 1 - sqrt(f1)
+        ...     x = ravel(pop).double()
+        ...     g = 1 + 9 * x[:, 1:].mean(1)
+        ...     return torch.stack([x[:, 0], g * (1 - torch.sqrt(x[:, 0] / g))], 1)
+        >>> rng = torch.Generator().manual_seed(0)
         >>> nsga = NSGA2(bounds=(0.0, 1.0), maximize=False)
-        >>> state = nsga.init(uniform_population(x, 100, 0.0, 1.0, generator=g))
-        >>> state, history = nsga.run(state, zdt1, 200, generator=g)   # zdt1: pop -> [N, 2]
-        >>> front, fitness = nsga.front(state)
+        >>> pop = uniform_population(nf.particle(nn.Linear(4, 1, bias=False)), 40, 0.0, 1.0, generator=rng)
+        >>> state, history = nsga.run(nsga.init(pop), zdt1, 100, generator=rng)
+        >>> members, score = nsga.front(state)
+        >>> f = -score                                  # the fitness (score is higher-is-better)
+        >>> bool(((f[:, 1] - (1 - f[:, 0].sqrt())).abs() < 0.05).all()), history.best_fitness.shape
+        (True, torch.Size([100, 2]))
     """
 
     objectives: int = attrs.field(default=2, validator=_objectives)
@@ -271,6 +283,7 @@ class NSGA2(Algorithm):
 
     @property
     def mutation_kind(self) -> str:
+        """The mutation used: ``mutation``, or (None) polynomial with bounds and gaussian without."""
         return self.mutation if self.mutation is not None else ("polynomial" if self.bounds is not None else "gaussian")
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
@@ -396,8 +409,17 @@ class NSGA2(Algorithm):
         return compromise(worst_rows(score))
 
     def front(self, state: NSGA2State) -> tuple[Particle, torch.Tensor]:
-        """The first front of the parents: ``(members, score [k, M])`` (score: higher better,
-        i.e. the fitness with the sign of ``maximize`` applied)."""
+        """The non-dominated parents: the elitist approximation of the Pareto front.
+
+        Args:
+            state: an ``NSGA2State`` after at least one ``tell`` (single process:
+                under ``sharded`` each process holds only its rows).
+
+        Returns:
+            ``(members, score)``: a population of the ``k`` first-front parents
+            and their ``[k, M]`` float64 score (higher is better per objective:
+            the fitness with the sign of ``maximize`` applied, NaN as ``-inf``).
+        """
         keep = torch.nonzero(state.rank == 0).squeeze(1)
         return state.population[keep], state.score[keep]
 

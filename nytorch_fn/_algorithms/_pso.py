@@ -66,7 +66,7 @@ class PSO(Algorithm):
     tensor. Module docstring: the update. ``APSO`` is the accelerated variant
     (no velocities, no personal bests).
 
-    Args (keyword-only):
+    Args:
         inertia: ``w`` >= 0 (default 0.7298).
         cognitive: ``c1`` >= 0, the pull to the member's own best (default 1.49618).
         social: ``c2`` >= 0, the pull to the swarm's best (default 1.49618).
@@ -77,10 +77,20 @@ class PSO(Algorithm):
         bound_handling: ``"clip"`` (default) or ``"reflect"``.
         maximize: higher fitness is better (default) or lower.
 
-    Example:
+    All arguments are keyword-only.
+
+    Examples:
+        >>> import math
+        >>> from nytorch_fn.algorithms import ravel, uniform_population
+        >>> def rastrigin(pop):                         # [N], many local minima, the global one at 0
+        ...     x = ravel(pop).double()
+        ...     return 10 * x.shape[1] + (x**2 - 10 * torch.cos(2 * math.pi * x)).sum(1)
+        >>> g = torch.Generator().manual_seed(1)
         >>> pso = PSO(bounds=(-5.12, 5.12), maximize=False)
-        >>> state = pso.init(uniform_population(x, 64, -5.12, 5.12, generator=g))
-        >>> state, history = pso.run(state, rastrigin, 200, generator=g)
+        >>> pop = uniform_population(nf.particle(nn.Linear(2, 1, bias=False)), 30, -5.12, 5.12, generator=g)
+        >>> state, history = pso.run(pso.init(pop), rastrigin, 150, generator=g)
+        >>> bool(state.best_fitness < 1e-6)
+        True
     """
 
     inertia: float = attrs.field(default=0.7298, validator=v_nonneg)
