@@ -1038,7 +1038,7 @@ def lincomb(weights: Sequence[Any], particles: Sequence[Particle], *, donate: bo
         >>> best, noise = pop[0].clone(), pop.randn(generator=g)
         >>> moved = nf.lincomb([0.5, 0.5, 0.1], [pop, best, noise])   # APSO's move, one buffer
         >>> expected = 0.5 * pop + 0.5 * best + 0.1 * noise            # five passes, five buffers
-        >>> torch.allclose(moved.params["weight"], expected.params["weight"])
+        >>> torch.allclose(moved.params["weight"], expected.params["weight"], atol=1e-6)
         True
     """
     where = "lincomb"

@@ -379,7 +379,7 @@ def vmap_apply(population: Particle, *args: Any, **kwargs: Any) -> Any:
         >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 8)
         >>> x = torch.randn(5, 3)                    # [B, in]
         >>> y = nf.vmap_apply(pop, x)                # [N, B, out]
-        >>> y.shape, torch.allclose(y[2], nf.apply(pop[2], x))
+        >>> y.shape, torch.allclose(y[2], nf.apply(pop[2], x), atol=1e-6)
         (torch.Size([8, 5, 2]), True)
     """
     out, _ = vmap_apply_with(population, args, kwargs)
@@ -432,7 +432,7 @@ def vmap_apply_with(
         >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 4)
         >>> xs = torch.randn(4, 5, 3)                # one [5, 3] batch per member
         >>> y, _ = nf.vmap_apply_with(pop, (xs,), in_dims=0)
-        >>> y.shape, torch.allclose(y[1], nf.apply(pop[1], xs[1]))
+        >>> y.shape, torch.allclose(y[1], nf.apply(pop[1], xs[1]), atol=1e-6)
         (torch.Size([4, 5, 2]), True)
         >>> bn = nf.init_population(nn.BatchNorm1d(3), 4)
         >>> out, stats = nf.vmap_apply_with(bn, (torch.randn(6, 3),), training=True)
@@ -629,7 +629,7 @@ def weighted_mean(population: Particle, weights: Any) -> Particle:
     Examples:
         >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 2)
         >>> avg = nf.weighted_mean(pop, torch.tensor([3.0, 1.0]))
-        >>> torch.allclose(avg.params["bias"], 0.75 * pop.params["bias"][0] + 0.25 * pop.params["bias"][1])
+        >>> torch.allclose(avg.params["bias"], 0.75 * pop.params["bias"][0] + 0.25 * pop.params["bias"][1], atol=1e-6)
         True
     """
     n = require_population(population, "weighted_mean")

@@ -320,8 +320,8 @@ class Species:
         (True, ('weight', 'bias', 'scale'), 1)
         >>> p.species.names                          # the old version is unchanged
         ('weight', 'bias')
-        >>> dict(p.species.shapes), p.species.buffer_names
-        ({'weight': torch.Size([1, 2]), 'bias': torch.Size([1])}, ())
+        >>> p.species.shapes["weight"], p.species.dtypes["bias"], p.species.buffer_names
+        (torch.Size([1, 2]), torch.float32, ())
     """
 
     names: tuple[str, ...]
