@@ -1,9 +1,11 @@
-"""Bytes per global step of sharded populations, and a weak-scaling model from them.
+"""Bytes per generation of every sharded algorithm, and a weak-scaling model from them.
 
     python bench/bench_distributed.py [--ranks 2 4] [--quick] [--json out.json]
 
-Launches gloo process groups on 127.0.0.1 (loopback only), runs one global
-step of each sharded algorithm for several population sizes ``N`` and
+Launches gloo process groups on 127.0.0.1 (loopback only), runs one
+generation (ask + evaluate + tell) of every algorithm in
+``nytorch_fn.algorithms.ALGORITHMS`` under ``nfd.sharded`` (its protocol
+example's hyperparameters) for several population sizes ``N`` and
 parameter counts ``P``, and records the bytes each rank transmits through
 collectives (``nytorch_fn.distributed.count_bytes``: the ``wire`` column is
 bytes sent by this rank under ring/pipelined algorithms; the max over
@@ -46,11 +48,50 @@ def n_params(hidden: int) -> int:
 # ---------------------------------------------------------------------------
 
 
+def cases_for(n: int, tpl):
+    """name -> (sharded-able algorithm, x, objectives): every registered algorithm at population ``n``
+    (its protocol example's hyperparameters), plus the OpenAI-ES with the exact sum."""
+    import attrs
+
+    import nytorch_fn as nf
+    from nytorch_fn import algorithms as alg
+
+    pop = nf.random_population(tpl, n, generator=torch.Generator().manual_seed(2)) * 0.1
+    out = {}
+    for name, cls in sorted(alg.ALGORITHMS.items()):
+        ex = cls._example()
+        a = ex.algorithm
+        if a.kind == "distribution":
+            if "population_size" not in attrs.fields_dict(type(a)):
+                continue
+            try:
+                a = attrs.evolve(a, population_size=n)
+            except (ValueError, TypeError):
+                continue
+            out[name] = (a, tpl, ex.objectives)
+        else:
+            if name == "Hybrid":
+                a = attrs.evolve(a, every=1, subset=max(1, n // 4))
+            out[name] = (a, pop, ex.objectives)
+    if "OpenAIES" in out:
+        es = out["OpenAIES"][0]
+        out["OpenAIES"] = (attrs.evolve(es, exact=False), tpl, 1)
+        out["OpenAIES exact"] = (attrs.evolve(es, exact=True), tpl, 1)
+    return out
+
+
+def fitness_of(objectives: int):
+    def f(pop):
+        xs = [pop.tensors[i] for i in pop.species.layout().op]
+        one = -sum((t.double() ** 2).flatten(1).sum(1) for t in xs)
+        return one if objectives == 1 else torch.stack([one, -sum(((t.double() - 1) ** 2).flatten(1).sum(1) for t in xs)], 1)
+
+    return f
+
+
 def worker(out_path: str, ns: list[int]) -> None:
     import nytorch_fn as nf
     import nytorch_fn.distributed as nfd
-    from nytorch_fn import algorithms as alg
-    from nytorch_fn import optim
 
     nfd.init(backend="gloo", timeout=60)
     w = nfd.world()
@@ -58,60 +99,27 @@ def worker(out_path: str, ns: list[int]) -> None:
     for label, hidden in WIDTHS.items():
         torch.manual_seed(0)
         tpl = nf.particle(make_net(hidden))
-        x = torch.randn(16, 32, generator=torch.Generator().manual_seed(1))
-        y = torch.randint(0, 10, (16,), generator=torch.Generator().manual_seed(1))
-
-        def loss(p, x, y):
-            return nn.functional.cross_entropy(nf.apply(p, x), y)
-
-        def fitness(pop):
-            with torch.no_grad():
-                return -nn.functional.cross_entropy(
-                    nf.vmap_apply(pop, x).reshape(-1, 10), y.repeat(len(pop)), reduction="none"
-                ).view(len(pop), -1).mean(1)
-
         for n in ns:
             if n < w.size:
                 continue
-            pop = nf.random_population(tpl, n, generator=torch.Generator().manual_seed(2)) * 0.1
-            cases = {}
-            g = torch.Generator().manual_seed(3)
-            sh = nfd.shard(pop)
-            f_local = fitness(sh.local)
-            # Hybrid: one blend (the global step; gradient steps in between send nothing)
-            s = nfd.sharded(alg.Hybrid(optim.sgd(0.01), every=1, subset=max(1, n // 4)))
-            st = s.init(sh)
-            with nfd.count_bytes() as log:
-                s.step(st, loss, x, y, generator=g)
-            cases["hybrid blend"] = log
-            s = nfd.sharded(alg.APSO(alpha=0.1, beta=0.5))
-            st = s.init(sh)
-            with nfd.count_bytes() as log:
-                s.tell(st, f_local, generator=g)
-            cases["APSO tell"] = log
-            s = nfd.sharded(alg.GeneticAlgorithm(elitism=1))
-            st = s.init(sh)
-            with nfd.count_bytes() as log:
-                s.tell(st, f_local, generator=g)
-            cases["GA tell"] = log
-            if n % 2 == 0:
-                s = nfd.sharded(alg.OpenAIES(population_size=n, sigma=0.05))
-                st = s.init(tpl)
-                local, st = s.ask(st, generator=g)
-                with nfd.count_bytes() as log:
-                    s.tell(st, local, fitness(local.local))
-                cases["ES tell"] = log
-            s = nfd.sharded(alg.PBT(fraction=0.25))
-            st = s.init(sh, {"lr": torch.full((n,), 0.01)})
-            with nfd.count_bytes() as log:
-                s.exploit_explore(st, f_local, generator=g)
-            cases["PBT exploit"] = log
-            with nfd.count_bytes() as log:
-                nfd.gather(sh, dst=0)
-            cases["checkpoint gather"] = log
-            for case, log in cases.items():
+            for case, (a, x, objectives) in cases_for(n, tpl).items():
+                s = nfd.sharded(a)
+                g = torch.Generator().manual_seed(3)
+                f = fitness_of(objectives)
+                if case in ("CMAES", "XNES", "IPOP", "BIPOP") and n_params(hidden) > 10_000:
+                    continue  # a d x d matrix: D up to about 1e4 (SNES/SepCMAES/LMMAES are the large-D ones)
+                st = s.init(x, generator=g)
+                st, _ = s.step(st, f, generator=g)  # a first generation (the best improves in it)
+                with nfd.count_bytes() as log:  # one generation: ask + evaluate + tell
+                    st, _ = s.step(st, f, generator=g)
                 rows.append({"case": case, "N": n, "P": n_params(hidden), "label": label, "R": w.size,
-                             "rank": w.rank, "wire": log.wire, "payload": log.payload, "calls": log.calls})
+                             "rank": w.rank, "wire": log.wire, "payload": log.payload, "calls": log.calls,
+                             "ops": {k: v[1] for k, v in log.by_op().items()}})
+            with nfd.count_bytes() as log:
+                nfd.gather(nfd.from_local(nfd.shard(nf.random_population(tpl, n)).local), dst=0)
+            rows.append({"case": "checkpoint gather", "N": n, "P": n_params(hidden), "label": label, "R": w.size,
+                         "rank": w.rank, "wire": log.by_op().get("gather(members)", (0, 0.0))[1], "payload": 0,
+                         "calls": 1, "ops": {}})
     # loopback alpha/beta: time all_gather of 4 bytes and of 4 MB per rank
     lat = []
     for size in (1, 1 << 20):
@@ -175,22 +183,33 @@ def compute_per_member(hidden: int, n: int = 32, batch: int = 64) -> float:
     return (time.perf_counter() - start) / reps / n
 
 
-def wire_model(case: str, n: int, p_bytes: int, r: int) -> float:
-    """Closed-form bytes one rank transmits per global step (worst rank), as measured."""
+def wire_model(case: str, n: int, p_bytes: int, r: int) -> float | None:
+    """Closed-form bytes one rank transmits per generation (worst rank, upper bound), or None.
+
+    Every tell gathers the ``[N]`` float64 fitness; the base broadcasts the new best member
+    when it improves (counted: an upper bound).
+    """
     m = -(-n // r)  # largest block
-    fit = (r - 1) * 4 * m  # all_gather of fitness (float32), padded to the largest block
+    fit = (r - 1) * 8 * m  # all_gather of the float64 fitness, padded to the largest block
     bcast = p_bytes * (r - 1) / r
-    if case in ("hybrid blend", "APSO tell"):
-        return fit + bcast  # APSO: only when the best improves (the first tell does)
-    if case == "ES tell":
-        return fit + 2 * 2 * p_bytes * (r - 1) / r  # ring all_reduce of the P int64 fixed-point sums (8 B each)
-    if case == "GA tell":
-        return fit + bcast + 2 * m * p_bytes  # two takes: at most every parent row sent once per child block
-    if case == "PBT exploit":
-        return fit + max(1, n // 4) * p_bytes  # donors: at most the m copied rows leave their owner
+    ring = 2 * (r - 1) / r
+    take = lambda rows: 2 * (r - 1) * 8 + (r - 1) * 8 * rows + rows * p_bytes  # noqa: E731 counts, indices, rows
+    if case == "APSO":
+        return fit + bcast
+    if case == "Hybrid":
+        return fit + 2 * bcast  # the best, and the blend's target
+    if case == "OpenAIES":
+        return fit + bcast + ring * p_bytes  # one float all_reduce of the P gradient values
+    if case == "OpenAIES exact":
+        # int64 all_reduce (8 B per value) + the float64 maxima of the 6 tensors and the weights
+        return fit + bcast + ring * 2 * p_bytes + ring * 8 * (6 + 1)
+    if case == "GeneticAlgorithm":
+        return fit + bcast + 2 * take(m)
+    if case == "PBT":
+        return fit + bcast + (r - 1) * 8 * m + take(m)  # + the hyperparameter gather
     if case == "checkpoint gather":
         return m * p_bytes
-    raise KeyError(case)
+    return None
 
 
 def main() -> None:
@@ -221,12 +240,17 @@ def main() -> None:
         if key not in worst or x["wire"] > worst[key]["wire"]:
             worst[key] = x
     bad = 0
+    modelled = 0
     for (case, p, n, r), x in sorted(worst.items()):
         model = wire_model(case, n, 4 * p, r)
+        if model is None:
+            print(f"| {case} | {p} | {n} | {r} | {x['calls']} | {x['wire']:,.0f} | — |")
+            continue
+        modelled += 1
         ok = x["wire"] <= model * 1.0001 + 1
         bad += not ok
         print(f"| {case} | {p} | {n} | {r} | {x['calls']} | {x['wire']:,.0f} | {model:,.0f}{'' if ok else ' (!)'} |")
-    print(f"\nmeasured within model bound: {len(worst) - bad}/{len(worst)}")
+    print(f"\nmeasured within model bound: {modelled - bad}/{modelled}")
     for r in sorted({x['R'] for x in loop}):
         xs = [x for x in loop if x["R"] == r]
         small = max(x["small_s"] for x in xs)
@@ -238,17 +262,22 @@ def main() -> None:
     torch.randn(big.shape, out=big, generator=torch.Generator().manual_seed(0))
     rng_s = (time.perf_counter() - start) / big.numel()
     print(f"randn: {rng_s * 1e9:.2f} ns per value (the ES's per-member noise, local members only)")
-    from nytorch_fn._algorithms._es import quantized_sum
+    from nytorch_fn._algorithms._base import LocalCollective
 
     import nytorch_fn as nf
 
     noise = nf.random_population(nf.particle(make_net(WIDTHS["P=68k"])), 64, generator=torch.Generator().manual_seed(0))
     shaped = torch.linspace(-0.5, 0.5, 64, dtype=torch.float64)
-    quantized_sum(noise, shaped, 64)
-    start = time.perf_counter()
-    quantized_sum(noise, shaped, 64)
-    fx_s = (time.perf_counter() - start) / (64 * sum(t[0].numel() for t in noise.tensors))
-    print(f"fixed-point sum: {fx_s * 1e9:.2f} ns per value (the ES tell's local r_i eps_i sum)")
+    coll = LocalCollective(64)
+    values = 64 * sum(t[0].numel() for t in noise.tensors)
+    sums = {}
+    for exact in (False, True):
+        coll.weighted_sum(noise, shaped, exact=exact)
+        start = time.perf_counter()
+        coll.weighted_sum(noise, shaped, exact=exact)
+        sums[exact] = (time.perf_counter() - start) / values
+    fx_s = sums[False]
+    print(f"weighted sum: {sums[False] * 1e9:.2f} ns per value (fast), {sums[True] * 1e9:.2f} (exact)")
     print("\n## Weak-scaling model (fixed members per rank, global step every k local steps)\n")
     print("T_local = n_local * c (c: measured seconds per member per step);")
     print("T_comm per global step = a * (R - 1) [ring all_gather latency] + 2 a * log2 R [broadcast/all_to_all]")
@@ -262,23 +291,23 @@ def main() -> None:
     for label, hidden in WIDTHS.items():
         p = n_params(hidden)
         c = compute_per_member(hidden)
-        for case in ("hybrid blend", "ES tell", "GA tell", "PBT exploit"):
+        for case in ("Hybrid", "OpenAIES", "GeneticAlgorithm", "PBT"):
             for n_local in (4, 32):
                 effs = []
                 for r, bw in ((8, 12.5e9), (64, 12.5e9), (64, 1.25e9)):
                     n = r * n_local
                     useful = n_local * c
                     redundant = 0.0
-                    if case == "ES tell":
+                    if case == "OpenAIES":
                         # per-member noise streams: a rank draws only its n_local x P values and
                         # sums only its rows in fixed point; nothing is redundant
                         useful += n_local * p * (rng_s + fx_s)
                     a = 20e-6
                     t_comm = a * (r - 1) + 2 * a * math.log2(r) + wire_model(case, n, 4 * p, r) / bw
-                    k = args.k if case == "hybrid blend" else 1
+                    k = args.k if case == "Hybrid" else 1
                     effs.append(k * useful / (k * useful + redundant + t_comm))
                 model_rows.append({"P": p, "case": case, "n_local": n_local, "c": c, "eff": effs})
-                print(f"| {p} | {case}{' (k=%d)' % args.k if case == 'hybrid blend' else ''} | {n_local} | "
+                print(f"| {p} | {case}{' (k=%d)' % args.k if case == 'Hybrid' else ''} | {n_local} | "
                       f"{c * 1e3:.3f} | {effs[0]:.2f} | {effs[1]:.2f} | {effs[2]:.2f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"measured": meas, "loopback": loop, "model": model_rows}, indent=1))
