@@ -751,8 +751,8 @@ def read_manifest(path: str | os.PathLike) -> dict:
         path: a file written by ``save``.
 
     Returns:
-        The manifest, a dict of JSON values: ``format``, ``format_version``,
-        ``nytorch_fn_version``, ``species``, ``tree`` and ``tensors``.
+        The manifest, a dict of JSON values (``format``, ``format_version``,
+        ``nytorch_fn_version``, ``species``, ``tree`` and ``tensors``).
 
     Raises:
         CheckpointError: not a checkpoint, truncated or with a corrupted header.
@@ -963,7 +963,7 @@ def load_tensors(
         device: where to put them (default CPU).
 
     Returns:
-        ``{name: tensor}`` in the order of ``names``.
+        A dict name -> tensor, in the order of ``names``.
 
     Raises:
         KeyError: a name that is not in the file (the message lists some that are).

@@ -951,7 +951,7 @@ def lerp(start: Particle, end: Particle, weight: Any, *, donate: bool = False) -
             allocates; the result's values are the same either way.
 
     Returns:
-        A particle of the newer species: a population of ``N`` when either
+        A particle of the newer species; a population of ``N`` when either
         side is one (``[N, ...]`` per tensor), else a single particle.
 
     Raises:
@@ -1021,7 +1021,7 @@ def lincomb(weights: Sequence[Any], particles: Sequence[Particle], *, donate: bo
             as ``lerp`` does.
 
     Returns:
-        A particle of the newest species among ``particles``: a population
+        A particle of the newest species among ``particles``; a population
         of ``N`` when any of them is one.
 
     Raises:

@@ -296,7 +296,7 @@ def stack_buffers(species: Species, n: int, buffers: Mapping[str, torch.Tensor] 
             species' own; None: the species' buffers.
 
     Returns:
-        ``{name: tensor of shape [n, ...]}`` for every buffer that is not
+        A dict name -> tensor of shape ``[n, ...]`` for every buffer that is not
         None, in ``species.buffer_names`` order, for ``vmap_apply_with(...,
         buffers=...)``.
 
@@ -417,7 +417,7 @@ def vmap_apply_with(
             forward pass (dropout): ``"error"``, ``"different"`` or ``"same"``.
 
     Returns:
-        ``(outputs, buffers)``: outputs with a leading ``N``; buffers after
+        ``(outputs, buffers)``, the outputs with a leading ``N``; buffers after
         the pass (``[N, ...]`` when per-member, else the shared copies).
 
     Raises:
@@ -534,7 +534,7 @@ def best(population: Particle, fitness: Any, *, maximize: bool = True) -> Partic
         maximize: higher is better (default), or lower.
 
     Returns:
-        A single particle: a copy of the best member.
+        A single particle, a copy of the best member.
 
     Raises:
         NotAPopulationError: a single particle.
@@ -618,7 +618,7 @@ def weighted_mean(population: Particle, weights: Any) -> Particle:
         weights: ``[N]`` real weights (not summing to zero); NaN propagates.
 
     Returns:
-        A single particle: the weighted average of every operational tensor
+        A single particle, the weighted average of every operational tensor
         (the others from member 0, as their config says).
 
     Raises:

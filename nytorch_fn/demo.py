@@ -68,8 +68,8 @@ def load_digits(seed: int) -> dict[str, torch.Tensor]:
         seed: seeds the shuffle before the split.
 
     Returns:
-        ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``, ``y_test``:
-        inputs ``[n, 64]`` float32 in [0, 1], labels ``[n]`` int64.
+        A dict with ``x_train``, ``y_train``, ``x_val``, ``y_val``, ``x_test``
+        and ``y_test`` (inputs ``[n, 64]`` float32 in [0, 1], labels ``[n]`` int64).
     """
     sk_load_digits = _need("sklearn.datasets").load_digits
 

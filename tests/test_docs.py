@@ -217,10 +217,15 @@ def _callable_problems(fn: Any, doc: str, *, method: bool) -> list[str]:
                 if not re.search(rf"^\s+{re.escape(stars + p.name)}\b", args, re.M):
                     problems.append(f"Args: does not name {stars}{p.name}")
     ret = sig.return_annotation
+    returns = next((sections[t] for t in sections if t in _RETURN_TITLES), None)
     if ret is inspect.Signature.empty:
         problems.append("no return annotation")
-    elif ret not in (None, "None", type(None), "NoReturn") and not any(t in sections for t in _RETURN_TITLES):
+    elif ret not in (None, "None", type(None), "NoReturn") and returns is None:
         problems.append("no Returns: section")
+    first = (returns or "").strip().splitlines()[:1]
+    if first and ":" in first[0]:
+        # Google style reads "type: description" there; the type comes from the annotation
+        problems.append(f"Returns: griffe would read {first[0].split(':')[0]!r} as the type (no ':' on its first line)")
     return problems
 
 
