@@ -1,15 +1,21 @@
 """Out-of-core merging of safetensors checkpoints, one tensor at a time.
 
 Inputs are safetensors files or Hugging Face folders (``model.safetensors``,
-or ``model.safetensors.index.json`` with its shards). Each tensor is read
-through ``safetensors.safe_open`` when a kernel asks for it, from a handle
-opened for that read only (so no input stays mapped: resident memory holds
-the tensors of the output tensor being merged, not the checkpoints). Output
-shards are streamed: each shard's header is written first (every output name,
-dtype and shape is known before merging starts), then each merged tensor is
-written as soon as it is computed. Everything is written into a temporary
-folder beside ``out_dir`` and renamed at the end; on any error the temporary
-folder is removed and ``out_dir`` is left as it was.
+or ``model.safetensors.index.json`` with its shards). Headers are read and
+checked with ``safetensors.safe_open``; tensor bytes are then read with
+plain positioned reads (``readinto``) into a few buffers that the merge
+allocates once and reuses for every output tensor: one per input role (the
+base, model 0, model 1, ...), sized for the largest tensor, plus one staging
+buffer for inputs stored in another dtype than the one merged in. No input
+file stays mapped (a mapped file's pages count as resident memory as soon as
+they are touched), and no tensor-sized allocation is made per tensor by the
+reader, so resident memory holds the buffers of one output tensor and the
+kernel's scratch whatever glibc's heap does. Output shards are streamed:
+each shard's header is written first (every output name, dtype and shape is
+known before merging starts), then each merged tensor is written as soon as it
+is computed. Everything is written into a temporary folder beside
+``out_dir`` and renamed at the end; on any error the temporary folder is
+removed and ``out_dir`` is left as it was.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import json
 import os
 import shutil
 import struct
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -28,6 +35,7 @@ from safetensors import safe_open
 
 from . import _methods as M
 from ._kernels import Inputs
+from . import _select
 from ._particles import compat_flag, compute_dtype, resolve, seed_from, _check_count
 
 INDEX = "model.safetensors.index.json"
@@ -83,6 +91,7 @@ class Checkpoint:
         self.files: dict[str, Path] = {}
         self.shapes: dict[str, tuple[int, ...]] = {}
         self.dtypes: dict[str, torch.dtype] = {}
+        self._spans: dict[str, tuple[int, int]] = {}  # (absolute offset, byte count) of each tensor
         p = self.path
         if not p.exists():
             raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
@@ -122,41 +131,125 @@ class Checkpoint:
             f = index.parent / shard
             if not f.is_file():
                 raise CheckpointError(f"index {str(index)!r} names shard {shard!r}, which does not exist")
-            with safe_open(str(f), framework="pt") as h:
-                present = set(h.keys())
-                for name in names:
-                    if name not in present:
-                        raise CheckpointError(
-                            f"index {str(index)!r} places tensor {name!r} in shard {shard!r}, which does not hold it"
-                        )
-                    self._add(h, name, f)
+            self._read_shard(f, names, index)
 
-    def _read_shard(self, f: Path) -> None:
+    def _read_shard(self, f: Path, names: Sequence[str] | None = None, index: Path | None = None) -> None:
+        """Add ``names`` (every tensor when None) of shard ``f`` (named by ``index``)."""
         try:
             with safe_open(str(f), framework="pt") as h:
-                for name in h.keys():
-                    self._add(h, name, f)
+                present = list(h.keys())
+                spans = _spans(f)
+                if names is not None:
+                    have = set(present)
+                    for name in names:
+                        if name not in have:
+                            raise CheckpointError(
+                                f"index {str(index)!r} places tensor {name!r} in shard {f.name!r}, "
+                                f"which does not hold it"
+                            )
+                for name in present if names is None else names:
+                    self._add(h, name, f, spans)
         except CheckpointError:
             raise
         except Exception as e:  # safetensors raises its own error types
             raise CheckpointError(f"{str(f)!r} is not a readable safetensors file: {e}") from None
 
-    def _add(self, h: Any, name: str, f: Path) -> None:
+    def _add(self, h: Any, name: str, f: Path, spans: Mapping[str, tuple[int, int]]) -> None:
         s = h.get_slice(name)
         code = s.get_dtype()
         if code not in _ST_DTYPES:
             raise CheckpointError(f"{str(f)!r}: tensor {name!r} has dtype {code}, which torch here cannot hold")
+        shape = tuple(s.get_shape())
+        dtype = _ST_DTYPES[code]
+        span = spans.get(name)
+        if span is None or span[1] != _nbytes(shape, dtype):
+            raise CheckpointError(f"{str(f)!r}: the header's byte range of tensor {name!r} does not match its shape")
         self.files[name] = f
-        self.shapes[name] = tuple(s.get_shape())
-        self.dtypes[name] = _ST_DTYPES[code]
+        self.shapes[name] = shape
+        self.dtypes[name] = dtype
+        self._spans[name] = span
 
     def read(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
-        """One tensor, read from a handle opened for this read only."""
-        with safe_open(str(self.files[name]), framework="pt", device=str(device)) as h:
-            return h.get_tensor(name)
+        """One tensor, as a fresh tensor on ``device`` (read from the file, nothing kept mapped)."""
+        if name not in self.files:
+            raise KeyError(f"{str(self.path)!r} has no tensor {name!r}")
+        raw = torch.empty(self._spans[name][1], dtype=torch.uint8)
+        return self.read_into(name, raw).to(device)
+
+    def read_into(
+        self,
+        name: str,
+        raw: torch.Tensor,
+        start: int = 0,
+        stop: int | None = None,
+        *,
+        handles: dict | None = None,
+    ) -> torch.Tensor:
+        """Read tensor ``name`` into the front of ``raw`` (a contiguous CPU ``uint8`` buffer at
+        least that large) and return it as a view of ``raw`` with the tensor's dtype and shape;
+        with ``start``/``stop``: only entries ``[start, stop)`` of the flattened tensor, as a flat
+        view. ``handles``: a dict of open files to reuse (the caller closes them)."""
+        offset, nbytes = self._spans[name]
+        dtype, shape = self.dtypes[name], self.shapes[name]
+        whole = start == 0 and stop is None
+        if not whole:
+            item = torch.empty((), dtype=dtype).element_size()
+            count = (nbytes // item if item else 0) if stop is None else stop
+            offset, nbytes = offset + start * item, (count - start) * item
+        if sys.byteorder != "little":  # pragma: no cover - no big-endian CI
+            with safe_open(str(self.files[name]), framework="pt") as h:
+                t = h.get_tensor(name).reshape(-1)[start:stop]
+            out = raw[:nbytes].view(dtype)
+            out.copy_(t)
+            return out.view(shape) if whole else out
+        view = raw[:nbytes]
+        if nbytes:
+            mv = memoryview(view.numpy()).cast("B")
+            path = self.files[name]
+            fh = handles.get(path) if handles is not None else None
+            if fh is None:
+                fh = open(path, "rb", buffering=0)
+                if handles is not None:
+                    handles[path] = fh
+            try:
+                fh.seek(offset)
+                got = 0
+                while got < nbytes:
+                    n = fh.readinto(mv[got:])
+                    if not n:
+                        raise CheckpointError(f"{str(path)!r}: the file ends inside tensor {name!r} (truncated?)")
+                    got += n
+            finally:
+                if handles is None:
+                    fh.close()
+        out = view.view(dtype)
+        return out.view(shape) if whole else out
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, {len(self.names)} tensors)"
+
+
+def _nbytes(shape: Sequence[int], dtype: torch.dtype) -> int:
+    n = 1
+    for d in shape:
+        n *= d
+    return n * torch.empty((), dtype=dtype).element_size()
+
+
+def _spans(f: Path) -> dict[str, tuple[int, int]]:
+    """Each tensor's (absolute offset, byte count) from a safetensors header (already
+    checked by ``safe_open``: offsets are contiguous and inside the file)."""
+    with open(f, "rb") as fh:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        header = json.loads(fh.read(n))
+    start = 8 + n
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        out[name] = (start + b, e - b)
+    return out
 
 
 def as_checkpoint(x: Any) -> Checkpoint:
@@ -327,11 +420,13 @@ def run_jobs(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent))
     writer = ShardWriter(tmp, entries, shard_size)
+    buffers = Buffers(jobs)
     try:
         by_name = {j.name: (j, e) for j, e in zip(jobs, entries)}
         for name in writer.order:
             job, (_, dtype, _) = by_name[name]
-            writer.write(name, _run_job(job, dtype, seed=seed, compat=compat, device=device, where=where))
+            writer.write(name, _run_job(job, dtype, buffers, seed=seed, compat=compat, device=device, where=where))
+        buffers.close()
         writer.close()
         if extra is not None:
             extra(tmp)
@@ -347,14 +442,99 @@ def run_jobs(
         else:
             os.rename(tmp, out)
     except BaseException:
+        buffers.close()
         writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
 
 
-def _run_job(job: Job, out_dtype: torch.dtype, *, seed, compat, device, where) -> torch.Tensor:
-    srcs = ([job.base] if job.base else []) + list(job.models)
+class Buffers:
+    """The read buffers of one merge, allocated once and reused for every output tensor.
+
+    - one per input role (``"base"``, model ``0``, ``1``, ...), sized for the largest
+      tensor that role holds in the compute dtype: what a kernel holds whole; each role
+      is read at most once per output tensor (a second read would overwrite what the
+      kernel holds, so it is refused);
+    - one ``transient`` buffer shared by all models (``Inputs.delta(i, transient=True)``:
+      valid until the next transient read);
+    - one chunk buffer per role for ``Inputs.part`` (valid until that model's next part);
+    - staging buffers for inputs stored in another dtype (read raw, converted into place).
+
+    Each is allocated on first use; files are kept open for the merge (``close``).
+    """
+
+    def __init__(self, jobs: Sequence[Job]) -> None:
+        self._sizes: dict[Any, int] = {}
+        stage = 0
+        for job in jobs:
+            if job.method is None:
+                continue
+            cdt = compute_dtype(*(ck.dtypes[n] for ck, n in _sources(job)))
+            for role, (ck, name) in _roles(job):
+                size = _nbytes(ck.shapes[name], cdt)
+                for r in (role, "transient"):
+                    self._sizes[r] = max(self._sizes.get(r, 0), size)
+                if ck.dtypes[name] != cdt:
+                    stage = max(stage, ck._spans[name][1])
+        self._sizes["stage"] = stage
+        self._raw: dict[Any, torch.Tensor] = {}
+        self._used: set = set()
+        self.handles: dict = {}
+
+    def next_tensor(self) -> None:
+        self._used.clear()
+
+    def close(self) -> None:
+        for fh in self.handles.values():
+            fh.close()
+        self.handles.clear()
+        self._raw.clear()
+
+    def _buffer(self, key: Any, size: int | None = None) -> torch.Tensor:
+        b = self._raw.get(key)
+        if b is None:  # allocated on first use; its pages become resident as they are written
+            b = self._raw[key] = torch.empty(self._sizes[key] if size is None else size, dtype=torch.uint8)
+        return b
+
+    def _read(self, key: Any, src: Source, dtype: torch.dtype, device, start=0, stop=None, size=None):
+        ck, name = src
+        if ck.dtypes[name] == dtype:
+            t = ck.read_into(name, self._buffer(key, size), start, stop, handles=self.handles)
+        else:
+            stage = ("stage", key) if size is not None else "stage"
+            raw = ck.read_into(name, self._buffer(stage, size), start, stop, handles=self.handles)
+            t = self._buffer(key, size)[: raw.numel() * _ITEM[dtype]].view(dtype).view(raw.shape)
+            t.copy_(raw)
+        return t if torch.device(device).type == "cpu" else t.to(device)
+
+    def load(self, role: Any, src: Source, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
+        if role in self._used:
+            raise RuntimeError(f"internal: input {role!r} read twice for one output tensor")
+        self._used.add(role)
+        return self._read(role, src, dtype, device)
+
+    def transient(self, src: Source, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
+        return self._read("transient", src, dtype, device)
+
+    def part(self, role: Any, src: Source, start: int, stop: int, dtype: torch.dtype, device) -> torch.Tensor:
+        return self._read(("part", role), src, dtype, device, start, stop, size=_select.CHUNK * 8)
+
+
+_ITEM = {d: torch.empty((), dtype=d).element_size() for d in (torch.float16, torch.bfloat16, torch.float32,
+                                                            torch.float64)}
+
+
+def _sources(job: Job) -> list[Source]:
+    return ([job.base] if job.base else []) + list(job.models)
+
+
+def _roles(job: Job) -> list[tuple[Any, Source]]:
+    return ([("base", job.base)] if job.base else []) + list(enumerate(job.models))
+
+
+def _run_job(job: Job, out_dtype: torch.dtype, buffers: Buffers, *, seed, compat, device, where) -> torch.Tensor:
+    srcs = _sources(job)
     if job.method is None:
         first = srcs[0][0].read(srcs[0][1])
         for ck, name in srcs[1:]:
@@ -364,15 +544,19 @@ def _run_job(job: Job, out_dtype: torch.dtype, *, seed, compat, device, where) -
                     f"{str(srcs[0][0].path)!r} and {str(ck.path)!r} hold different values; it cannot be merged"
                 )
         return first
-    dtypes = [ck.dtypes[n] for ck, n in srcs]
+    dtype = compute_dtype(*(ck.dtypes[n] for ck, n in srcs))
+    buffers.next_tensor()
+    models = job.models
     ctx = Inputs(
         job.name,
-        (lambda: job.base[0].read(job.base[1], device)) if job.base else None,
-        [(lambda s=s: s[0].read(s[1], device)) for s in job.models],
+        (lambda: buffers.load("base", job.base, dtype, device)) if job.base else None,
+        [(lambda i=i, s=s: buffers.load(i, s, dtype, device)) for i, s in enumerate(models)],
         owned=True,
-        dtype=compute_dtype(*dtypes),
+        dtype=dtype,
         compat=compat,
         seed=seed,
+        parts=lambda i, start, stop: buffers.part(i, models[i], start, stop, dtype, device),
+        transient=lambda i: buffers.transient(models[i], dtype, device),
     )
     return job.method.kernel(ctx, **job.params).to(out_dtype)
 

@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from ._select import ascending_value, chunks, rank_mask
+from ._select import RankWindow, ascending_value, chunks, rank_mask
 
 Loader = Callable[[], torch.Tensor]
 
@@ -37,15 +37,30 @@ class MergeInputError(ValueError):
     """A merge's inputs cannot be merged as asked (the message names the tensor)."""
 
 
+Part = Callable[[int, int, int], torch.Tensor]  # (model, start, stop) -> flat entries [start, stop)
+
+
 class Inputs:
     """The inputs of one output tensor: an optional base and ``k`` other models.
 
+    Kernels read them in three ways:
+
+    - whole tensors (``base``, ``model``, ``writable``, ``delta``): held as long
+      as the kernel likes;
+    - ``delta(i, transient=True)``: a whole tensor valid only until the next
+      transient read (the file path reuses one buffer for all of them: a kernel
+      that looks at one model at a time, to choose a mask, holds one tensor);
+    - ``part`` / ``delta_part``: entries ``[start, stop)`` of the flattened
+      tensor (the file path reads just those bytes), for element-wise passes.
+
     ``owned``: the loaders return fresh tensors the kernel may overwrite (files);
     otherwise (particles) they alias the caller's tensors and are copied before
-    any in-place write.
+    any in-place write. ``parts`` / ``transient``: the file path's chunk and
+    scratch readers (default: slices of / the whole tensors from ``models``).
     """
 
-    __slots__ = ("name", "k", "_base", "_models", "_owned", "dtype", "compat", "_seed", "_base_t", "_base_owned")
+    __slots__ = ("name", "k", "_base", "_models", "_owned", "dtype", "compat", "_seed", "_base_t", "_base_owned",
+                 "_base_flat", "_parts", "_transient", "_flat")
 
     def __init__(
         self,
@@ -57,6 +72,8 @@ class Inputs:
         dtype: torch.dtype,
         compat: bool,
         seed: int | None,
+        parts: Part | None = None,
+        transient: Callable[[int], torch.Tensor] | None = None,
     ) -> None:
         self.name = name
         self.k = len(models)
@@ -68,6 +85,10 @@ class Inputs:
         self._seed = seed
         self._base_t = None
         self._base_owned = False
+        self._base_flat = None
+        self._parts = parts
+        self._transient = transient
+        self._flat: dict[int, torch.Tensor] = {}
 
     @property
     def has_base(self) -> bool:
@@ -86,23 +107,51 @@ class Inputs:
         return self._base_t
 
     def writable_base(self) -> torch.Tensor:
-        """The base for in-place use as the result (the last use of the base)."""
+        """The base for in-place use as the result (the last use of the base); contiguous.
+
+        Element-wise passes that write the result chunk by chunk read each chunk of
+        ``base`` / ``delta_part`` before writing it (the two may share storage)."""
         b = self.base()
-        return b if self._base_owned else b.clone()
+        return b if self._base_owned and b.is_contiguous() else b.clone(memory_format=torch.contiguous_format)
+
+    def _base_entries(self) -> torch.Tensor:
+        if self._base_flat is None:
+            self._base_flat = self.base().reshape(-1)
+        return self._base_flat
 
     def model(self, i: int) -> torch.Tensor:
         """Model ``i``'s tensor in the compute dtype (read-only)."""
         return self._load(self._models[i])[0]
 
     def writable(self, i: int) -> torch.Tensor:
+        """Model ``i``'s tensor for in-place use (a fresh or owned contiguous tensor)."""
         t, owned = self._load(self._models[i])
-        return t if owned else t.clone()
+        return t if owned and t.is_contiguous() else t.clone(memory_format=torch.contiguous_format)
 
-    def delta(self, i: int) -> torch.Tensor:
-        """``model(i) - base``, a fresh tensor."""
-        t, owned = self._load(self._models[i])
+    def delta(self, i: int, *, transient: bool = False) -> torch.Tensor:
+        """``model(i) - base``, a tensor the kernel owns; with ``transient`` valid only
+        until the next transient read."""
+        if transient and self._transient is not None:
+            t, owned = self._load(lambda: self._transient(i))
+        else:
+            t, owned = self._load(self._models[i])
         b = self.base()
         return t.sub_(b) if owned else t - b
+
+    def part(self, i: int, start: int, stop: int) -> torch.Tensor:
+        """Entries ``[start, stop)`` of model ``i``'s flattened tensor in the compute dtype (read-only)."""
+        if self._parts is not None:
+            t = self._parts(i, start, stop)
+        else:
+            flat = self._flat.get(i)
+            if flat is None:
+                flat = self._flat[i] = self._models[i]().reshape(-1)
+            t = flat[start:stop]
+        return t if t.dtype == self.dtype else t.to(self.dtype)
+
+    def delta_part(self, i: int, start: int, stop: int) -> torch.Tensor:
+        """``part(i, start, stop) - base`` entries, a fresh tensor: the same bits as ``delta(i)``'s entries."""
+        return self.part(i, start, stop) - self._base_entries()[start:stop]
 
     def generator(self, device: torch.device) -> torch.Generator:
         """A generator for this tensor, from the merge's seed and the tensor's name."""
@@ -128,8 +177,10 @@ def linear(ctx: Inputs, *, weight: Sequence[float], normalize: bool) -> torch.Te
     acc = ctx.writable(0)
     if w[0] != 1.0:
         acc.mul_(w[0])
-    for i in range(1, ctx.k):
-        acc += ctx.model(i) * w[i]
+    flat = acc.view(-1)
+    for s, e in chunks(flat.numel()):  # acc += x_i * w_i for i = 1, 2, ...: per entry the same bits as whole
+        for i in range(1, ctx.k):      # tensors, with chunk-sized temporaries and chunk-sized reads
+            flat[s:e] += ctx.part(i, s, e) * w[i]
     if normalize:
         acc /= sum(w)  # after the sum, as mergekit: exact for dyadic weights, one rounding less
     return acc
@@ -287,46 +338,101 @@ def _keep_count(density: float, n: int, *, at_least_one: bool) -> int:
     return max(1, k) if at_least_one and n > 0 else k
 
 
-def _l1_rescale(masked: torch.Tensor, before: float, eps: float = 1e-7) -> torch.Tensor:
-    after = _scalar(torch.linalg.vector_norm(masked, 1))
-    if before < eps or after < eps:
-        return masked
-    return masked.mul_(before / after)
+class _Tau:
+    """How one model's (sparsified, rescaled) task vector is rebuilt entry by entry.
+
+    The merge pass of ``task_vectors`` runs chunk by chunk over all models at once.
+    What is kept per model between the passes is small: a ``RankWindow`` (a few
+    numbers: a magnitude selection's mask is rebuilt per chunk from the chunk's
+    values), a random boolean mask, a scalar rescale, or, for DELLA, whose rescale
+    is per entry, the finished vector. The entries are recomputed from
+    ``delta_part`` with the same operations in the same order as on whole tensors
+    (``(m - b) * mask * (before / after)`` or ``/ density``), so the bits are the same.
+    """
+
+    __slots__ = ("dense", "mask", "window", "mul", "div", "_stream")
+
+    def __init__(self, *, dense=None, mask=None, window=None, mul=None, div=None) -> None:
+        self.dense, self.mask, self.window, self.mul, self.div = dense, mask, window, mul, div
+        self._stream = window.masks() if window is not None else None
+
+    def entries(self, ctx: Inputs, i: int, s: int, e: int) -> torch.Tensor:
+        """Entries ``[s, e)`` (called on consecutive chunks from 0), a tensor the caller owns."""
+        if self.dense is not None:
+            return self.dense[s:e]
+        x = ctx.delta_part(i, s, e)
+        if self.window is not None:
+            x.mul_(self._stream.next(x, s, e))
+        elif self.mask is not None:
+            x.mul_(self.mask[s:e])
+        if self.mul is not None:
+            x.mul_(self.mul)
+        if self.div is not None:
+            x.div_(self.div)
+        return x
 
 
-def _magnitude(d: torch.Tensor, density: float, rescale: bool) -> torch.Tensor:
-    n = d.numel()
-    keep = _keep_count(density, n, at_least_one=True)
-    before = _scalar(torch.linalg.vector_norm(d, 1)) if rescale else 0.0
-    d.mul_(_abs_rank_mask(d, 0, keep))
-    return _l1_rescale(d, before) if rescale else d
+def _l1_factor(before: float, after: float, eps: float = 1e-7) -> float | None:
+    """mergekit's rescale of a masked task vector to the L1 norm it had (None: left as is)."""
+    return None if before < eps or after < eps else before / after
 
 
-def _abs_rank_mask(d: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
-    return rank_mask(d.abs(), lo, hi)
+def _ranked(ctx: Inputs, i: int, lo: int, hi: int, rescale: bool) -> _Tau:
+    """Keep the entries of task vector ``i`` whose magnitude ranks in ``[lo, hi)``."""
+    b = ctx.base()
+    n = b.numel()
+    if not rescale:  # the selection reads chunks of m_i - b: no copy of the task vector
+        w = RankWindow(lambda s, e: ctx.delta_part(i, s, e), n, lo, hi, dtype=ctx.dtype, device=b.device,
+                       absolute=True)
+        return _Tau(window=w)
+    d = ctx.delta(i, transient=True).reshape(-1)  # the L1 norms need the whole vector, before and after
+    w = RankWindow(d, n, lo, hi, dtype=d.dtype, device=d.device, absolute=True)
+    before = _scalar(torch.linalg.vector_norm(d, 1))
+    stream = w.masks()
+    for s, e in chunks(n):
+        d[s:e].mul_(stream.next(d[s:e], s, e))
+    after = _scalar(torch.linalg.vector_norm(d, 1))
+    return _Tau(window=w, mul=_l1_factor(before, after))
 
 
-def _outliers(d: torch.Tensor, density: float, gamma: float, rescale: bool, compat: bool) -> torch.Tensor:
-    n = d.numel()
-    target = _keep_count(density, n, at_least_one=not compat)
+def _magnitude(ctx: Inputs, i: int, density: float, rescale: bool) -> _Tau:
+    """TIES' trim: keep the ``density`` fraction of largest magnitudes (at least one entry)."""
+    n = ctx.base().numel()
+    return _ranked(ctx, i, 0, _keep_count(density, n, at_least_one=True), rescale)
+
+
+def _outliers(ctx: Inputs, i: int, density: float, gamma: float, rescale: bool) -> _Tau:
+    """Model breadcrumbs: drop the ``gamma`` fraction of largest magnitudes and keep the
+    next ``density`` fraction (ours: at least one entry; mergekit's: possibly none)."""
+    n = ctx.base().numel()
+    target = _keep_count(density, n, at_least_one=not ctx.compat)
     top = int(gamma * n)
     bottom = max(0, n - target - top)
     lo = n - bottom - target  # descending ranks [lo, lo + target) are kept
-    before = _scalar(torch.linalg.vector_norm(d, 1)) if rescale else 0.0
-    d.mul_(_abs_rank_mask(d, lo, lo + target))
-    return _l1_rescale(d, before) if rescale else d
+    return _ranked(ctx, i, lo, lo + target, rescale)
 
 
-def _random(d: torch.Tensor, density: float, rescale: bool, compat: bool, g: torch.Generator) -> torch.Tensor:
-    keep = torch.empty(d.shape, dtype=torch.bool, device=g.device).bernoulli_(density, generator=g).to(d.device)
-    before = _scalar(torch.linalg.vector_norm(d, 1)) if rescale and compat else 0.0
-    d.mul_(keep)
+def _random(ctx: Inputs, i: int, density: float, rescale: bool, g: torch.Generator) -> _Tau:
+    """DARE: keep each entry with probability ``density``; rescale by ``1 / density``
+    (ours, unbiased) or to the L1 norm it had (mergekit's)."""
+    b = ctx.base()
+    keep = torch.empty(b.shape, dtype=torch.bool, device=g.device).bernoulli_(density, generator=g)
+    keep = keep.to(b.device).reshape(-1)
     if not rescale:
-        return d
-    return _l1_rescale(d, before) if compat else d.div_(density)
+        return _Tau(mask=keep)
+    if ctx.compat:
+        d = ctx.delta(i, transient=True).reshape(-1)
+        before = _scalar(torch.linalg.vector_norm(d, 1))
+        d.mul_(keep)
+        return _Tau(mask=keep, mul=_l1_factor(before, _scalar(torch.linalg.vector_norm(d, 1))))
+    return _Tau(mask=keep, div=density)
 
 
-def _della(d: torch.Tensor, density: float, epsilon: float, rescale: bool, compat: bool, g: torch.Generator) -> torch.Tensor:
+def _della(ctx: Inputs, i: int, density: float, epsilon: float, rescale: bool, g: torch.Generator) -> _Tau:
+    """DELLA: keep probabilities rising linearly with the magnitude rank in each row,
+    ``density -+ epsilon``; rescale each kept entry by ``1 / p`` (ours) or to the L1 norm (mergekit's)."""
+    d = ctx.delta(i)
+    compat = ctx.compat
     shape = d.shape
     rows = d.reshape(1, -1) if d.dim() < 2 else d.reshape(shape[0], -1)
     m = rows.shape[1]
@@ -342,8 +448,10 @@ def _della(d: torch.Tensor, density: float, epsilon: float, rescale: bool, compa
         if rescale and not compat:
             r.div_(probs)  # each kept entry divided by its own keep probability
     if rescale and compat:
-        _l1_rescale(d, before)
-    return d
+        after = _scalar(torch.linalg.vector_norm(d, 1))
+        if before >= 1e-7 and after >= 1e-7:
+            d.mul_(before / after)
+    return _Tau(dense=d.reshape(-1))
 
 
 def task_vectors(
@@ -360,31 +468,36 @@ def task_vectors(
     consensus: bool = False,
 ) -> torch.Tensor:
     """The generalised task arithmetic of mergekit: sparsify each ``tau_i``, weight it,
-    (sign consensus), sum, (normalise), scale by ``lambda_``, add to the base."""
+    (sign consensus), sum, (normalise), scale by ``lambda_``, add to the base.
+
+    Two passes: the masks, one model at a time (one whole task vector alive), then
+    the merge, chunk by chunk over every model (chunk-sized reads and temporaries)."""
     taus = []
     g = None
     for i in range(ctx.k):
-        d = ctx.delta(i)
         dens = 1.0 if density is None else density[i]
-        if sparsify is not None and dens < 1.0:
-            if sparsify == "magnitude":
-                d = _magnitude(d, dens, rescale)
-            elif sparsify == "outliers":
-                d = _outliers(d, dens, gamma[i], rescale, ctx.compat)
+        if sparsify is None or dens >= 1.0:
+            taus.append(_Tau())
+        elif sparsify == "magnitude":
+            taus.append(_magnitude(ctx, i, dens, rescale))
+        elif sparsify == "outliers":
+            taus.append(_outliers(ctx, i, dens, gamma[i], rescale))
+        else:
+            g = g or ctx.generator(ctx.base().device)
+            if sparsify == "random":
+                taus.append(_random(ctx, i, dens, rescale, g))
             else:
-                g = g or ctx.generator(d.device)
-                if sparsify == "random":
-                    d = _random(d, dens, rescale, ctx.compat, g)
-                else:
-                    d = _della(d, dens, epsilon[i], rescale, ctx.compat, g)
-        if weight[i] != 1.0:
-            d.mul_(weight[i])
-        taus.append(d.reshape(-1))
+                taus.append(_della(ctx, i, dens, epsilon[i], rescale, g))
     out = ctx.writable_base()
     flat = out.view(-1)
     total = sum(weight)
     for s, e in chunks(flat.numel()):
-        ds = [t[s:e] for t in taus]
+        ds = []
+        for i, tau in enumerate(taus):  # every read of this chunk of the base happens before it is written
+            d = tau.entries(ctx, i, s, e)
+            if weight[i] != 1.0:
+                d.mul_(weight[i])
+            ds.append(d)
         if consensus:
             elected = _elect(ds, ctx.compat)
             mixed = torch.zeros_like(ds[0])

@@ -326,3 +326,94 @@ def test_the_command_line(hub, tmp_path, capsys):
     assert "unknown merge method 'soup'" in capsys.readouterr().err
     run = subprocess.run([sys.executable, "-m", "nytorch_fn.merge", "--help"], capture_output=True, text=True)
     assert run.returncode == 0 and "CONFIG" in run.stdout.upper()
+
+
+# -- chunking and reading never change a value ------------------------------------------------
+
+EVERY_METHOD = {
+    "linear": {"weight": [1.0, 0.5, 0.25]},
+    "slerp": {"t": 0.3},
+    "multislerp": {},
+    "nuslerp": {"weight": [0.4, 0.6]},
+    "karcher": {},
+    "task_arithmetic": {"weight": [0.5, 0.3, 0.2], "lambda_": 1.5},
+    "ties": {"density": 0.4, "weight": [1.0, 0.5, 0.25]},
+    "dare_ties": {"density": 0.6},
+    "dare_linear": {"density": 0.6},
+    "breadcrumbs": {"density": 0.5, "gamma": 0.1},
+    "breadcrumbs_ties": {"density": 0.5, "gamma": 0.1},
+    "della": {"density": 0.5, "epsilon": 0.2},
+    "della_linear": {"density": 0.5, "epsilon": 0.2},
+    "model_stock": {},
+    "nearswap": {"t": 0.01},
+    "sce": {"select_topk": 0.5},
+    "arcee_fusion": {},
+    "ram": {"epsilon": 0.05},
+    "ramplus_tl": {"epsilon": 0.05},
+    "passthrough": {"scale": [2.0]},
+}
+VARIANTS = [(m, kw, None) for m, kw in EVERY_METHOD.items()] + [
+    ("ties", {"density": 0.4, "rescale": True}, None),
+    ("breadcrumbs", {"density": 0.5, "gamma": 0.1, "rescale": True}, "mergekit"),
+    ("dare_ties", {"density": 0.6}, "mergekit"),
+    ("della", {"density": 0.5, "epsilon": 0.2}, "mergekit"),
+    ("ties", {"density": 0.4}, "mergekit"),
+]
+
+
+def _inputs(method: str):
+    from nytorch_fn._merge._methods import METHODS
+
+    m = METHODS[method]
+    torch.manual_seed(3)
+    base = nf.particle(nn.Sequential(nn.Linear(12, 10), nn.Tanh(), nn.Linear(10, 7)))
+    g = torch.Generator().manual_seed(4)
+    k = m.max_models if m.max_models is not None else 3
+    k = max(k, m.min_models)
+    if method == "nuslerp":
+        k = 2
+    fts = [base + 0.1 * base.randn(generator=g) for _ in range(k)]
+    if method == "ram" or method == "ramplus_tl":  # exact zeros in the task vectors, so the masks matter
+        fts = [f.zip_with(base, lambda a, b, _: torch.where(torch.rand(a.shape, generator=g) < 0.3, b, a)) for f in fts]
+    return (base if m.base != "ignored" else None), fts
+
+
+@pytest.mark.parametrize("method,kw,compat", VARIANTS, ids=lambda v: v if isinstance(v, str) else None)
+def test_chunk_size_and_reading_from_files_never_change_a_bit(tmp_path, monkeypatch, method, kw, compat):
+    """Every method, in memory with the default chunk, equals (bit for bit) the same merge
+    with 50-entry chunks (3 per weight) and radix selection on every tensor, in memory and out of core."""
+    from nytorch_fn._merge import _select
+
+    base, fts = _inputs(method)
+    run = lambda: merge.merge_particles(method, fts, base=base, compat=compat,  # noqa: E731
+                                        generator=torch.Generator().manual_seed(5), **kw)
+    reference = run()
+    paths = [save_sharded(p, tmp_path / f"ft{i}") for i, p in enumerate(fts)]
+    base_dir = save_sharded(base, tmp_path / "base") if base is not None else None
+    monkeypatch.setattr(_select, "CHUNK", 50)
+    monkeypatch.setattr(_select, "SMALL", 8)
+    small_chunks = run()
+    out = merge.merge_files(method, paths, tmp_path / "out", base=base_dir, compat=compat,
+                            generator=torch.Generator().manual_seed(5), **kw)
+    got = read_all(out)
+    for name in reference.species.names:
+        assert torch.equal(small_chunks.params[name], reference.params[name]), name
+        assert torch.equal(got[name], reference.params[name]), name
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs /proc/self/maps")
+def test_no_input_file_stays_mapped_while_merging(models, tmp_path, monkeypatch):
+    from nytorch_fn._merge import _files
+
+    base, fts, base_dir, paths = models
+    seen = []
+    write = _files.ShardWriter.write
+
+    def spy(self, name, t):
+        maps = Path("/proc/self/maps").read_text()
+        seen.append(any(str(p) in maps for p in [base_dir, *paths]))
+        return write(self, name, t)
+
+    monkeypatch.setattr(_files.ShardWriter, "write", spy)
+    merge.merge_files("ties", paths, tmp_path / "out", base=base_dir, density=0.5)
+    assert seen and not any(seen)
