@@ -13,8 +13,8 @@ the member's searched values (so at least one value comes from ``v_i``),
 ``x_i``'s elsewhere; then the bounds. Selection, member by member: ``t_i``
 replaces ``x_i`` when its fitness is at least as good (NaN never is).
 
-The first ``ask`` returns the initial population itself, to be evaluated;
-every later one returns the trials.
+The first ``ask`` returns the initial population itself (brought inside
+the bounds), to be evaluated; every later one returns the trials.
 """
 
 from __future__ import annotations
@@ -201,6 +201,7 @@ class DE(Algorithm):
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
         pop = own_population(x, "DE.init")
         check_bounds_species(self.bounds, pop[0], "DE.init")
+        pop = enforce_bounds(pop, self.bounds, self.bound_handling, donate=True)  # the first parents too
         device = pop.tensors[0].device
         return {"population": pop, "score": torch.full((coll.n,), -math.inf, dtype=torch.float64, device=device),
                 "evaluated": False}

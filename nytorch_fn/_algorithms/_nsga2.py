@@ -290,6 +290,7 @@ class NSGA2(Algorithm):
         where = "NSGA2.init"
         pop = own_population(x, where)
         check_bounds_species(self.bounds, pop[0], where)
+        pop = enforce_bounds(pop, self.bounds, self.bound_handling, donate=True)  # the first parents too
         n = coll.n
         device = pop.tensors[0].device
         m = self.objectives

@@ -11,7 +11,7 @@ with ``r1, r2 ~ U(0, 1)`` drawn per value (the standard form) or once per
 member (``per_dimension=False``, as evosax does). Defaults are Clerc &
 Kennedy's constriction coefficients (2002) in inertia form, ``w = 0.7298``,
 ``c1 = c2 = 1.49618``, the standard PSO 2006 setting. Velocities start at
-zero. Bounds apply to positions only (velocities are left as they are).
+zero. Bounds apply to positions only, the initial ones included (velocities are left as they are).
 
 ``ask`` returns the current positions; ``tell`` records their fitness
 (``p_i`` is replaced when the new fitness is at least as good; NaN never is)
@@ -111,6 +111,7 @@ class PSO(Algorithm):
         where = "PSO.init"
         pop = own_population(x, where)
         check_bounds_species(self.bounds, pop[0], where)
+        pop = enforce_bounds(pop, self.bounds, self.bound_handling, donate=True)  # the first positions too
         device = pop.tensors[0].device
         sp = pop.species
         zeros = build(sp, assemble(sp, pop.tensors, [torch.zeros_like(t) for t in operational(pop)], None))

@@ -154,3 +154,11 @@ def test_pso_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         algo.tell(asked, pop, torch.full((4,), math.nan))
     assert snap.unchanged()
+
+
+def test_initial_positions_are_brought_inside_the_bounds():
+    pop = start(6, low=-3.0, high=3.0)
+    for handling in ("clip", "reflect"):
+        state = PSO(bounds=(-1.0, 1.0), bound_handling=handling).init(pop)
+        assert bool((values(state.population).abs() <= 1.0).all())
+        assert torch.equal(values(state.personal_best), values(state.population))
