@@ -271,8 +271,8 @@ def decompose(C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 
 
 def sep_sample(m: torch.Tensor, sigma: torch.Tensor, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-    """``[N, P]`` samples ``m + sigma * sqrt(c) * z_i``."""
-    return m + sigma * (torch.sqrt(c) * z)
+    """``[N, P]`` samples ``z_i * (sigma * sqrt(c)) + m``, written into ``z`` (a buffer the caller owns)."""
+    return z.mul_(sigma * torch.sqrt(c)).add_(m)
 
 
 class SepUpdate(NamedTuple):
@@ -294,14 +294,16 @@ def sep_update(
     X: torch.Tensor,
     w: torch.Tensor,
     total: Sum,
+    *,
+    donate: bool = False,
 ) -> SepUpdate:
     """One generation of separable CMA-ES: ``cma_update`` with ``C = diag(c)`` (``rates`` from
     ``cma_rates(..., separable=True)``), from this process's members ``X`` ``[n, P]`` and their
     weights ``w`` ``[n]``; ``total`` sums per-member rows over all members. Vectors in
-    ``m``'s dtype, scalars in float64."""
+    ``m``'s dtype, scalars in float64. ``donate``: ``X`` may be overwritten."""
     n = rates.n
     dt = m.dtype
-    Y = (X - m) / sigma.to(dt)
+    Y = X.sub_(m).div_(sigma.to(dt)) if donate else (X - m) / sigma.to(dt)
     W = w.to(dt)
     y_w = total(torch.clamp(W, min=0.0)[:, None] * Y)
     d = torch.sqrt(c)
@@ -417,16 +419,18 @@ def lm_update(
     X: torch.Tensor,
     w: torch.Tensor,
     total: Sum,
+    *,
+    donate: bool = False,
 ) -> LMUpdate:
     """One generation of LM-MA-ES from this process's members ``X`` ``[n, P]`` and weights ``w``
     (``total`` sums per-member rows over all members).
 
     ``z_w = sum_i w_i z_i`` is recovered from ``d_w = sum_i w_i d_i`` (the
     transform is linear), ``d_i = (x_i - m) / sigma`` read from the evaluated
-    members.
+    members (``donate``: ``X`` may be overwritten).
     """
     dt = m.dtype
-    Dm = (X - m) / sigma.to(dt)
+    Dm = X.sub_(m).div_(sigma.to(dt)) if donate else (X - m) / sigma.to(dt)
     d_w = total(w.to(dt)[:, None] * Dm)
     k = min(generation, rates.memory)
     z_w = lm_inverse(M, rates.c_d, k, d_w)
@@ -740,7 +744,7 @@ class SepCMAES(Algorithm):
         rates = self.rates_for(X.shape[1])
         w = coll.block(member_weights(rates, score.to(X.device)))
         u = sep_update(rates, state.m, state.sigma, state.c, state.p_sigma, state.p_c, state.generation, X, w,
-                       lambda v: coll.sum(v, exact=self.exact))
+                       lambda v: coll.sum(v, exact=self.exact), donate=donate)
         return {"mean": _centre(u.m, state.mean), "m": u.m, "sigma": u.sigma, "c": u.c,
                 "p_sigma": u.p_sigma, "p_c": u.p_c}
 
@@ -839,8 +843,8 @@ class LMMAES(Algorithm):
         seed = draw_seed(generator)
         # exact: every process transforms all N (the products' rows round by row count)
         z = _every_member_noise(coll, state.m, seed) if self.exact else coll.noise(state.m, seed)
-        d = lm_transform(state.M, rates.c_d, min(state.generation, rates.memory), z)
-        x = torch.add(state.m, d, alpha=float(state.sigma))
+        d = lm_transform(state.M, rates.c_d, min(state.generation, rates.memory), z)  # a fresh buffer (or z)
+        x = d.mul_(float(state.sigma)).add_(state.m)
         return unravel(coll.block(x) if self.exact else x, state.mean), {}
 
     def _tell(self, state: LMMAESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
@@ -849,7 +853,7 @@ class LMMAES(Algorithm):
         rates = self.rates_for(X.shape[1])
         w = coll.block(member_weights(rates, score.to(X.device)))
         u = lm_update(rates, state.m, state.sigma, state.M, state.p_sigma, state.generation, X, w,
-                      lambda v: coll.sum(v, exact=self.exact))
+                      lambda v: coll.sum(v, exact=self.exact), donate=donate)
         return {"mean": _centre(u.m, state.mean), "m": u.m, "sigma": u.sigma, "M": u.M, "p_sigma": u.p_sigma}
 
     @classmethod
