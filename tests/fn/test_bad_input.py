@@ -267,6 +267,15 @@ ROWS: list[Row] = [
         lambda c, r: _eq(r.params["count"], torch.arange(3)) and bool(torch.allclose(r.params["0.weight"], c.p.params["0.weight"] - 0.1))),
     Row("adam.update", "meta device", lambda c: optim.adam(0.1).update(c.meta, optim.adam(0.1).init(c.meta))[0],
         lambda c, r: r.tensors[0].device.type == "meta"),
+    Row("optim.clipup", "lr < 0", lambda c: optim.clipup(-1), ValueError, "clipup: lr: expected a value in"),
+    Row("optim.clipup", "max_speed 0", lambda c: optim.clipup(0.1, max_speed=0.0), ValueError, "max_speed expects a value > 0"),
+    Row("optim.clipup", "momentum 1", lambda c: optim.clipup(0.1, momentum=1.0), ValueError, "momentum"),
+    Row("optim.clipup", "lr a str", lambda c: optim.clipup("a"), TypeError, "expected a number"),
+    Row("optim.clipup", "update with an SGD state", lambda c: optim.clipup(0.1).update(c.p, optim.sgd(0.1).init(c.p)),
+        TypeError, "expected the ClipUpState made by init"),
+    Row("optim.clipup", "a zero gradient (no push, no NaN)", lambda c: optim.clipup(0.1).update(
+            c.p.map(lambda t, cfg: torch.zeros_like(t)), optim.clipup(0.1).init(c.p))[0],
+        lambda c, r: all(bool((t == 0).all()) for t in r.tensors)),
     Row("optim.apply_updates", "None", lambda c: optim.apply_updates(c.p, None), TypeError, "two Particles"),
     Row("optim.apply_updates", "other species", lambda c: optim.apply_updates(c.p, c.q), SME, "species"),
     # -- checkpoints ----------------------------------------------------------------
