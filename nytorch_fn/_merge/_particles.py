@@ -192,6 +192,8 @@ def merge_particles(
     generator: torch.Generator | None = None,
     compat: Compat = None,
     _per_tensor: Callable[[str], Mapping[str, Any]] | None = None,
+    _seed: int | None = None,
+    _skip: frozenset[str] = frozenset(),
     **parameters: Any,
 ) -> Particle:
     """Merge particles with any method by its mergekit name (``"ties"``, ``"slerp"``, ...).
@@ -230,7 +232,7 @@ def merge_particles(
     _check_count(m, k, where)
     params = resolve(m, parameters, k, where) if _per_tensor is None else None
     flag = compat_flag(compat, where)
-    seed = seed_from(generator, where) if m.random else None
+    seed = (seed_from(generator, where) if _seed is None else _seed) if m.random else None
     everyone = ([base_ref] if base_ref else []) + refs
     species = _align(everyone, where)
     lead = everyone[0]
@@ -240,6 +242,9 @@ def merge_particles(
         first = lead.tensor(name)
         if not cfg.operational:
             out[name] = first.clone() if cfg.clone else first
+            continue
+        if name in _skip:  # merged by the caller (merge_grouped's population path)
+            out[name] = first
             continue
         if not first.is_floating_point():
             for r in everyone[1:]:
@@ -277,113 +282,3 @@ def _check_count(m: M.Method, k: int, where: str) -> None:
     if m.name == "slerp":
         extra = " (slerp interpolates two models, the base and one other; use multislerp or karcher for more)"
     raise ValueError(f"{where}: {m.name} expects {expected}, got {k}{extra}")
-
-
-# ---------------------------------------------------------------------------
-# grouped coefficients: the hook for evolutionary merging
-# ---------------------------------------------------------------------------
-
-
-def layer_groups(species: Species) -> tuple[tuple[str, ...], ...]:
-    """The operational float parameters of ``species`` grouped by layer.
-
-    A parameter's layer is the first all-digit component of its dotted name
-    (``"layers.3.mlp.weight"``, ``"3.weight"``: layer 3 of the stack before
-    it); parameters with none form one last group. Groups are ordered by
-    (stack, layer) in order of first appearance.
-
-    Example:
-        >>> merge.layer_groups(nf.particle(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))).species)
-        (('0.weight', '0.bias'), ('2.weight', '2.bias'))
-    """
-    from ._layers import split_layer
-
-    groups: dict[Any, list[str]] = {}
-    rest: list[str] = []
-    for name in species.names:
-        if not species.config[name].operational or not species.dtypes[name].is_floating_point:
-            continue
-        parts = split_layer(name)
-        if parts is None:
-            rest.append(name)
-        else:
-            groups.setdefault((parts[0], parts[1]), []).append(name)
-    out = [tuple(v) for v in groups.values()]
-    if rest:
-        out.append(tuple(rest))
-    return tuple(out)
-
-
-def merge_grouped(
-    method: str,
-    models: Any,
-    coefficients: torch.Tensor,
-    *,
-    groups: Sequence[Sequence[str]],
-    parameter: str = "weight",
-    base: Particle | None = None,
-    generator: torch.Generator | None = None,
-    compat: Compat = None,
-    **parameters: Any,
-) -> Particle:
-    """Merge with one parameter given per group of tensors by a coefficient tensor.
-
-    This is the hook for evolutionary (and any black-box) merge search: an
-    optimiser proposes ``coefficients``, this turns each proposal into a merged
-    particle (or a population of them), and ``vmap_apply`` evaluates them.
-
-    Args:
-        method, models, base, generator, compat, parameters: as ``merge_particles``.
-        coefficients: ``[G, K]`` for a per-model parameter (``weight``,
-            ``density``, ...; ``K`` models) or ``[G]`` for a shared one (``t``,
-            ``lambda_``, ...): the value for every tensor of group ``g``. A
-            leading ``[N]`` dimension (``[N, G, K]`` / ``[N, G]``) gives a
-            population of ``N`` merges.
-        groups: ``G`` sequences of parameter names (e.g. ``layer_groups(species)``);
-            a parameter in no group takes ``parameters[parameter]`` or the default.
-        parameter: which parameter the coefficients set.
-
-    Returns:
-        A single particle, or a population of ``N`` for a leading ``[N]``.
-
-    Example:
-        >>> groups = merge.layer_groups(base.species)
-        >>> c = torch.full((len(groups), 3), 1 / 3)
-        >>> soup = merge.merge_grouped("linear", experts, c, groups=groups)
-    """
-    where = f"merge.merge_grouped({method!r})"
-    m = M.get(method, where)
-    p = next((q for q in m.params if q.name == parameter), None)
-    if p is None:
-        raise TypeError(f"{where}: {m.name} has no parameter {parameter!r}")
-    if not isinstance(coefficients, torch.Tensor):
-        raise TypeError(f"{where}: coefficients expects a tensor, got {describe(coefficients)}")
-    c = coefficients.detach().to("cpu", torch.float64)
-    g = len(groups)
-    lead = 2 if p.per_model else 1
-    if c.dim() not in (lead, lead + 1) or c.shape[-lead] != g:
-        raise ValueError(
-            f"{where}: coefficients expects shape [{g}{', K' if p.per_model else ''}] "
-            f"(or with a leading population dimension), got {tuple(c.shape)}"
-        )
-    if c.dim() == lead + 1:
-        members = [merge_grouped(method, models, c[i], groups=groups, parameter=parameter, base=base,
-                                 generator=generator, compat=compat, **parameters) for i in range(c.shape[0])]
-        import nytorch_fn
-
-        return nytorch_fn.stack(members)
-    where_is = {}
-    for gi, names in enumerate(groups):
-        for n in names:
-            if n in where_is:
-                raise ValueError(f"{where}: parameter {n!r} is in groups {where_is[n]} and {gi}")
-            where_is[n] = gi
-
-    def per_tensor(name: str) -> dict[str, Any]:
-        gi = where_is.get(name)
-        if gi is None:
-            return {}
-        return {parameter: c[gi].tolist() if p.per_model else float(c[gi])}
-
-    return merge_particles(method, models, base=base, generator=generator, compat=compat,
-                           _per_tensor=per_tensor, **parameters)

@@ -41,8 +41,8 @@ from .._merge._kernels import MergeInputError as MergeInputError
 from .._merge._yaml import ConfigError as ConfigError
 from .._merge._yaml import run_config as run_config
 from .._merge._methods import NAMES as METHODS
-from .._merge._particles import layer_groups as layer_groups
-from .._merge._particles import merge_grouped as merge_grouped
+from .._merge._grouped import layer_groups as layer_groups
+from .._merge._grouped import merge_grouped as merge_grouped
 from .._merge._particles import merge_particles as merge_particles
 from .._merge._public import arcee_fusion as arcee_fusion
 from .._merge._public import breadcrumbs as breadcrumbs

@@ -420,5 +420,73 @@ def test_merge_grouped_sets_a_parameter_per_group():
     assert pop.population_size == 3
     assert tensor_equal(pop.params["2.weight"][1], b.params["2.weight"])
     assert tensor_equal(pop.params["0.bias"][2], a.params["0.bias"])
-    with pytest.raises(ValueError, match=r"shape \[2, K\]"):
+    with pytest.raises(ValueError, match=r"expects shape \[2, 2\] \(2 groups, 2 models"):
         merge.merge_grouped("linear", [a, b], torch.ones(3, 2), groups=groups)
+
+
+def _experts(k=3, seed=1, sizes=(5, 4, 3)):
+    base = nf.particle(mlp(0, sizes))
+    g = torch.Generator().manual_seed(seed)
+    return base, [base + 0.1 * base.randn(generator=g) for _ in range(k)]
+
+
+@pytest.mark.parametrize("method,search,kw", [
+    ("linear", ("weight",), {}),
+    ("linear", ("weight",), {"normalize": False}),
+    ("task_arithmetic", ("weight", "lambda_"), {}),
+    ("task_arithmetic", ("weight",), {"normalize": True}),
+    ("ties", ("weight", "density"), {}),
+    ("dare_ties", ("weight", "density"), {}),
+    ("slerp", ("t",), {}),
+])
+def test_a_population_of_recipes_equals_its_members_merged_one_by_one(method, search, kw):
+    base, fts = _experts(1 if method == "slerp" else 3)
+    g = torch.Generator().manual_seed(2)
+    groups = merge.layer_groups(base.species)
+    n, G, K = 5, len(groups), len(fts)
+    shapes = {"weight": (n, G, K), "density": (n, G, K), "lambda_": (n, G), "t": (n, G)}
+    coeffs = {p: torch.rand(shapes[p], generator=g, dtype=torch.float64) * 0.9 + 0.05 for p in search}
+    snap = Snapshot(base, fts, coeffs)
+    b = None if method == "linear" else base
+    pop = merge.merge_grouped(method, fts, coeffs, groups=groups, base=b, generator=torch.Generator().manual_seed(3),
+                              **kw)
+    assert pop.population_size == n
+    for i in range(n):
+        one = merge.merge_grouped(method, fts, {p: c[i] for p, c in coeffs.items()}, groups=groups, base=b,
+                                  generator=torch.Generator().manual_seed(3), **kw)
+        for name in base.species.names:
+            assert tensor_equal(pop.params[name][i], one.params[name]), (i, name)
+    assert snap.unchanged()
+
+
+def test_grouped_recipes_by_hand_and_group_shorthands():
+    base, fts = _experts(2)
+    w = torch.tensor([[0.25, 0.75]], dtype=torch.float64)
+    one = merge.merge_grouped("linear", fts, w, groups="all")
+    for name in base.species.names:
+        a, b = fts[0].params[name], fts[1].params[name]
+        assert tensor_equal(one.params[name], (a * 0.25 + b * 0.75) / 1.0)
+    per_tensor = merge.merge_grouped("task_arithmetic", fts, torch.ones(4, 2), groups="tensors", base=base)
+    assert tensor_equal(per_tensor.params["2.bias"], base.params["2.bias"] + ((fts[0].params["2.bias"] - base.params["2.bias"])
+                                                                            + (fts[1].params["2.bias"] - base.params["2.bias"])))
+
+
+def test_bad_grouped_recipes_are_refused_by_name():
+    base, fts = _experts(2)
+    groups = merge.layer_groups(base.species)
+    w = torch.ones(2, 2)
+    with pytest.raises(ValueError, match="'9.weight', which is not a parameter"):
+        merge.merge_grouped("linear", fts, w, groups=[["0.weight"], ["9.weight"]])
+    with pytest.raises(ValueError, match="in groups 0 and 1"):
+        merge.merge_grouped("linear", fts, w, groups=[["0.weight"], ["0.weight"]])
+    with pytest.raises(ValueError, match="groups expects 'layers'"):
+        merge.merge_grouped("linear", fts, w, groups="rows")
+    with pytest.raises(TypeError, match="no numeric parameter 'normalize'"):
+        merge.merge_grouped("linear", fts, {"normalize": w}, groups=groups)
+    with pytest.raises(ValueError, match="disagree on the population size"):
+        merge.merge_grouped("ties", fts, {"weight": torch.ones(3, 2, 2), "density": torch.ones(2, 2)}, groups=groups,
+                            base=base)
+    with pytest.raises(ValueError, match="density.*expects a value in \\(0, 1\\]"):
+        merge.merge_grouped("ties", fts, {"density": torch.zeros(3, 2, 2)}, groups=groups, base=base)
+    with pytest.raises(ValueError, match="non-zero sum"):
+        merge.merge_grouped("linear", fts, torch.zeros(3, 2, 2), groups=groups)
