@@ -331,7 +331,8 @@ class LMRates(NamedTuple):
     """LM-MA-ES parameters (Loshchilov, Glasmachers and Beyer, Algorithm 1).
 
     ``c_sigma = 2 lam / n`` and ``c_c[j] = lam / (n 4^j)`` are capped at 1
-    (the paper's values exceed 1 when ``n < 2 lam``); ``c_d[j] = 1 / (n 1.5^j)``.
+    (the paper's values exceed 1 when ``n < 2 lam``); ``c_d[j] = 1 / (n 1.5^j)``,
+    capped at 1/2 (at ``n = 1`` the paper's 1 would make the transformation singular).
     """
 
     n: int
@@ -362,7 +363,7 @@ def lm_rates(n: int, lam: int, mu: int | None = None, memory: int | None = None)
         mueff=mueff,
         c_sigma=min(1.0, 2.0 * lam / n),
         c_c=torch.clamp(lam / (n * 4.0**j), max=1.0),
-        c_d=1.0 / (n * 1.5**j),
+        c_d=torch.clamp(1.0 / (n * 1.5**j), max=0.5),
     )
 
 

@@ -536,3 +536,12 @@ def test_restart_bad_input():
     with pytest.raises(TypeError, match="expected a IPOPState|expected an IPOPState"):
         algo.tell(BIPOP(algorithm=SepCMAES(population_size=4, sigma=1.0)).init(flat([1.0, 2.0])), pop, torch.zeros(4))
     assert snap.unchanged()
+
+
+@pytest.mark.parametrize("cls", [CMAES, SepCMAES, LMMAES])
+@pytest.mark.parametrize("d", [1, 2])
+def test_tiny_dimensions(cls, d):
+    # a merge of two or three models searches one or two coefficients
+    algo = cls(population_size=cma_population_size(d), sigma=0.3, maximize=False)
+    used, state = evaluations_to(algo, flat([1.0] * d), sphere, 1e-8, 3_000, seed=0)
+    assert used is not None, float(state.best_fitness)
