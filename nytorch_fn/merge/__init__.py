@@ -41,6 +41,8 @@ from .._merge._kernels import MergeInputError as MergeInputError
 from .._merge._yaml import ConfigError as ConfigError
 from .._merge._yaml import run_config as run_config
 from .._merge._methods import NAMES as METHODS
+from .._merge._evolve import EvolvedMerge as EvolvedMerge
+from .._merge._evolve import evolve as evolve
 from .._merge._grouped import layer_groups as layer_groups
 from .._merge._grouped import merge_grouped as merge_grouped
 from .._merge._particles import merge_particles as merge_particles
@@ -71,6 +73,7 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "ConfigError",
+    "EvolvedMerge",
     "MergeInputError",
     "arcee_fusion",
     "breadcrumbs",
@@ -79,6 +82,7 @@ __all__ = [
     "dare_ties",
     "della",
     "della_linear",
+    "evolve",
     "karcher",
     "layer_groups",
     "linear",
