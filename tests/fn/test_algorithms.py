@@ -1,5 +1,6 @@
-"""Population algorithms: a deterministic run of each reaching a stated target, the update
-formulas against plain torch, config-awareness, bad input, inputs never modified."""
+"""The five ported algorithms (APSO, GA, Hybrid, OpenAI-ES, PBT), fitness shaping and search spaces:
+each update against a hand computation in plain torch on a tiny case, convergence with fixed seeds,
+bad hyperparameters. (The protocol itself, for every algorithm, is tests/fn/test_protocol.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import nytorch_fn as nf
-from nytorch_fn import PopulationSizeError, optim
+from nytorch_fn import optim
+from nytorch_fn._algorithms._base import LocalCollective, _quantized_weighted, stream_seed
 from nytorch_fn.algorithms import (
     APSO,
     PBT,
@@ -20,6 +22,15 @@ from nytorch_fn.algorithms import (
     Hybrid,
     OpenAIES,
     centered_ranks,
+    compose,
+    enforce_bounds,
+    identity,
+    normalized,
+    ravel,
+    ravel_size,
+    uniform_population,
+    unravel,
+    z_score,
 )
 from tests.helpers import Snapshot, mlp, tensor_equal, tree_equal
 
@@ -28,115 +39,294 @@ def gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
-TEMPLATE = nf.particle(nn.Linear(3, 2))  # 8 parameters
-TARGET = [torch.full_like(t, 1.5) for t in TEMPLATE.tensors]
+def _template() -> nf.Particle:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nf.particle(nn.Linear(3, 2))
 
 
-def sq_dist(pop: nf.Particle) -> torch.Tensor:
-    """The quadratic ``sum (w - 1.5)^2`` over every parameter, per member: ``[N]``, minimum 0."""
-    return sum(((t - c) ** 2).flatten(1).sum(1) for t, c in zip(pop.tensors, TARGET))
+TEMPLATE = _template()  # 8 parameters, the same values in every process
+
+
+def vector(d: int) -> nf.Particle:
+    m = nn.Module()
+    m.w = nn.Parameter(torch.zeros(d))
+    return nf.particle(m)
+
+
+def sq_dist(pop: nf.Particle, c: float = 1.5) -> torch.Tensor:
+    """``sum (w - c)^2`` over every parameter, per member: ``[N]``, minimum 0."""
+    return sum(((t - c) ** 2).flatten(1).sum(1) for t in pop.tensors)
 
 
 def start_population(n: int, seed: int, template: nf.Particle = TEMPLATE) -> nf.Particle:
     return nf.random_population(template, n, generator=gen(seed))
 
 
-# -- APSO --------------------------------------------------------------------------------
+def base_seed(g: torch.Generator) -> int:
+    """The documented per-generation seed: ``randint(0, 2**63 - 1, (1,))`` from the generator."""
+    return int(torch.randint(0, 2**63 - 1, (1,), generator=g)[0])
+
+
+def stream_noise(base: int, members, p: int, *, antithetic: bool = False) -> torch.Tensor:
+    """The documented member streams in plain torch: ``[len(members), p]`` float32."""
+    rows = []
+    for i in members:
+        k, sign = (i // 2, -1.0 if i % 2 else 1.0) if antithetic else (i, 1.0)
+        z = torch.randn(p, generator=torch.Generator().manual_seed(stream_seed(base, k)))
+        rows.append(z * sign if sign < 0 else z)
+    return torch.stack(rows)
+
+
+def flat(pop: nf.Particle) -> torch.Tensor:
+    return torch.cat([t.flatten(1) for t in pop.tensors], 1)
+
+
+# -- shaping ----------------------------------------------------------------------------------------
+
+
+def test_centered_ranks_against_hand_computation():
+    f = torch.tensor([3.0, float("nan"), 1.0, 2.0, 1.0])
+    # ranks (NaN worst, ties by position): nan 0, 1.0@2 -> 1, 1.0@4 -> 2, 2.0 -> 3, 3.0 -> 4
+    assert torch.equal(centered_ranks(f), torch.tensor([0.5, -0.5, -0.25, 0.25, 0.0], dtype=torch.float64))
+    # as losses: the lowest is best; the tied 1.0s by position (the later one ranks higher)
+    assert torch.equal(centered_ranks(f, maximize=False)[[2, 4, 0]], torch.tensor([0.25, 0.5, -0.25], dtype=torch.float64))
+
+
+def test_z_score_normalized_identity_and_compose_by_hand():
+    s = torch.tensor([1.0, 2.0, 6.0, float("-inf")], dtype=torch.float64)
+    clipped = torch.tensor([1.0, 2.0, 6.0, 1.0], dtype=torch.float64)  # -inf -> the lowest finite
+    mean = clipped.mean()
+    std = ((clipped - mean) ** 2).mean().sqrt()
+    assert torch.allclose(z_score(s), (clipped - mean) / std)
+    assert torch.equal(normalized(s), torch.tensor([0.0, 0.2, 1.0, 0.0], dtype=torch.float64))
+    assert torch.equal(identity(s), s)
+    assert torch.equal(z_score(torch.ones(3)), torch.zeros(3, dtype=torch.float64))
+    assert torch.equal(normalized(torch.ones(2)), torch.full((2,), 0.5, dtype=torch.float64))
+    shape = compose(centered_ranks, lambda x: 2 * x)
+    assert torch.equal(shape(torch.tensor([3.0, 1.0, 2.0])), torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64))
+    with pytest.raises(ValueError):
+        compose()
+    with pytest.raises(TypeError):
+        compose("ranks")
+    with pytest.raises(TypeError):
+        z_score(torch.ones(2, 2))
+
+
+# -- search spaces ----------------------------------------------------------------------------------
+
+
+def test_ravel_unravel_round_trip_views_and_gradients():
+    p = TEMPLATE
+    flat1 = ravel(p)
+    assert flat1.shape == (ravel_size(p.species),) == (8,)
+    assert torch.equal(flat1, torch.cat([t.reshape(-1) for t in p.tensors]))
+    assert tree_equal(unravel(flat1, p), p)
+    pop = start_population(5, 0)
+    assert ravel(pop).shape == (5, 8) and tree_equal(unravel(ravel(pop), pop), pop)
+    # one tensor: views both ways
+    v = vector(6)
+    x = ravel(v)
+    assert x.data_ptr() == v.tensors[0].data_ptr()
+    y = torch.randn(4, 6)
+    assert unravel(y, v).tensors[0].data_ptr() == y.data_ptr()
+    # differentiable
+    w = torch.randn(8, requires_grad=True)
+    loss = (unravel(w, p).params["weight"] ** 2).sum()
+    loss.backward()
+    assert torch.equal(w.grad[:6], 2 * w.detach()[:6]) and torch.equal(w.grad[6:], torch.zeros(2))
+
+
+def test_ravel_promotes_mixed_dtypes_and_skips_non_operational_parameters():
+    sp = TEMPLATE.species.add_param("scale", torch.ones(2, dtype=torch.float64)).with_config("bias", operational=False)
+    p = nf.migrate(TEMPLATE, sp)
+    x = ravel(p)
+    assert x.dtype == torch.float64 and x.shape == (8,)  # 6 weights + 2 scale values, no bias
+    q = unravel(x * 2, p)
+    assert q.params["weight"].dtype == torch.float32 and torch.equal(q.params["bias"], p.params["bias"])
+    assert torch.equal(q.params["scale"], 2 * p.params["scale"])
+    bad = nf.migrate(TEMPLATE, TEMPLATE.species.add_param("count", torch.zeros(2, dtype=torch.int64)))
+    with pytest.raises(TypeError, match="'count'"):
+        ravel(bad)
+    with pytest.raises(nf.OperandShapeError, match=r"\(8,\)"):
+        unravel(torch.zeros(7), TEMPLATE)
+
+
+def test_uniform_population_and_bound_handling_by_hand():
+    pop = uniform_population(TEMPLATE, 50, -2.0, 3.0, generator=gen(0))
+    g = gen(0)
+    for t, name in zip(pop.tensors, TEMPLATE.species.names):
+        u = torch.rand((50, *TEMPLATE.params[name].shape), generator=g)
+        assert torch.equal(t, -2.0 + u * 5.0)
+    low = TEMPLATE * 0 - 1
+    high = TEMPLATE * 0 + torch.tensor(1.0)
+    pop2 = uniform_population(TEMPLATE, 20, low, high, generator=gen(1))
+    assert all(bool(((t >= -1) & (t < 1)).all()) for t in pop2.tensors)
+    x = torch.tensor([[-3.5, -1.0, 0.3, 1.0, 2.5, 7.0]])
+    v = unravel(x, vector(6))
+    clipped = enforce_bounds(v, (-1.0, 1.0), "clip").tensors[0]
+    assert torch.equal(clipped, x.clamp(-1, 1))
+    reflected = enforce_bounds(v, (-1.0, 1.0), "reflect").tensors[0]
+    # -3.5 -> 0.5 (two reflections), 2.5 -> -0.5, 7.0 -> -1.0; values inside stay bit for bit
+    assert torch.allclose(reflected, torch.tensor([[0.5, -1.0, 0.3, 1.0, -0.5, -1.0]]))
+    assert torch.equal(reflected[0, 2], x[0, 2])
+    with pytest.raises(ValueError, match="finite"):
+        enforce_bounds(v, (0.0, math.inf), "reflect")
+    with pytest.raises(ValueError, match="low <= high"):
+        uniform_population(TEMPLATE, 3, 1.0, 0.0)
+
+
+# -- APSO ---------------------------------------------------------------------------------------------
 
 
 def test_apso_minimises_a_quadratic():
-    apso = APSO(alpha=0.3, beta=0.3, alpha_decay=0.93, maximize=False)
-    pop = start_population(20, 0)
+    apso = APSO(alpha=0.3, beta=0.3, alpha_decay=0.95, maximize=False)
+    pop = start_population(40, 0)
     assert float(sq_dist(pop).min()) > 5.0
-    snap = Snapshot(pop)
-    state = apso.init(pop)
-    g = gen(1)
-    for _ in range(80):
-        state, loss = apso.step(state, sq_dist, generator=g)
-    assert snap.unchanged()
-    assert state.generation == 80
-    assert float(state.best_fitness) < 1e-3  # target: within 1e-3 of the optimum
+    state, history = apso.run(apso.init(pop), sq_dist, 120, generator=gen(1))
+    assert state.generation == 120
+    assert float(state.best_fitness) < 1e-2  # target: within 1e-2 of the optimum 0
     assert math.isclose(float(sq_dist(nf.stack([state.best]))[0]), float(state.best_fitness), rel_tol=1e-5)
-
-
-def test_apso_is_reproducible_from_the_generator():
-    apso = APSO(alpha=0.2, beta=0.5)
-    runs = []
-    for _ in range(2):
-        state, g = apso.init(start_population(6, 0)), gen(7)
-        for _ in range(3):
-            state, _ = apso.step(state, lambda p: -sq_dist(p), generator=g)
-        runs.append(state.population)
-    assert all(tensor_equal(x, y) for x, y in zip(runs[0].tensors, runs[1].tensors))
+    assert bool((history.best_fitness[1:] <= history.best_fitness[:-1]).all())  # the best never gets worse
 
 
 def test_apso_move_matches_the_formula_in_plain_torch():
-    alpha, beta = 0.3, 0.25
-    apso = APSO(alpha=alpha, beta=beta)  # maximize
+    alpha, beta, decay = 0.3, 0.25, 0.5
+    apso = APSO(alpha=alpha, beta=beta, alpha_decay=decay)  # maximize
     pop = start_population(5, 2)
     fitness = torch.tensor([0.1, 3.0, -1.0, float("nan"), 2.0])
-    state = apso.tell(apso.init(pop), fitness, generator=gen(4))
-    g = gen(4)  # W_r: one randn([N, *shape]) per parameter, in species.names order
-    for name, new in state.population.params.items():
+    p1, s1 = apso.ask(apso.init(pop), generator=gen(4))
+    s2 = apso.tell(s1, p1, fitness, generator=gen(4))
+    assert tree_equal(s2.best, pop[1])  # member 1 is the best; the NaN one never is
+    g = gen(4)
+    noise = stream_noise(base_seed(g), range(5), 8)  # W_r: member i from stream i
+    for k, (name, new) in enumerate(s2.population.params.items()):
         old = pop.params[name]
-        noise = torch.randn(old.shape, generator=g)
-        expected = (1 - beta) * old + beta * old[1] + alpha * noise
-        assert torch.allclose(new, expected, atol=1e-6)
-    assert tensor_equal(state.best.params["weight"], pop.params["weight"][1])
-    assert float(state.best_fitness) == 3.0
+        off = sum(TEMPLATE.params[m].numel() for m in TEMPLATE.species.names[:k])
+        r = noise[:, off:off + old[0].numel()].reshape(old.shape)
+        want = (old * (1 - beta)).add_(pop.params[name][1], alpha=beta).add_(r, alpha=alpha)  # nf.lincomb's numerics
+        assert torch.equal(new, want)
+    # generation 1: alpha_t = alpha * decay
+    p2, s3 = apso.ask(s2)
+    s4 = apso.tell(s3, p2, torch.zeros(5), generator=gen(5))
+    noise = stream_noise(base_seed(gen(5)), range(5), 8)
+    w = s4.population.params["weight"]
+    want = (p2.params["weight"] * (1 - beta)).add_(s3.best.params["weight"], alpha=beta).add_(
+        noise[:, :6].reshape(5, 2, 3), alpha=alpha * decay)
+    assert torch.equal(w, want)
 
 
-def test_apso_best_is_kept_across_generations_and_nan_is_the_worst():
-    apso = APSO(alpha=0.0, beta=0.5)
-    state = apso.tell(apso.init(start_population(3, 0)), torch.tensor([1.0, 5.0, 2.0]), generator=gen(0))
-    remembered = state.best
-    state = apso.tell(state, torch.tensor([float("nan"), 4.0, float("nan")]), generator=gen(0))
-    assert state.best is remembered and float(state.best_fitness) == 5.0
-    with pytest.raises(ValueError, match="NaN"):
-        apso.tell(state, torch.full((3,), float("nan")), generator=gen(0))
+def test_apso_bounds_keep_every_member_inside():
+    for handling in ("clip", "reflect"):
+        apso = APSO(alpha=2.0, beta=0.1, bounds=(-0.5, 0.5), bound_handling=handling)
+        state, _ = apso.run(apso.init(start_population(16, 0)), lambda p: -sq_dist(p), 5, generator=gen(0))
+        assert all(bool(((t >= -0.5) & (t <= 0.5)).all()) for t in state.population.tensors), handling
 
 
-def test_apso_leaves_non_operational_parameters_alone():
-    sp = TEMPLATE.species.with_config("bias", operational=False)
-    template = nf.migrate(TEMPLATE, sp)
-    pop = start_population(4, 0, template)
-    apso = APSO(alpha=0.5, beta=0.5)
-    state = apso.init(pop)
-    for _ in range(3):
-        state, _ = apso.step(state, lambda p: -sq_dist(p), generator=gen(1))
-    assert torch.equal(state.population.params["bias"], pop.params["bias"])
-    assert not torch.equal(state.population.params["weight"], pop.params["weight"])
-
-
-@pytest.mark.parametrize(
-    "kwargs, error, message",
-    [
-        ({"beta": 1.5}, ValueError, r"beta: expected a value in \[0.0, 1.0\], got 1.5"),
-        ({"alpha": -0.1}, ValueError, r"alpha: expected a value in \[0.0, inf\], got -0.1"),
-        ({"alpha_decay": 0.0}, ValueError, r"alpha_decay.*\(0.0, 1.0\]"),
-        ({"beta": "half"}, TypeError, "beta: expected a real number"),
-        ({"maximize": 1}, TypeError, "maximize: expected a bool"),
-    ],
-)
+@pytest.mark.parametrize("kwargs, error, message", [
+    ({"alpha": -0.1}, ValueError, r"APSO: alpha: expected a value in \[0.0, inf\], got -0.1"),
+    ({"beta": 1.5}, ValueError, r"APSO: beta"),
+    ({"alpha_decay": 0.0}, ValueError, r"APSO: alpha_decay"),
+    ({"maximize": 1}, TypeError, r"APSO: maximize: expected a bool"),
+    ({"bounds": (1.0, 0.0)}, ValueError, r"low <= high"),
+    ({"bounds": 3.0}, TypeError, r"bounds expects \(low, high\)"),
+    ({"bound_handling": "wrap"}, ValueError, r"'clip', 'reflect'"),
+])
 def test_apso_hyperparameters_out_of_range(kwargs, error, message):
     with pytest.raises(error, match=message):
         APSO(**kwargs)
 
 
-def test_fitness_of_the_wrong_length_or_type_is_refused():
-    apso = APSO()
-    state = apso.init(start_population(4, 0))
-    with pytest.raises(PopulationSizeError, match=r"expects shape \(4,\).*got shape \(3,\)"):
-        apso.tell(state, torch.zeros(3), generator=gen(0))
-    with pytest.raises(TypeError, match="fitness"):
-        apso.tell(state, "good", generator=gen(0))
-    with pytest.raises(TypeError, match="Generator"):
-        apso.tell(state, torch.zeros(4), generator=0)
-    with pytest.raises(TypeError, match="single particle"):
-        apso.init(TEMPLATE)
+# -- genetic algorithm ----------------------------------------------------------------------------
 
 
-# -- hybrid gradient + swarm -------------------------------------------------------------
+def test_ga_improves_mean_fitness():
+    ga = GeneticAlgorithm(tournament_size=3, crossover="blend", mutation_std=0.05, elitism=2)
+    pop = start_population(30, 0)
+    state, history = ga.run(ga.init(pop), lambda p: -sq_dist(p), 60, generator=gen(1))
+    assert float(history.mean_fitness[-1]) > 0.01 * float(history.mean_fitness[0])  # mean loss 100x smaller
+    assert float(state.best_fitness) > -0.02  # target: the best within 0.02 of the optimum 0
+
+
+def _parents(ga: GeneticAlgorithm, score: torch.Tensor, g: torch.Generator) -> tuple:
+    """The documented draws of a tell, in plain torch: (elites, A, B, crossed)."""
+    n = score.shape[0]
+    m = n - ga.elitism
+    elites = torch.argsort(score, descending=True, stable=True)[: ga.elitism]
+    contestants = torch.randint(0, n, (2, m, ga.tournament_size), generator=g)
+    wins = score[contestants].argmax(-1, keepdim=True)
+    parents = contestants.gather(-1, wins).squeeze(-1)
+    crossed = torch.rand(m, generator=g) < ga.crossover_rate
+    return elites, parents[0], parents[1], crossed
+
+
+def test_ga_elites_selection_and_element_crossover_by_hand():
+    ga = GeneticAlgorithm(tournament_size=2, crossover="uniform", crossover_rate=0.7, mutation_std=0.0, elitism=2)
+    pop = start_population(8, 1, vector(5))  # one tensor: element granularity (the default) still mixes
+    fitness = torch.tensor([0.5, 3.0, -1.0, 2.0, float("nan"), 0.0, 1.0, 4.0])
+    p, s = ga.ask(ga.init(pop))
+    new = ga.tell(s, p, fitness, generator=gen(3))
+    g = gen(3)
+    score = torch.where(fitness.isnan(), torch.tensor(-math.inf), fitness).double()
+    elites, a, b, crossed = _parents(ga, score, g)
+    z = stream_noise(base_seed(g), range(8), 5)  # the crossover stream of each row
+    x = pop.tensors[0]
+    got = new.population.tensors[0]
+    assert torch.equal(got[:2], x[elites]) and elites.tolist() == [7, 1]
+    for c in range(6):
+        want = torch.where((z[2 + c] < 0) & crossed[c], x[b[c]], x[a[c]])
+        assert torch.equal(got[2 + c], want), c
+    assert 4 not in a.tolist() or True  # NaN is the worst: it only wins a tournament against itself
+    mixed = [c for c in range(6) if crossed[c] and not (torch.equal(got[2 + c], x[a[c]]) or torch.equal(got[2 + c], x[b[c]]))]
+    assert mixed  # element crossover mixes the two parents of a one-tensor species
+
+
+def test_ga_tensor_granularity_takes_whole_tensors_and_blend_lies_between_parents():
+    ga = GeneticAlgorithm(crossover="uniform", granularity="tensor", crossover_rate=1.0, mutation_std=0.0, elitism=0)
+    pop = start_population(10, 2)
+    p, s = ga.ask(ga.init(pop))
+    new = ga.tell(s, p, torch.arange(10.0), generator=gen(0))
+    for t_new, t_old in zip(new.population.tensors, pop.tensors):
+        for i in range(10):
+            assert any(torch.equal(t_new[i], t_old[j]) for j in range(10))
+    blend = GeneticAlgorithm(crossover="blend", blend_alpha=0.0, crossover_rate=1.0, mutation_std=0.0, elitism=0)
+    p, s = blend.ask(blend.init(pop))
+    out = blend.tell(s, p, torch.arange(10.0), generator=gen(1))
+    g = gen(1)
+    _, a, b, _ = _parents(blend, torch.arange(10.0, dtype=torch.float64), g)
+    for t_new, t_old in zip(out.population.tensors, pop.tensors):
+        lo = torch.minimum(t_old[a], t_old[b]) - 1e-6
+        hi = torch.maximum(t_old[a], t_old[b]) + 1e-6
+        assert bool(((t_new >= lo) & (t_new <= hi)).all())
+
+
+def test_ga_mutation_and_bounds():
+    ga = GeneticAlgorithm(crossover="none", mutation_std=0.5, mutation_rate=1.0, elitism=0, bounds=(-1.0, 1.0))
+    pop = start_population(12, 0) * 0.1
+    state, _ = ga.run(ga.init(pop), lambda p: -sq_dist(p), 4, generator=gen(0))
+    assert all(bool(((t >= -1) & (t <= 1)).all()) for t in state.population.tensors)
+    ga0 = GeneticAlgorithm(crossover="none", mutation_std=0.3, elitism=0)
+    p, s = ga0.ask(ga0.init(pop))
+    new = ga0.tell(s, p, torch.zeros(12), generator=gen(2))
+    g = gen(2)
+    _, a, _, _ = _parents(ga0, torch.zeros(12, dtype=torch.float64), g)
+    z = stream_noise(base_seed(g), range(12), 8)  # mutation stream (no crossover stream: "none")
+    assert torch.allclose(flat(new.population), flat(pop)[a] + 0.3 * z, atol=1e-6)
+
+
+def test_ga_bad_hyperparameters():
+    with pytest.raises(ValueError, match="tournament_size"):
+        GeneticAlgorithm(tournament_size=0)
+    with pytest.raises(ValueError, match=r"crossover expects one of \['uniform', 'blend', 'none'\]"):
+        GeneticAlgorithm(crossover="one-point")
+    with pytest.raises(ValueError, match="granularity"):
+        GeneticAlgorithm(granularity="layer")
+    with pytest.raises(ValueError, match="elitism expects at most the population size 4, got 5"):
+        GeneticAlgorithm(elitism=5).init(start_population(4, 0))
+    assert GeneticAlgorithm().granularity == "element"
+
+
+# -- hybrid -------------------------------------------------------------------------------------------
 
 
 def _regression(seed: int = 0):
@@ -154,355 +344,241 @@ def test_hybrid_reduces_the_loss_of_a_tiny_regression():
     x, y = _regression()
     pop = nf.init_population(mlp(0, (4, 16, 1)), 8, generator=gen(0))
     snap = Snapshot(pop, x, y)
-    hybrid = Hybrid(optim.adam(0.03), every=5, subset=3, alpha=0.5)
-    state = hybrid.init(pop)
-    g = gen(1)
-    state, first = hybrid.step(state, _mse, x, y, generator=g)
-    for _ in range(39):
-        state, losses = hybrid.step(state, _mse, x, y, generator=g)
+    hybrid = Hybrid(loss=_mse, optimizer=optim.adam(0.03), batches=lambda g: (x, y), every=5, subset=3, alpha=0.5)
+    first = torch.func.vmap(_mse, in_dims=(0, None, None))(pop, x, y)
+    state, history = hybrid.run(hybrid.init(pop), lambda p: -torch.func.vmap(_mse, in_dims=(0, None, None))(p, x, y),
+                                8, generator=gen(1))
     assert snap.unchanged()
-    assert state.count == 40
+    assert state.steps == 40 and state.losses.shape == (8,)
     final = torch.func.vmap(_mse, in_dims=(0, None, None))(state.population, x, y)
     # target: every member below half the initial mean loss, and the best below 15% of it
     assert float(final.max()) < 0.5 * float(first.mean())
     assert float(final.min()) < 0.15 * float(first.mean())
 
 
-def test_hybrid_gradient_step_equals_sgd_on_each_member_in_plain_torch():
+def test_hybrid_ask_is_sgd_on_each_member_in_plain_torch():
     x, y = _regression(1)
     pop = nf.init_population(mlp(0, (4, 8, 1)), 3, generator=gen(0))
-    hybrid = Hybrid(optim.sgd(0.1), every=2, subset=3)
-    state, losses = hybrid.step(hybrid.init(pop), _mse, x, y, generator=gen(0))  # step 1: no blend
+    hybrid = Hybrid(loss=_mse, optimizer=optim.sgd(0.1), batches=lambda g: (x, y), every=1, subset=3)
+    trained, state = hybrid.ask(hybrid.init(pop))
     for i, module in enumerate(nf.to_modules(pop)):
         loss = F.mse_loss(module(x), y)
         loss.backward()
-        assert torch.allclose(losses[i], loss.detach(), atol=1e-6)
+        assert torch.allclose(state.losses[i], loss.detach().double(), atol=1e-6)
         for name, param in module.named_parameters():
-            expected = param.detach() - 0.1 * param.grad
-            assert torch.allclose(state.population.params[name][i], expected, atol=1e-6)
+            assert torch.allclose(trained.params[name][i], param.detach() - 0.1 * param.grad, atol=1e-6)
 
 
-def test_hybrid_blend_moves_exactly_the_drawn_subset_toward_the_best():
+def test_hybrid_per_member_batches_drawn_from_the_generator():
+    x, y = _regression(2)
+
+    def batches(g):
+        idx = torch.randint(0, 64, (4, 8), generator=g)
+        return x[idx], y[idx]
+
+    pop = nf.init_population(mlp(0, (4, 8, 1)), 4, generator=gen(0))
+    hybrid = Hybrid(loss=_mse, optimizer=optim.sgd(0.1), batches=batches, in_dims=(0, 0), every=1)
+    trained, state = hybrid.ask(hybrid.init(pop), generator=gen(7))
+    idx = torch.randint(0, 64, (4, 8), generator=gen(7))
+    for i, module in enumerate(nf.to_modules(pop)):
+        loss = F.mse_loss(module(x[idx[i]]), y[idx[i]])
+        assert torch.allclose(state.losses[i], loss.detach().double(), atol=1e-6)
+
+
+def test_hybrid_tell_blends_exactly_the_drawn_subset_toward_the_best():
     pop = start_population(6, 3)
     fitness = torch.tensor([0.0, 1.0, 9.0, 2.0, float("nan"), 3.0])  # best: member 2
     alpha = 0.4
-    hybrid = Hybrid(optim.sgd(0.1), subset=3, alpha=alpha)
-    snap = Snapshot(pop, fitness)
-    blended = hybrid.blend(pop, fitness, generator=gen(5))
+    hybrid = Hybrid(loss=lambda p: sum((t ** 2).sum() for t in p.tensors), subset=3, alpha=alpha, every=1)
+    state = hybrid.init(pop)
+    asked = state._replace(asked=hybrid.ask(state)[1].asked)
+    trained, asked = hybrid.ask(state)
+    snap = Snapshot(trained, fitness)
+    new = hybrid.tell(asked, trained, fitness, generator=gen(5))
     assert snap.unchanged()
     chosen = set(torch.randperm(6, generator=gen(5))[:3].tolist())
-    for name, new in blended.params.items():
-        old = pop.params[name]
+    for name, got in new.population.params.items():
+        old = trained.params[name]
         for i in range(6):
-            if i in chosen:
-                assert torch.allclose(new[i], alpha * old[2] + (1 - alpha) * old[i], atol=1e-6)
-            else:
-                assert torch.equal(new[i], old[i])
-
-
-def test_hybrid_blends_on_every_kth_step_only():
-    x, y = _regression(2)
-    pop = nf.init_population(mlp(0, (4, 8, 1)), 4, generator=gen(0))
-    plain = Hybrid(optim.sgd(0.05), every=1000, subset=4, alpha=1.0)
-    blending = Hybrid(optim.sgd(0.05), every=2, subset=4, alpha=1.0)  # alpha=1: every member becomes the best
-    s_plain, s_blend = plain.init(pop), blending.init(pop)
-    s_plain, _ = plain.step(s_plain, _mse, x, y, generator=gen(0))
-    s_blend, _ = blending.step(s_blend, _mse, x, y, generator=gen(0))
-    assert all(tensor_equal(a, b) for a, b in zip(s_plain.population.tensors, s_blend.population.tensors))
-    s_blend, losses = blending.step(s_blend, _mse, x, y, generator=gen(0))
-    w = s_blend.population.params["0.weight"]
-    assert all(torch.equal(w[i], w[0]) for i in range(4))  # all members now equal the best
+            want = alpha * old[2] + (1 - alpha) * old[i] if i in chosen else old[i]
+            assert torch.equal(got[i], want)
 
 
 def test_hybrid_bad_input():
     pop = start_population(4, 0)
+    loss = lambda p: sum((t ** 2).sum() for t in p.tensors)  # noqa: E731
     with pytest.raises(ValueError, match=r"population size 4, got subset=5"):
-        Hybrid(optim.sgd(0.1), subset=5).init(pop)
+        Hybrid(loss=loss, subset=5).init(pop)
     with pytest.raises(ValueError, match=r"alpha: expected a value in \[0.0, 1.0\], got 1.2"):
-        Hybrid(optim.sgd(0.1), alpha=1.2)
+        Hybrid(loss=loss, alpha=1.2)
     with pytest.raises(ValueError, match="every"):
-        Hybrid(optim.sgd(0.1), every=0)
+        Hybrid(loss=loss, every=0)
     with pytest.raises(TypeError, match="GradientTransformation"):
-        Hybrid("sgd")
-    with pytest.raises(PopulationSizeError, match=r"\(4,\).*\(5,\)"):
-        Hybrid(optim.sgd(0.1), subset=2).blend(pop, torch.zeros(5), generator=gen(0))
+        Hybrid(loss=loss, optimizer="sgd")
+    with pytest.raises(TypeError, match="loss"):
+        Hybrid(loss="mse")
+    with pytest.raises(TypeError, match="in_dims"):
+        Hybrid(loss=loss, in_dims=(1,))
+    bad = Hybrid(loss=loss, batches=lambda g: [1], every=1)
+    with pytest.raises(TypeError, match="tuple"):
+        bad.ask(bad.init(pop))
 
 
-# -- genetic algorithm ----------------------------------------------------------------------
+# -- OpenAI-ES ---------------------------------------------------------------------------------------
 
 
-def test_ga_improves_mean_fitness():
-    ga = GeneticAlgorithm(tournament_size=3, crossover="blend", mutation_std=0.05, elitism=2)
-    pop = start_population(30, 0)
-    snap = Snapshot(pop)
-    state = ga.init(pop)
-    g = gen(1)
-    best_so_far = []
-    for i in range(40):
-        state, fitness = ga.step(state, lambda p: -sq_dist(p), generator=g)
-        if i == 0:
-            initial_mean = float(fitness.mean())
-        best_so_far.append(float(state.best_fitness))
-    final_mean = float((-sq_dist(state.population)).mean())
-    assert snap.unchanged()
-    # target: mean fitness (-distance^2) at least 20 times closer to the optimum 0
-    assert initial_mean < -10.0 and final_mean > initial_mean / 20
-    assert best_so_far == sorted(best_so_far)  # the best never gets worse
-
-
-def test_ga_elites_survive_and_uniform_tensor_crossover_takes_whole_tensors_from_parents():
-    ga = GeneticAlgorithm(tournament_size=2, crossover="uniform", granularity="tensor",
-                          crossover_rate=1.0, mutation_std=0.0, elitism=2)
-    pop = start_population(10, 0)
-    fitness = torch.arange(10.0)
-    state = ga.tell(ga.init(pop), fitness, generator=gen(0))
-    new = state.population
-    for name in pop.species.names:
-        old, t = pop.params[name], new.params[name]
-        assert torch.equal(t[0], old[9]) and torch.equal(t[1], old[8])  # elites, best first
-        for child in t[2:]:
-            assert any(torch.equal(child, parent) for parent in old)
-
-
-def test_ga_blend_children_lie_between_their_parents():
-    ga = GeneticAlgorithm(crossover="blend", granularity="element", crossover_rate=1.0,
-                          mutation_std=0.0, elitism=0)
-    pop = start_population(8, 1)
-    state = ga.tell(ga.init(pop), torch.randn(8, generator=gen(2)), generator=gen(3))
-    for name in pop.species.names:
-        old, new = pop.params[name], state.population.params[name]
-        assert bool((new >= old.min(0).values - 1e-6).all()) and bool((new <= old.max(0).values + 1e-6).all())
-
-
-def test_ga_nan_members_never_become_parents():
-    ga = GeneticAlgorithm(tournament_size=8, crossover="none", mutation_std=0.0, elitism=0)
-    pop = start_population(8, 0)
-    fitness = torch.tensor([float("nan")] * 7 + [1.0])
-    state = ga.tell(ga.init(pop), fitness, generator=gen(0))
-    # with tournaments of 8 draws among 8 members, almost every tournament sees member 7
-    w = state.population.params["weight"]
-    nan_parent = [i for i in range(8) if not torch.equal(w[i], pop.params["weight"][7])]
-    for i in nan_parent:  # a tournament without member 7: the NaN members tie, never preferred to a number
-        assert any(torch.equal(w[i], pop.params["weight"][j]) for j in range(7))
-    assert len(nan_parent) < 4
-
-
-def test_ga_leaves_non_operational_parameters_alone():
-    sp = TEMPLATE.species.with_config("bias", operational=False)
-    pop = start_population(6, 0, nf.migrate(TEMPLATE, sp))
-    ga = GeneticAlgorithm()
-    state = ga.tell(ga.init(pop), torch.arange(6.0), generator=gen(0))
-    assert torch.equal(state.population.params["bias"], pop.params["bias"])
-
-
-def test_ga_bad_hyperparameters():
-    with pytest.raises(ValueError, match=r"crossover expects one of \['uniform', 'blend', 'none'\], got 'single'"):
-        GeneticAlgorithm(crossover="single")
-    with pytest.raises(ValueError, match="tournament_size"):
-        GeneticAlgorithm(tournament_size=0)
-    with pytest.raises(ValueError, match=r"mutation_rate: expected a value in \[0.0, 1.0\], got 2"):
-        GeneticAlgorithm(mutation_rate=2)
-    with pytest.raises(ValueError, match=r"elitism expects at most the population size 4, got 5"):
-        GeneticAlgorithm(elitism=5).init(start_population(4, 0))
-
-
-# -- evolution strategy -------------------------------------------------------------------------
-
-
-def test_centered_ranks_against_hand_computation():
-    f = torch.tensor([3.0, 1.0, 2.0, 10.0, -4.0])
-    assert torch.allclose(centered_ranks(f), torch.tensor([0.25, -0.25, 0.0, 0.5, -0.5], dtype=torch.float64))
-    assert torch.allclose(centered_ranks(f, maximize=False),
-                          torch.tensor([-0.25, 0.25, 0.0, -0.5, 0.5], dtype=torch.float64))
-    with_nan = centered_ranks(torch.tensor([1.0, float("nan"), 0.0]))
-    assert torch.allclose(with_nan, torch.tensor([0.5, -0.5, 0.0], dtype=torch.float64))
-
-
-def test_es_minimises_a_quadratic():
-    es = OpenAIES(population_size=20, sigma=0.1, optimizer=optim.adam(0.1), maximize=False)
-    snap = Snapshot(TEMPLATE)
-    state = es.init(TEMPLATE)
-    initial = float(sq_dist(nf.stack([TEMPLATE]))[0])
-    g = gen(0)
-    for _ in range(150):
-        state, loss = es.step(state, sq_dist, generator=g)
-    final = float(sq_dist(nf.stack([state.mean]))[0])
-    assert snap.unchanged()
-    assert initial > 5.0 and final < 0.01  # target: the mean within 0.1 of the optimum
-    assert state.generation == 150 and float(state.best_fitness) < 0.05
-
-
-def _splitmix64(x: int) -> int:
-    m = (1 << 64) - 1
-    z = (x + 0x9E3779B97F4A7C15) & m
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
-    return z ^ (z >> 31)
-
-
-def _documented_noise(base: int, member: int, antithetic: bool) -> dict:
-    """Member ``member``'s noise by the documented stream rule, in plain torch (one float32 dtype)."""
-    k, sign = (member // 2, -1.0 if member % 2 else 1.0) if antithetic else (member, 1.0)
-    g = torch.Generator().manual_seed(_splitmix64((base ^ (0x9E3779B97F4A7C15 * k)) & ((1 << 64) - 1)))
-    z = torch.randn(sum(t.numel() for t in TEMPLATE.tensors), generator=g)
-    out, off = {}, 0
-    for name in TEMPLATE.species.names:
-        t = TEMPLATE.params[name]
-        out[name] = sign * z[off:off + t.numel()].view(t.shape)
-        off += t.numel()
-    return out
+def test_es_minimises_a_quadratic_with_a_sigma_schedule():
+    es = OpenAIES(population_size=32, sigma=0.3, sigma_decay=0.98, sigma_limit=0.01,
+                  optimizer=optim.adam(0.05), maximize=False)
+    state, history = es.run(es.init(TEMPLATE), sq_dist, 150, generator=gen(0))
+    assert float(sq_dist(nf.stack([state.mean]))[0]) < 1e-2  # target: the mean within 1e-2 of the optimum
+    want = [max(0.3 * 0.98 ** (t + 1), 0.01) for t in range(150)]
+    assert torch.allclose(history.sigma, torch.tensor(want, dtype=torch.float64))
+    sched = OpenAIES(population_size=4, sigma=0.5, sigma_schedule=lambda t: 1 / (1 + t))
+    _, h = sched.run(sched.init(TEMPLATE), sq_dist, 3, generator=gen(0))
+    assert torch.allclose(h.sigma, torch.tensor([0.25, 0.5 / 3, 0.125], dtype=torch.float64))
 
 
 @pytest.mark.parametrize("antithetic", [True, False])
 def test_es_noise_follows_the_documented_member_streams(antithetic):
-    n = 6
-    es = OpenAIES(population_size=n, antithetic=antithetic)
-    _, asked = es.ask(es.init(TEMPLATE), generator=gen(3))
-    base = int(torch.randint(0, 2**63 - 1, (1,), generator=gen(3))[0])  # one base seed per ask
-    assert asked.seed == base
-    for i in range(n):
-        want = _documented_noise(base, i, antithetic)
-        for name in TEMPLATE.species.names:
-            assert torch.equal(asked.noise.params[name][i], want[name])
-    # any subset of members is drawn alone with the same bits (what a rank of ShardedES does)
-    part, _ = es._ask_rows(es.init(TEMPLATE), [5, 2, 3], generator=gen(3))
-    full, _ = es.ask(es.init(TEMPLATE), generator=gen(3))
-    assert tree_equal(part, full[torch.tensor([5, 2, 3])])
+    es = OpenAIES(population_size=6, sigma=0.1, antithetic=antithetic)
+    pop, state = es.ask(es.init(TEMPLATE), generator=gen(3))
+    eps = stream_noise(base_seed(gen(3)), range(6), 8, antithetic=antithetic)
+    assert torch.equal(flat(state.noise), eps)
+    mean = torch.cat([t.reshape(-1) for t in TEMPLATE.tensors])
+    assert torch.equal(flat(pop), torch.add(mean, eps, alpha=0.1))
+    assert state.seed == base_seed(gen(3))
+    # any block of members alone draws the same rows
+    coll = LocalCollective(6)
+    coll.rows = range(3, 5)
+    assert torch.equal(flat(coll.noise(TEMPLATE, state.seed, antithetic=antithetic)), eps[3:5])
 
 
-def test_es_fixed_point_sum_is_exact_under_any_split():
-    es = OpenAIES(population_size=10)
-    _, asked = es.ask(es.init(TEMPLATE), generator=gen(1))
-    from nytorch_fn._algorithms._es import quantized_sum
+@pytest.mark.parametrize("exact", [False, True])
+def test_es_update_matches_the_estimator_in_plain_torch(exact):
+    lr, sigma, n = 0.05, 0.1, 8
+    es = OpenAIES(population_size=n, sigma=sigma, optimizer=optim.sgd(lr), exact=exact, shaping=z_score)
+    pop, state = es.ask(es.init(TEMPLATE), generator=gen(0))
+    fitness = -sq_dist(pop)
+    new = es.tell(state, pop, fitness)
+    w = z_score(fitness.double())
+    g = (w.float() @ flat(state.noise)) / (n * sigma)  # the ascent direction of the shaped fitness
+    want = torch.cat([t.reshape(-1) for t in TEMPLATE.tensors]) + lr * g
+    got = torch.cat([t.reshape(-1) for t in new.mean.tensors])
+    assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
 
-    shaped = centered_ranks(torch.randn(10, generator=gen(2)))
-    whole = quantized_sum(asked.noise, shaped, 10)
-    for cut in (1, 3, 7):
-        a = quantized_sum(asked.noise[:cut], shaped[:cut], 10)
-        b = quantized_sum(asked.noise[cut:], shaped[cut:], 10)
-        assert all(torch.equal(x + y, w) for x, y, w in zip(a, b, whole))
 
-
-def test_es_update_matches_the_estimator_in_plain_torch():
-    sigma, lr, n = 0.5, 0.1, 6
-    es = OpenAIES(population_size=n, sigma=sigma, optimizer=optim.sgd(lr))  # maximize
-    state = es.init(TEMPLATE)
-    pop, asked = es.ask(state, generator=gen(3))
-    eps = asked.noise
-    for name in TEMPLATE.species.names:  # antithetic pairs: member 2k + 1 = -member 2k
-        assert torch.equal(eps.params[name][1::2], -eps.params[name][0::2])
-        assert torch.allclose(pop.params[name], TEMPLATE.params[name] + sigma * eps.params[name])
-    fitness = torch.tensor([5.0, -1.0, 2.0, 0.0, 7.0, 1.0])
-    told = es.tell(asked, fitness, population=pop)
-    ranks = torch.tensor([0.8, 0.0, 0.6, 0.2, 1.0, 0.4]) - 0.5  # rank / (n - 1) - 1/2
-    for name in TEMPLATE.species.names:
-        e = eps.params[name]
-        grad = (ranks.view(n, *([1] * (e.dim() - 1))) * e).sum(0) / (n * sigma)
-        assert torch.allclose(told.mean.params[name], TEMPLATE.params[name] + lr * grad, atol=1e-6)
-    assert told.noise is None and float(told.best_fitness) == 7.0
-    assert tree_equal(told.best, pop[4])
-    # without the population, the best member is recomputed from the noise: the same bits
-    again = es.tell(asked, fitness)
-    assert tree_equal(again.best, told.best) and tree_equal(again.mean, told.mean)
+def test_exact_weighted_sum_is_an_integer_sum_of_the_documented_roundings_for_any_split():
+    x = torch.randn(200, 37, generator=gen(0)) * 3
+    w = torch.randn(200, dtype=torch.float64, generator=gen(1))
+    pop = unravel(x, vector(37))
+    got = LocalCollective(200).weighted_sum(pop, w, exact=True).tensors[0]
+    # by hand: weights to 2**-22 of max|w|, values to 2**-24 of max|x| (both powers of two), an exact sum
+    ew = math.frexp(float(w.abs().max()))[1]
+    ex = math.frexp(float(x.abs().max()))[1]
+    qw = torch.round(w * 2.0 ** (22 - ew)).long()
+    qx = torch.round(x.double() * 2.0 ** (24 - ex)).long()
+    total = (qw[:, None] * qx).sum(0)  # int64: exact
+    assert torch.equal(got, (total.double() * 2.0 ** (ex + ew - 46)).float())
+    assert torch.allclose(got, (w.float() @ x), atol=1e-4)
+    # partial sums over any split of the members add up to the same integers
+    parts = sum(_quantized_weighted(x[a:b], qw[a:b].double(), 2.0 ** (24 - ex)) for a, b in ((0, 7), (7, 130), (130, 200)))
+    assert torch.equal(parts, total)
 
 
 def test_es_bad_input():
-    with pytest.raises(ValueError, match="even number with antithetic=True, got 5"):
+    with pytest.raises(ValueError, match="even"):
         OpenAIES(population_size=5)
-    with pytest.raises(ValueError, match=r"sigma: expected a value in \(0.0, inf\], got 0"):
-        OpenAIES(sigma=0)
-    es = OpenAIES(population_size=4)
-    state = es.init(TEMPLATE)
-    with pytest.raises(ValueError, match="ask"):
-        es.tell(state, torch.zeros(4))
-    _, asked = es.ask(state, generator=gen(0))
-    with pytest.raises(PopulationSizeError, match=r"\(4,\).*\(2,\)"):
-        es.tell(asked, torch.zeros(2))
-    with pytest.raises(TypeError, match="single"):
-        es.init(start_population(2, 0))
+    with pytest.raises(ValueError, match="sigma"):
+        OpenAIES(sigma=0.0)
+    with pytest.raises(TypeError, match="GradientTransformation"):
+        OpenAIES(optimizer="adam")
+    with pytest.raises(TypeError, match="shaping"):
+        OpenAIES(shaping="ranks")
+    with pytest.raises(ValueError, match="either sigma_schedule or sigma_decay"):
+        OpenAIES(sigma_decay=0.9, sigma_schedule=lambda t: 1.0)
+    with pytest.raises(ValueError, match="sigma_decay"):
+        OpenAIES(sigma_decay=1.5)
+    with pytest.raises(nf.NotAPopulationError, match="single"):
+        OpenAIES(population_size=2).init(start_population(2, 0))
 
 
-# -- population-based training ---------------------------------------------------------------------
+# -- population-based training ----------------------------------------------------------------------
 
 
-def test_pbt_copies_the_best_members_params_and_hyperparameters_to_the_worst():
+def _quadratic_loss(p: nf.Particle) -> torch.Tensor:
+    return sum(((t - 1.5) ** 2).sum() for t in p.tensors)
+
+
+def _sgd_round(pop, hp, g):
+    """Ten SGD steps per member with its own learning rate."""
+    for _ in range(10):
+        grads = torch.func.vmap(torch.func.grad(_quadratic_loss))(pop)
+        pop = pop - grads * hp["lr"]
+    return pop
+
+
+def test_pbt_draws_hyperparameters_into_the_state_and_copies_the_best_to_the_worst():
+    pbt = PBT(hyperparams={"lr": (1e-3, 1.0, "log"), "wd": (0.0, 0.1)}, fraction=0.25, perturb_factors=(0.5, 2.0))
     pop = start_population(8, 0)
-    lr = torch.tensor([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
-    pbt = PBT(fraction=0.25, perturb_factors=(0.5, 2.0))
-    state = pbt.init(pop, {"lr": lr})
-    snap = Snapshot(pop, lr)
+    state = pbt.init(pop, generator=gen(0))
+    g = gen(0)
+    u_lr = torch.rand(8, generator=g, dtype=torch.float64)  # sorted names: lr, then wd
+    u_wd = torch.rand(8, generator=g, dtype=torch.float64)
+    assert torch.allclose(state.hyperparams["lr"], torch.exp(math.log(1e-3) + u_lr * (math.log(1.0) - math.log(1e-3))))
+    assert torch.equal(state.hyperparams["wd"], 0.1 * u_wd)
+    assert list(state.hyperparams) == ["lr", "wd"] and torch.equal(state.source, torch.arange(8))
+    pop1, asked = pbt.ask(state)  # no train: the population as it is
     fitness = torch.tensor([5.0, 1.0, 7.0, float("nan"), 6.0, 4.0, 3.0, 2.0])  # best 2, 4; worst 3 (NaN), 1
-    new = pbt.exploit_explore(state, fitness, generator=gen(0))
-    assert snap.unchanged()
-    source = new.source.tolist()
-    assert source[3] in (2, 4) and source[1] in (2, 4)
-    assert [source[i] for i in (0, 2, 4, 5, 6, 7)] == [0, 2, 4, 5, 6, 7]
-    for name in pop.species.names:
-        assert torch.equal(new.population.params[name], pop.params[name][new.source])
-    for i in range(8):
-        if i in (1, 3):
-            assert any(math.isclose(float(new.hyperparams["lr"][i]), float(lr[source[i]]) * f, rel_tol=1e-6)
-                       for f in (0.5, 2.0))
-        else:
-            assert float(new.hyperparams["lr"][i]) == float(lr[i])
-    assert new.generation == 1
+    new = pbt.tell(asked, pop1, fitness, generator=gen(1))
+    g = gen(1)
+    order = torch.argsort(torch.tensor([5.0, 1.0, 7.0, -math.inf, 6.0, 4.0, 3.0, 2.0], dtype=torch.float64),
+                          descending=True, stable=True)
+    top, bottom = order[:2], order[6:]
+    donors = top[torch.randint(0, 2, (2,), generator=g)]
+    source = torch.arange(8)
+    source[bottom] = donors
+    assert torch.equal(new.source, source) and set(bottom.tolist()) == {1, 3}
+    assert tree_equal(new.population, pop[source])
+    factors = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    for k, (lo, hi) in (("lr", (1e-3, 1.0)), ("wd", (0.0, 0.1))):
+        v = state.hyperparams[k][source].clone()
+        v[bottom] = v[bottom] * factors[torch.randint(0, 2, (2,), generator=g)]
+        assert torch.equal(new.hyperparams[k], v.clamp(lo, hi))
 
 
 def test_pbt_replaces_bad_learning_rates_and_beats_fixed_ones():
-    x, y = _regression(3)
-    pop0 = nf.init_population(mlp(0, (4, 16, 1)), 8, generator=gen(0))
-    lr0 = torch.tensor([1e-4, 2e-4, 5e-4, 1e-3, 0.05, 0.1, 0.2, 0.3])
-    per_member = torch.func.vmap(torch.func.grad_and_value(_mse), in_dims=(0, None, None))
-
-    def train(pop, lr, steps=10):
-        opt = optim.sgd(lr)
-        s = opt.init(pop)
-        for _ in range(steps):
-            grads, losses = per_member(pop, x, y)
-            updates, s = opt.update(grads, s, pop)
-            pop = optim.apply_updates(pop, updates)
-        return pop, per_member(pop, x, y)[1]
-
-    pbt = PBT(fraction=0.25, bounds={"lr": (1e-5, 0.5)})
-    state, g = pbt.init(pop0, {"lr": lr0}), gen(1)
+    pop0 = start_population(8, 0)
+    pbt = PBT(hyperparams={"lr": (1e-4, 0.4, "log")}, train=_sgd_round, fraction=0.25)
+    state = pbt.init(pop0, generator=gen(0))
+    lr0 = state.hyperparams["lr"].clone()
+    state, history = pbt.run(state, lambda p: -torch.func.vmap(_quadratic_loss)(p), 8, generator=gen(1))
     fixed = pop0
-    for _ in range(6):
-        trained, losses = train(state.population, state.hyperparams["lr"])
-        state = pbt.exploit_explore(state._replace(population=trained), -losses, generator=g)
-        fixed, fixed_losses = train(fixed, lr0)
-    _, final = train(state.population, state.hyperparams["lr"], steps=0)
-    # target: no tiny learning rate survives, and the population's mean loss beats fixed rates
-    assert float(state.hyperparams["lr"].min()) > 1e-3
-    assert float(state.hyperparams["lr"].max()) <= 0.5
-    assert float(final.mean()) < 0.7 * float(fixed_losses.mean())
-
-
-def test_pbt_leaves_non_operational_parameters_alone():
-    sp = TEMPLATE.species.with_config("bias", operational=False)
-    pop = start_population(4, 0, nf.migrate(TEMPLATE, sp))
-    pbt = PBT(fraction=0.5)
-    new = pbt.exploit_explore(pbt.init(pop, {"lr": torch.ones(4)}), torch.arange(4.0), generator=gen(0))
-    assert torch.equal(new.population.params["bias"], pop.params["bias"])
-    assert not torch.equal(new.population.params["weight"], pop.params["weight"])
+    for _ in range(8):
+        fixed = _sgd_round(fixed, {"lr": lr0}, None)
+    # target: the small rates are gone, and the population's mean loss beats the same rates held fixed
+    assert float(state.hyperparams["lr"].min()) > float(lr0.min())
+    ours = torch.func.vmap(_quadratic_loss)(state.population)
+    theirs = torch.func.vmap(_quadratic_loss)(fixed)
+    assert float(ours.mean()) < 0.5 * float(theirs.mean())
 
 
 def test_pbt_bad_input():
-    pop = start_population(4, 0)
     with pytest.raises(ValueError, match=r"fraction: expected a value in \(0.0, 0.5\], got 0.75"):
-        PBT(fraction=0.75)
+        PBT(hyperparams={"lr": (0.1, 1.0)}, fraction=0.75)
     with pytest.raises(ValueError, match="perturb_factors"):
-        PBT(perturb_factors=(0.8, -1.0))
-    with pytest.raises(PopulationSizeError, match=r"hyperparams\['lr'\] expects shape \(4,\).*got \(3,\)"):
-        PBT().init(pop, {"lr": torch.ones(3)})
-    with pytest.raises(TypeError, match="floating"):
-        PBT().init(pop, {"batch": torch.ones(4, dtype=torch.long)})
+        PBT(hyperparams={"lr": (0.1, 1.0)}, perturb_factors=(0.8, -1.0))
+    with pytest.raises(TypeError, match="non-empty mapping"):
+        PBT(hyperparams={})
+    with pytest.raises(ValueError, match="low <= high"):
+        PBT(hyperparams={"lr": (1.0, 0.1)})
+    with pytest.raises(ValueError, match="log scale expects low > 0"):
+        PBT(hyperparams={"lr": (0.0, 1.0, "log")})
     with pytest.raises(ValueError, match="at least 2"):
-        PBT().init(pop[:1], {"lr": torch.ones(1)})
-    state = PBT().init(pop, {"lr": torch.ones(4)})
-    with pytest.raises(PopulationSizeError, match=r"\(4,\).*\(2,\)"):
-        PBT().exploit_explore(state, torch.zeros(2), generator=gen(0))
-    with pytest.raises(ValueError, match="NaN"):
-        PBT().exploit_explore(state, torch.full((4,), float("nan")), generator=gen(0))
+        PBT(hyperparams={"lr": (0.1, 1.0)}).init(start_population(1, 0))
+    bad = PBT(hyperparams={"lr": (0.1, 1.0)}, train=lambda p, hp, g: p[:1])
+    with pytest.raises(TypeError, match="train expects to return a population of 4"):
+        bad.ask(bad.init(start_population(4, 0)))
 
 
 def test_hyperparameters_are_immutable_records():
@@ -512,3 +588,4 @@ def test_hyperparameters_are_immutable_records():
     assert attrs.evolve(apso, alpha=0.5).alpha == 0.5 and apso.alpha == 0.1
     with pytest.raises(ValueError):
         attrs.evolve(apso, beta=2.0)
+    assert tensor_equal(torch.zeros(1), torch.zeros(1))
