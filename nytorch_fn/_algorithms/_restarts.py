@@ -45,7 +45,8 @@ cross a restart until the protocol's base carries a changing population size.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import attrs
 import torch
@@ -62,7 +63,7 @@ from ._base import (
     check_state,
     probe,
 )
-from ._cma import CMAES, LMMAES, CMAESState, LMMAESState, SepCMAES, SepCMAESState
+from ._cma import CMAES, LMMAES, CMAESState, SepCMAES, SepCMAESState
 from ._common import draw, v_flag, v_int, v_nonneg, v_optional_callable, v_positive
 
 _INNER = (CMAES, SepCMAES, LMMAES)

@@ -11,6 +11,8 @@ from torch import nn
 
 import nytorch_fn as nf
 from nytorch_fn import PopulationSizeError, checkpoint
+from nytorch_fn._algorithms._base import draw_seed
+from nytorch_fn._algorithms._cma import cma_rates, lm_inverse, lm_rates, lm_transform
 from nytorch_fn.algorithms import (
     BIPOP,
     CMAES,
@@ -21,8 +23,6 @@ from nytorch_fn.algorithms import (
     cma_population_size,
     ravel,
 )
-from nytorch_fn._algorithms._base import draw_seed
-from nytorch_fn._algorithms._cma import cma_rates, lm_inverse, lm_rates, lm_transform
 from tests.helpers import Snapshot
 
 
@@ -178,7 +178,7 @@ def test_cmaes_one_generation_by_hand():
     C = [[decay * (i == j) + c1 * pc[i] * pc[j] + cmu * sum(wo[k] * ys[k][i] * ys[k][j] for k in range(lam))
           for j in range(n)] for i in range(n)]
 
-    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    t = lambda v: torch.tensor(v, dtype=torch.float64)
     assert torch.allclose(new.m, t(m1), rtol=1e-13, atol=1e-15)
     assert torch.allclose(ravel(new.mean), t(m1), rtol=1e-13, atol=1e-15)
     assert float(new.sigma) == pytest.approx(sigma1, rel=1e-13)
@@ -229,7 +229,7 @@ def test_sepcmaes_one_generation_by_hand():
     wo = [w[k] if w[k] >= 0 else w[k] * n / sum(v * v for v in ys[k]) for k in range(lam)]
     decay = 1 + r.c_1 * (1 - h) * r.c_c * (2 - r.c_c) - r.c_1 - r.c_mu * sum(w)
     c = [decay + r.c_1 * pc[j] ** 2 + r.c_mu * sum(wo[k] * ys[k][j] ** 2 for k in range(lam)) for j in range(n)]
-    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    t = lambda v: torch.tensor(v, dtype=torch.float64)
     assert torch.allclose(new.m, t([m0[j] + sigma0 * yw[j] for j in range(n)]), rtol=1e-13, atol=1e-15)
     assert torch.allclose(new.c, t(c), rtol=1e-12, atol=1e-15)
     assert torch.allclose(new.p_c, t(pc), rtol=1e-12, atol=1e-15)
@@ -288,7 +288,7 @@ def test_lmmaes_one_generation_by_hand():
     cs = min(1.0, 2 * 6 / n)
     ps = [math.sqrt(r.mueff * cs * (2 - cs)) * v for v in dw]
     sig = sigma0 * math.exp(min(1.0, cs / 2 * (sum(v * v for v in ps) / n - 1)))
-    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    t = lambda v: torch.tensor(v, dtype=torch.float64)
     assert torch.allclose(new.m, t([m0[j] + sigma0 * dw[j] for j in range(n)]), rtol=1e-13, atol=1e-15)
     assert float(new.sigma) == pytest.approx(sig, rel=1e-13)
     for j in range(r.memory):
