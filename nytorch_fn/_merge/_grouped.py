@@ -18,6 +18,7 @@ import torch
 
 from .._particle import Particle
 from .._species import Species
+from . import _kernels as K
 from . import _methods as M
 from ._layers import split_layer
 from ._particles import (
@@ -245,27 +246,42 @@ def merge_grouped(
 
 
 # ---------------------------------------------------------------------------
-# the broadcast population path (linear, task_arithmetic)
+# the broadcast population path (linear and the task-vector family)
 # ---------------------------------------------------------------------------
+
+_BROADCAST_SPARSIFY = (None, "magnitude", "random", "outliers")
+
+
+def _family(m: M.Method) -> tuple[str | None, bool] | None:
+    """(sparsify, consensus) of a task-vector method the broadcast path computes, else None."""
+    kw = getattr(m.kernel, "keywords", None)
+    if getattr(m.kernel, "func", None) is not M._gta_kernel or kw is None or kw["sparsify"] not in _BROADCAST_SPARSIFY:
+        return None
+    return kw["sparsify"], kw["consensus"]
 
 
 def _broadcast(m, refs, base, coeffs, n, grp, where_is, parameters, compat, seed, where) -> Particle | None:
-    """All ``n`` members of a linear / task-arithmetic population in one pass per tensor,
-    with the per-member kernels' operations in their order (so the same bits), or None."""
-    allowed = {"linear": {"weight"}, "task_arithmetic": {"weight", "lambda_"}}.get(m.name)
-    if allowed is None or not set(coeffs) <= allowed:
+    """All ``n`` members of a population in one pass per tensor (``linear``, ``task_arithmetic``,
+    ``ties``, ``dare_ties``, ``dare_linear``, ``breadcrumbs*``), with the per-member kernels'
+    element-wise operations in their order, so the same bits; or None (the member path)."""
+    family = _family(m)
+    if m.name != "linear" and family is None:
         return None
     species = (base if base is not None else refs[0].p).species
     if any(r.p.species is not species for r in refs):
         return None  # older versions: the member path migrates them
+    devices = {r.tensor(nm).device.type for nm in where_is for r in refs}
+    if devices != {"cpu"}:
+        return None  # e.g. CUDA divides by a Python number through its reciprocal: keep the member path
     k = len(refs)
     # every member's values, checked as the member path checks them (same errors)
     kws = [[resolve(m, {**parameters, **{p: _value(m, p, c[i, gi]) for p, c in coeffs.items()}}, k, where)
             for gi in range(len(grp))] for i in range(n)]
-    normalize = bool(kws[0][0].get("normalize", False))
-    devices = {r.tensor(nm).device.type for nm in where_is for r in refs}
-    if normalize and devices != {"cpu"}:
-        return None  # a CUDA division by a Python number multiplies by its reciprocal: keep the member path
+    flag = compat == "mergekit"
+    if family is not None:
+        sparsify = family[0]
+        if any(kw.get("rescale", False) and (sparsify != "random" or flag) for row in kws for kw in row):
+            return None  # an L1 rescale reduces whole tensors per member: keep the member path
     single = merge_particles(m.name, [r.p for r in refs] if refs[0].i is None else refs[0].p,
                              base=base, compat=compat, _seed=seed, _skip=frozenset(where_is), **parameters)
     out = {}
@@ -276,33 +292,122 @@ def _broadcast(m, refs, base, coeffs, n, grp, where_is, parameters, compat, seed
             out[name] = t.unsqueeze(0).expand(n, *t.shape).contiguous()
             continue
         xs = [r.tensor(name) for r in refs]
-        dt = xs[0].dtype
-        cdt = compute_dtype(dt)
-        view = (n,) + (1,) * xs[0].dim()
-        w64 = torch.tensor([kws[i][gi]["weight"] for i in range(n)], dtype=torch.float64)  # [n, k]
-        w = [w64[:, j].to(cdt).to(xs[0].device).view(view) for j in range(k)]
-        total = None
-        if normalize:
-            total = w64[:, 0].clone()
-            for j in range(1, k):
-                total += w64[:, j]  # Python's sum(weight), left to right in float64
-            total = total.to(cdt).to(xs[0].device).view(view)
+        rows = [kws[i][gi] for i in range(n)]
         if m.name == "linear":
-            acc = xs[0].to(cdt).unsqueeze(0) * w[0]
-            for j in range(1, k):
-                acc += xs[j].to(cdt).unsqueeze(0) * w[j]
-            if total is not None:
-                acc /= total
+            out[name] = _linear_population(xs, rows)
         else:
-            b = base.params[name].to(cdt)
-            mixed = (xs[0].to(cdt) - b).unsqueeze(0) * w[0]
-            for j in range(1, k):
-                mixed += (xs[j].to(cdt) - b).unsqueeze(0) * w[j]
-            if total is not None:
-                mixed /= total
-            lam = torch.tensor([kws[i][gi]["lambda_"] for i in range(n)], dtype=torch.float64)
-            if bool((lam != 1).any()):
-                mixed *= lam.to(cdt).to(b.device).view(view)
-            acc = b.unsqueeze(0) + mixed
-        out[name] = acc.to(dt)
+            out[name] = _task_vector_population(name, xs, base.params[name], rows, family, flag, seed)
     return Particle(species, out)
+
+
+def _column(rows: list[dict], key: str, j: int | None, dtype: torch.dtype, dims: int) -> torch.Tensor:
+    """``[n, 1, ...]`` of each member's value of ``key`` (model ``j`` of a per-model one)."""
+    v = torch.tensor([r[key] if j is None else r[key][j] for r in rows], dtype=torch.float64)
+    return v.to(dtype).view((len(rows),) + (1,) * dims)
+
+
+def _weight_sum(rows: list[dict], dtype: torch.dtype, dims: int) -> torch.Tensor:
+    w = torch.tensor([r["weight"] for r in rows], dtype=torch.float64)
+    total = w[:, 0].clone()
+    for j in range(1, w.shape[1]):
+        total += w[:, j]  # Python's sum(weight), left to right in float64
+    return total.to(dtype).view((len(rows),) + (1,) * dims)
+
+
+def _linear_population(xs: list[torch.Tensor], rows: list[dict]) -> torch.Tensor:
+    dt = xs[0].dtype
+    cdt = compute_dtype(dt)
+    dims = xs[0].dim()
+    acc = xs[0].to(cdt).unsqueeze(0) * _column(rows, "weight", 0, cdt, dims)
+    for j in range(1, len(xs)):
+        acc += xs[j].to(cdt).unsqueeze(0) * _column(rows, "weight", j, cdt, dims)
+    if rows[0]["normalize"]:
+        acc /= _weight_sum(rows, cdt, dims)
+    return acc.to(dt)
+
+
+def _ranks(a: torch.Tensor) -> torch.Tensor:
+    """Descending rank of every entry of a flat tensor, ties by index (``_select``'s order)."""
+    order = a.sort(descending=True, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(a.numel(), device=a.device)
+    return ranks
+
+
+def _task_vector_population(name, xs, base_t, rows, family, compat, seed) -> torch.Tensor:
+    sparsify, consensus = family
+    dt = base_t.dtype
+    cdt = compute_dtype(dt)
+    shape = base_t.shape
+    n, k = len(rows), len(xs)
+    b = base_t.to(cdt).reshape(-1)
+    size = b.numel()
+    taus = [x.to(cdt).reshape(-1) - b for x in xs]  # the bits of Inputs.delta_part
+    dens = [[1.0 if r.get("density") is None else r["density"][j] for j in range(k)] for r in rows]
+    masks: list[torch.Tensor | None] = [None] * k
+    if sparsify in ("magnitude", "outliers"):
+        for j in range(k):
+            if all(d[j] >= 1.0 for d in dens):
+                continue
+            ranks = _ranks(taus[j].abs())
+            lo = torch.zeros(n, 1, dtype=torch.int64)
+            hi = torch.full((n, 1), size, dtype=torch.int64)
+            for i, r in enumerate(rows):
+                if dens[i][j] >= 1.0:
+                    continue
+                if sparsify == "magnitude":
+                    hi[i] = K._keep_count(dens[i][j], size, at_least_one=True)
+                else:
+                    target = K._keep_count(dens[i][j], size, at_least_one=not compat)
+                    top = int(r["gamma"][j] * size)
+                    bottom = max(0, size - target - top)
+                    lo[i] = size - bottom - target
+                    hi[i] = lo[i] + target
+            masks[j] = (ranks.unsqueeze(0) >= lo) & (ranks.unsqueeze(0) < hi)
+    divs: list[torch.Tensor | None] = [None] * k
+    if sparsify == "random":  # each member draws its masks as the member path does (same generator, same order)
+        drawn = [[None] * n for _ in range(k)]
+        for i in range(n):
+            g = None
+            for j in range(k):
+                if dens[i][j] < 1.0:
+                    g = g or K.tensor_generator(seed, name, b.device)
+                    drawn[j][i] = K.random_keep(shape, dens[i][j], g, b.device)
+        ones = torch.ones(size, dtype=torch.bool)
+        for j in range(k):
+            if any(t is not None for t in drawn[j]):
+                masks[j] = torch.stack([ones if t is None else t for t in drawn[j]])
+                if rows[0]["rescale"]:
+                    divs[j] = torch.tensor([d[j] if d[j] < 1.0 else 1.0 for d in dens],
+                                           dtype=torch.float64).to(cdt).view(n, 1)
+    ds = []
+    for j in range(k):
+        d = taus[j].unsqueeze(0)
+        d = d * masks[j] if masks[j] is not None else d.expand(n, size).clone()
+        if divs[j] is not None:
+            d /= divs[j]
+        d *= _column(rows, "weight", j, cdt, 1)
+        ds.append(d)
+    normalize = rows[0]["normalize"]
+    if consensus:
+        elected = K._elect(ds, compat)
+        mixed = torch.zeros_like(ds[0])
+        div = torch.zeros_like(ds[0]) if normalize else None
+        for j, d in enumerate(ds):
+            agree = d.sign() == elected
+            mixed += torch.where(agree, d, 0.0)
+            if div is not None:
+                div += agree * _column(rows, "weight", j, cdt, 1)
+        if div is not None:
+            div[div == 0] = 1
+            mixed /= div
+    else:
+        mixed = ds[0].clone()
+        for d in ds[1:]:
+            mixed += d
+        if normalize:
+            mixed /= _weight_sum(rows, cdt, 1)
+    lam = _column(rows, "lambda_", None, cdt, 1)
+    if bool((lam != 1).any()):
+        mixed *= lam
+    return (b.unsqueeze(0) + mixed).reshape(n, *shape).to(dt)

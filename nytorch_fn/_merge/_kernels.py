@@ -157,10 +157,15 @@ class Inputs:
         """A generator for this tensor, from the merge's seed and the tensor's name."""
         if self._seed is None:
             raise RuntimeError("internal: a random merge method was run without a seed")
-        h = zlib.crc32(self.name.encode("utf-8"))
-        g = torch.Generator(device=device)
-        g.manual_seed((self._seed + h * 0x9E3779B97F4A7C15) % (1 << 63))
-        return g
+        return tensor_generator(self._seed, self.name, device)
+
+
+def tensor_generator(seed: int, name: str, device: torch.device) -> torch.Generator:
+    """The generator of tensor ``name`` in a merge seeded ``seed`` (independent of visiting order)."""
+    h = zlib.crc32(name.encode("utf-8"))
+    g = torch.Generator(device=device)
+    g.manual_seed((seed + h * 0x9E3779B97F4A7C15) % (1 << 63))
+    return g
 
 
 def _scalar(x: torch.Tensor) -> float:
@@ -412,12 +417,17 @@ def _outliers(ctx: Inputs, i: int, density: float, gamma: float, rescale: bool) 
     return _ranked(ctx, i, lo, lo + target, rescale)
 
 
+def random_keep(shape: Sequence[int], density: float, g: torch.Generator, device: torch.device) -> torch.Tensor:
+    """DARE's flat boolean keep mask: each entry kept with probability ``density`` (drawn on ``g``'s device)."""
+    keep = torch.empty(tuple(shape), dtype=torch.bool, device=g.device).bernoulli_(density, generator=g)
+    return keep.to(device).reshape(-1)
+
+
 def _random(ctx: Inputs, i: int, density: float, rescale: bool, g: torch.Generator) -> _Tau:
     """DARE: keep each entry with probability ``density``; rescale by ``1 / density``
     (ours, unbiased) or to the L1 norm it had (mergekit's)."""
     b = ctx.base()
-    keep = torch.empty(b.shape, dtype=torch.bool, device=g.device).bernoulli_(density, generator=g)
-    keep = keep.to(b.device).reshape(-1)
+    keep = random_keep(b.shape, density, g, b.device)
     if not rescale:
         return _Tau(mask=keep)
     if ctx.compat:

@@ -430,27 +430,47 @@ def _experts(k=3, seed=1, sizes=(5, 4, 3)):
     return base, [base + 0.1 * base.randn(generator=g) for _ in range(k)]
 
 
-@pytest.mark.parametrize("method,search,kw", [
-    ("linear", ("weight",), {}),
-    ("linear", ("weight",), {"normalize": False}),
-    ("task_arithmetic", ("weight", "lambda_"), {}),
-    ("task_arithmetic", ("weight",), {"normalize": True}),
-    ("ties", ("weight", "density"), {}),
-    ("dare_ties", ("weight", "density"), {}),
-    ("slerp", ("t",), {}),
+@pytest.mark.parametrize("method,search,kw,broadcast", [
+    ("linear", ("weight",), {}, True),
+    ("linear", ("weight",), {"normalize": False}, True),
+    ("task_arithmetic", ("weight", "lambda_"), {}, True),
+    ("task_arithmetic", ("weight",), {"normalize": True}, True),
+    ("ties", ("weight", "density"), {}, True),
+    ("ties", ("density", "lambda_"), {"compat": "mergekit"}, True),
+    ("dare_ties", ("weight", "density"), {}, True),
+    ("dare_linear", ("density",), {"rescale": False}, True),
+    ("breadcrumbs_ties", ("weight", "density"), {"gamma": 0.1}, True),
+    ("breadcrumbs", ("density", "gamma"), {"compat": "mergekit"}, True),
+    ("dare_ties", ("weight", "density"), {"compat": "mergekit"}, False),  # L1 rescale: member by member
+    ("della", ("weight",), {"density": 0.5, "epsilon": 0.1}, False),
+    ("slerp", ("t",), {}, False),
 ])
-def test_a_population_of_recipes_equals_its_members_merged_one_by_one(method, search, kw):
-    base, fts = _experts(1 if method == "slerp" else 3)
+def test_a_population_of_recipes_equals_its_members_merged_one_by_one(monkeypatch, method, search, kw, broadcast):
+    from nytorch_fn._merge import _grouped
+
+    base, fts = _experts(1 if method == "slerp" else 3, sizes=(40, 30, 3))  # 1200 entries: radix selection
     g = torch.Generator().manual_seed(2)
     groups = merge.layer_groups(base.species)
     n, G, K = 5, len(groups), len(fts)
-    shapes = {"weight": (n, G, K), "density": (n, G, K), "lambda_": (n, G), "t": (n, G)}
+    shapes = {"weight": (n, G, K), "density": (n, G, K), "lambda_": (n, G), "t": (n, G), "gamma": (n, G, K)}
     coeffs = {p: torch.rand(shapes[p], generator=g, dtype=torch.float64) * 0.9 + 0.05 for p in search}
+    if "density" in coeffs:
+        coeffs["density"][0] = 1.0  # a member that keeps everything
+        coeffs["density"][1, 0, 0] = 1.0
+    if "gamma" in coeffs:
+        coeffs["gamma"] *= 0.1
+    if "weight" in coeffs:
+        coeffs["weight"][2] = 1.0
     snap = Snapshot(base, fts, coeffs)
     b = None if method == "linear" else base
+    calls = []
+    real = _grouped.merge_particles
+    monkeypatch.setattr(_grouped, "merge_particles", lambda *a, **k: calls.append(1) or real(*a, **k))
+    monkeypatch.setattr("nytorch_fn._merge._select.SMALL", 100)
     pop = merge.merge_grouped(method, fts, coeffs, groups=groups, base=b, generator=torch.Generator().manual_seed(3),
                               **kw)
     assert pop.population_size == n
+    assert (len(calls) == 1) == broadcast  # one merge for the tensors outside the groups, or one per member
     for i in range(n):
         one = merge.merge_grouped(method, fts, {p: c[i] for p, c in coeffs.items()}, groups=groups, base=b,
                                   generator=torch.Generator().manual_seed(3), **kw)
