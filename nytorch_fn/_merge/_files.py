@@ -4,9 +4,14 @@ Inputs are safetensors files or Hugging Face folders (``model.safetensors``,
 or ``model.safetensors.index.json`` with its shards). Headers are read and
 checked with ``safetensors.safe_open``; tensor bytes are then read with
 plain positioned reads (``readinto``) into a few buffers that the merge
-allocates once and reuses for every output tensor: one per input role (the
-base, model 0, model 1, ...), sized for the largest tensor, plus one staging
-buffer for inputs stored in another dtype than the one merged in. No input
+allocates once and reuses for every output tensor (``Buffers``): one per
+input role (the base, model 0, model 1, ...) sized for the largest tensor,
+used only by kernels that hold several whole tensors; one scratch tensor
+shared by all models (a TIES/breadcrumbs mask is chosen one model at a
+time); chunk buffers for the chunk-sized reads of the element-wise passes
+(linear, and the merge pass of the task-vector methods read each model's
+entries ``[start, stop)`` only); staging buffers for inputs stored in
+another dtype than the one merged in. No input
 file stays mapped (a mapped file's pages count as resident memory as soon as
 they are touched), and no tensor-sized allocation is made per tensor by the
 reader, so resident memory holds the buffers of one output tensor and the
