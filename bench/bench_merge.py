@@ -9,7 +9,9 @@
 2. Out of core: 3 models (+ a base) of 6 x nn.Linear(2048, 2048) (96 MiB
    each) as safetensors; ``nytorch-fn-merge`` vs ``mergekit-pytorch`` on the
    same YAML (linear, ties, dare_ties), each in a fresh process, under both
-   heap settings: peak RSS above the process's import baseline, and time.
+   heap settings: peak RSS above the process's import baseline (VmHWM, reset
+   after the imports; anonymous and file-backed pages alike, so mapped
+   inputs count), and time.
 3. In memory: our particle merges vs a hand-written torch loop over the same tensors.
 """
 
@@ -94,10 +96,12 @@ MK_TENSORS = textwrap.dedent("""
 """)
 
 PEAK = textwrap.dedent("""
-    import os, resource, sys, time
-    def rss():
-        with open("/proc/self/statm") as f:
-            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    import os, sys, time
+    def status(key):
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
     which, cfg, out = sys.argv[1], sys.argv[2], sys.argv[3]
     if which == "ours":
         from nytorch_fn._merge._cli import main
@@ -105,16 +109,23 @@ PEAK = textwrap.dedent("""
         run = lambda: main(args)
     else:
         from mergekit.scripts.merge_raw_pytorch import main as mk
-        args = [cfg, out, "--random-seed", "0", "--quiet"] if False else [cfg, out, "--random-seed", "0"]
+        args = [cfg, out, "--random-seed", "0"]
         run = lambda: mk(args, standalone_mode=False)
     import torch
-    base = rss()
+    with open("/proc/self/clear_refs", "w") as f:  # peak RSS (VmHWM) := current RSS: the import baseline
+        f.write("5")
+    base = status("VmRSS")
     t0 = time.perf_counter()
     run()
     dt = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = status("VmHWM")
     print(f"RESULT {base} {peak} {dt}")
 """)
+# Why VmHWM and not getrusage's ru_maxrss: a child started by subprocess (vfork + exec on Linux)
+# inherits the PARENT's high-water mark in ru_maxrss (exec records the old mm's peak in the
+# signal struct), so every child reported at least this bench's own RSS (the 4 models it built),
+# a constant ~190 MiB above the child's baseline whatever it merged. VmHWM belongs to the new
+# address space, and clear_refs resets it after the imports.
 
 
 def _py(which: str) -> str:
@@ -221,18 +232,18 @@ def out_of_core(work: Path, repeats: int) -> list[str]:
     size = sum(f.stat().st_size for f in paths["a"].glob("*.safetensors"))
     script = work / "peak.py"
     script.write_text(PEAK)
-    lines = [f"one model: {size / 2**20:.0f} MiB; peak RSS above the import baseline (MiB), time (s); "
-             f"median of {repeats} fresh processes", "",
+    lines = [f"one model: {size / 2**20:.0f} MiB; peak RSS (VmHWM) above the import baseline (MiB), time (s); "
+             f"median of {repeats} fresh processes per figure, the two sides alternating; "
+             f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores", "",
              "| method | heap | ours peak | mergekit peak | ratio | ours time | mergekit time | ratio |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for method in ("linear", "ties", "dare_ties"):
         cfg = work / f"{method}.yml"
         cfg.write_text(_yaml(method, paths))
         for heap, env_extra in HEAPS.items():
-            res = {}
-            for which in ("ours", "mergekit"):
-                runs = []
-                for r in range(repeats):
+            runs: dict[str, list] = {"ours": [], "mergekit": []}
+            for r in range(repeats):  # the two sides alternate, so a change in the machine's load hits both
+                for which in ("ours", "mergekit"):
                     out = work / f"out-{which}-{method}-{heap}-{r}"
                     env = {**os.environ, **env_extra, "OMP_NUM_THREADS": "1"}
                     env["PYTHONPATH"] = str(ROOT) if which == "ours" else ""
@@ -242,10 +253,11 @@ def out_of_core(work: Path, repeats: int) -> list[str]:
                     if line is None:
                         raise RuntimeError(f"{which} {method} failed:\n{p.stdout[-2000:]}\n{p.stderr[-4000:]}")
                     base, peak, dt = line.split()[1:]
-                    runs.append(((int(peak) - int(base)) / 2**20, float(dt)))
+                    runs[which].append(((int(peak) - int(base)) / 2**20, float(dt)))
                     subprocess.run(["rm", "-rf", str(out)])
-                runs.sort()
-                res[which] = (runs[len(runs) // 2][0], sorted(r[1] for r in runs)[len(runs) // 2])
+            res = {}
+            for which, rs in runs.items():
+                res[which] = (sorted(r[0] for r in rs)[len(rs) // 2], sorted(r[1] for r in rs)[len(rs) // 2])
             o, k = res["ours"], res["mergekit"]
             lines.append(f"| {method} | {heap} | {o[0]:.0f} | {k[0]:.0f} | {o[0] / k[0]:.2f}x | {o[1]:.2f} | {k[1]:.2f} | "
                          f"{o[1] / k[1]:.2f}x |")
