@@ -183,7 +183,7 @@ class _Run:
     """One process, or this rank's block of members under ``torchrun`` (same seed everywhere)."""
 
     def __init__(self, hybrid: Hybrid, population: nf.Particle, generator: torch.Generator) -> None:
-        from nytorch_fn import distributed as nfd
+        import nytorch_fn.distributed as nfd
 
         self.n = len(population)
         self.nfd = nfd if nfd.launched() else None
