@@ -8,7 +8,7 @@ import attrs
 import torch
 
 from .._particle import Particle, lincomb
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example, draw_seed, refill_noise
 from ._common import maximize_field, v_decay, v_nonneg, v_unit
 from ._space import check_bounds, check_handling, enforce_bounds
 
@@ -20,6 +20,8 @@ class APSOState(NamedTuple):
         best, best_fitness, generation, asked: the protocol's common fields
             (``best`` is the global best ``W_g``).
         population: the ``N`` members to evaluate next (``[N, ...]`` per tensor).
+        noise: the ``W_r`` of the last move (a population), or None before the
+            first; kept so that a donated ``tell`` draws the next one into it.
     """
 
     best: Particle
@@ -27,6 +29,7 @@ class APSOState(NamedTuple):
     generation: int
     asked: torch.Tensor
     population: Particle
+    noise: Particle | None = None
 
 
 def _v_bounds(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -75,7 +78,7 @@ class APSO(Algorithm):
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
         bounds = check_bounds(self.bounds, "APSO", x)
-        return {"population": enforce_bounds(x, bounds, self.bound_handling, donate=True)}
+        return {"population": enforce_bounds(x, bounds, self.bound_handling, donate=True), "noise": None}
 
     def _ask(self, state: APSOState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
         return state.population, {}
@@ -83,17 +86,20 @@ class APSO(Algorithm):
     def _tell(self, state: APSOState, population: Particle, score: torch.Tensor, *, generator: Any,
               coll: Any, donate: bool) -> dict:
         # ``state.best`` already holds this generation's best (the base records it first)
-        return {"population": self._move(population, state.best, state.generation, generator, coll, donate)}
-
-    def _move(self, population: Particle, best: Particle, generation: int, generator: Any, coll: Any,
-              donate: bool) -> Particle:
-        alpha_t = self.alpha * self.alpha_decay ** generation
+        best = state.best
+        alpha_t = self.alpha * self.alpha_decay ** state.generation
+        noise = state.noise
         if alpha_t:
-            noise = coll.noise(best, draw_seed(generator))
+            seed = draw_seed(generator)
+            fresh = None
+            if donate and noise is not None and noise.population_size == coll.local_n:
+                fresh = refill_noise(noise, seed, coll.rows, False)  # into the buffer this state owns
+            noise = fresh if fresh is not None else coll.noise(best, seed)
             moved = lincomb([1.0 - self.beta, self.beta, alpha_t], [population, best, noise], donate=donate)
         else:
             moved = lincomb([1.0 - self.beta, self.beta], [population, best], donate=donate)
-        return enforce_bounds(moved, check_bounds(self.bounds, "APSO", best), self.bound_handling, donate=True)
+        moved = enforce_bounds(moved, check_bounds(self.bounds, "APSO", best), self.bound_handling, donate=True)
+        return {"population": moved, "noise": noise}
 
     @classmethod
     def _example(cls) -> Example:
