@@ -564,6 +564,18 @@ def _version(dist: str) -> str:
 WORKERS = {"ours": worker_ours, "evosax": worker_evosax, "evotorch": worker_evotorch, "evox": worker_evox}
 
 
+def code_version() -> str:
+    """A hash of nytorch_fn's sources as they are now (the tables compare only our runs of the
+    newest code: the algorithms change while the peers' runs are kept)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    for f in sorted((HERE.parent / "nytorch_fn").rglob("*.py")):
+        h.update(f.relative_to(HERE.parent).as_posix().encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def worker_main(spec: dict) -> None:
     lib = spec["lib"].split("+")[0]
     start = time.perf_counter()
@@ -618,6 +630,8 @@ def run_case(problem: str, algorithm: str, lib: str, heap: str, quick: bool) -> 
         return {**record, "error": (errors[-1] if errors else " | ".join(text[-2:]))[:240]}
     out = json.loads(lines[-1])
     out.pop("ms", None)
+    if lib.startswith("ours"):
+        out["code"] = code_version()
     return {**record, **out}
 
 
@@ -637,7 +651,10 @@ def fastest(records: list[dict]) -> dict[tuple, dict]:
     """Per (heap, problem, algorithm, library) the run with the lowest median (repeats are fresh
     processes: the machine's other load only ever adds time); an error only where nothing ran."""
     best: dict[tuple, dict] = {}
+    newest = [r["code"] for r in records if r.get("code")]
     for r in records:
+        if r["lib"].startswith("ours") and newest and r.get("code") != newest[-1]:
+            continue  # our runs of older code
         key = (r["heap"], r["problem"], r["algorithm"], r["lib"])
         old = best.get(key)
         if old is None or ("error" in old and "error" not in r) or (
