@@ -50,6 +50,7 @@ from ._algorithms._base import (
     protocol_init,
     protocol_run,
     protocol_tell,
+    take_targets,
 )
 from ._errors import PopulationSizeError, SpeciesMismatchError, describe
 from ._fitness import centered_ranks, fitness_order
@@ -920,7 +921,7 @@ class DistributedCollective(Collective):
         bufs = [_broadcast(w, b, src, op="broadcast(member)") for b in bufs]
         return build(sp, _unpack(sp, bufs, None))
 
-    def take(self, pop_local: Particle, idx: torch.Tensor) -> Particle:
+    def take(self, pop_local: Particle, idx: torch.Tensor, *, out: Particle | None = None) -> Particle:
         w, sp = self.world, pop_local.species
         if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
             raise TypeError(f"take: expected a 1-d integer tensor of global member indices, got {describe(idx)}")
@@ -945,16 +946,20 @@ class DistributedCollective(Collective):
         recv_counts = [int(((wanted >= o) & (wanted < o + s)).sum()) for o, s in zip(self.offsets, self.sizes)]
         dev = _device_of(pop_local)
         rows = torch.cat(send_rows).to(dev) if send_rows else torch.zeros(0, dtype=torch.long, device=dev)
-        packed = _pack(sp, [t[rows] for t in pop_local.tensors], len(rows))
+        packed = _pack(sp, [t.index_select(0, rows) for t in pop_local.tensors], len(rows))
         out_bufs = []
         for buf in packed:
-            out = torch.empty(sum(recv_counts), buf.shape[1], dtype=buf.dtype, device=dev)
+            recv = torch.empty(sum(recv_counts), buf.shape[1], dtype=buf.dtype, device=dev)
             row_bytes = buf.shape[1] * buf.element_size()
             sent = sum(c for d, c in enumerate(send_counts) if d != w.rank) * row_bytes
-            _run("all_to_all(members)", w, sent, sent, lambda out=out, buf=buf: dist.all_to_all_single(
-                out, buf.contiguous(), output_split_sizes=recv_counts, input_split_sizes=send_counts, group=w.group))
-            out_bufs.append(out[inverse.to(dev)])
-        return build(sp, _unpack(sp, out_bufs, len(mine)))
+            _run("all_to_all(members)", w, sent, sent, lambda recv=recv, buf=buf: dist.all_to_all_single(
+                recv, buf.contiguous(), output_split_sizes=recv_counts, input_split_sizes=send_counts, group=w.group))
+            out_bufs.append(recv.index_select(0, inverse.to(dev)))
+        taken = _unpack(sp, out_bufs, len(mine))
+        targets = take_targets(pop_local, out, len(mine))
+        if targets is not None:  # the caller's buffers, as the local collective fills them
+            taken = [t if o is None else o.copy_(t) for t, o in zip(taken, targets)]
+        return build(sp, taken)
 
 
 class Sharded:

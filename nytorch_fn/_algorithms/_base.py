@@ -64,20 +64,70 @@ def draw_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=device)[0])
 
 
-def fill_noise(bufs: Sequence[torch.Tensor], base: int, members: range, antithetic: bool) -> None:
-    """Write the standard-normal noise of global members ``members`` into ``bufs``.
+def _signed(x: int) -> int:
+    return x - (1 << 64) if x >> 63 else x
+
+
+_G64 = _signed(_GOLDEN)
+_M1 = _signed(0xBF58476D1CE4E5B9)
+_M2 = _signed(0x94D049BB133111EB)
+
+
+def stream_seeds(base: int, ks: range) -> list[int]:
+    """``[stream_seed(base, k) for k in ks]`` as signed int64 values (``torch.Generator.manual_seed``
+    takes them as their uint64 bit patterns), computed in one vectorised int64 pass: wrapping
+    multiplication and masked (logical) shifts are the uint64 arithmetic of ``stream_seed``."""
+    if len(ks) == 0:
+        return []
+    k = torch.arange(ks.start, ks.stop, ks.step, dtype=torch.int64)
+    z = k.mul_(_G64).bitwise_xor_(_signed(base & _MASK)).add_(_G64)
+    z = z.bitwise_xor_(z.bitwise_right_shift(30).bitwise_and_((1 << 34) - 1)).mul_(_M1)
+    z = z.bitwise_xor_(z.bitwise_right_shift(27).bitwise_and_((1 << 37) - 1)).mul_(_M2)
+    return z.bitwise_xor_(z.bitwise_right_shift(31).bitwise_and_((1 << 33) - 1)).tolist()
+
+
+_ROWS: dict[tuple, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+_ROWS_BYTES = 1 << 22  # only small buffers are cached (where making views is a visible share)
+
+
+def _row_views(b: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``b.unbind(0)``, cached for the few small buffers a loop keeps refilling (a donated run
+    draws into the same buffers every generation, and making the row views again costs about
+    a microsecond per row, a visible share of drawing a short row). The cache holds at most
+    four buffers of at most 4 MiB each."""
+    nbytes = b.numel() * b.element_size()
+    if nbytes > _ROWS_BYTES:
+        return b.unbind(0)
+    key = (b.untyped_storage().data_ptr(), b.storage_offset(), tuple(b.shape), b.stride(), b.dtype, b.device)
+    hit = _ROWS.get(key)
+    if hit is not None:  # the cache keeps the storage alive: the same address is the same buffer
+        return hit[1]
+    rows = b.unbind(0)
+    if len(_ROWS) >= 4:
+        _ROWS.pop(next(iter(_ROWS)))
+    _ROWS[key] = (b, rows)
+    return rows
+
+
+def fill_noise(
+    bufs: Sequence[torch.Tensor], base: int, members: range, antithetic: bool, *, uniform: bool = False
+) -> None:
+    """Write the noise of global members ``members`` into ``bufs``.
 
     ``bufs`` are ``[len(members), P_d]`` buffers, one per dtype group (on any
     device). Member ``i`` uses stream ``k = i // 2`` with sign ``(-1)**i``
     when antithetic (member ``2k + 1`` is the negation of member ``2k``), else
     ``k = i`` with sign ``+1``. Stream ``k`` is a ``torch.Generator`` on the
     buffer's device seeded with ``stream_seed(base, k)``, from which one
-    ``torch.randn(P_d)`` per buffer, in order, is drawn (as ``normal_`` on the
-    row, the same kernel and bits without an allocation). So any subset of
-    members is drawn alone with the same bits as in the whole population.
-    A pair whose two members are both here is drawn once and negated in one
-    vectorised pass.
+    ``torch.randn(P_d)`` (``torch.rand(P_d)`` when ``uniform``: U[0, 1)) per
+    buffer, in order, is drawn (as ``normal_``/``uniform_`` on the row, the
+    same kernel and bits without an allocation). So any subset of members is
+    drawn alone with the same bits as in the whole population. A pair whose
+    two members are both here is drawn once and negated in one vectorised
+    pass (antithetic uniform draws are refused: ``-u`` is not uniform).
     """
+    if uniform and antithetic:
+        raise ValueError("noise: antithetic draws expect normal noise, got uniform=True")
     if not bufs or len(members) == 0:
         return
     start, stop = members.start, members.stop
@@ -86,48 +136,86 @@ def fill_noise(bufs: Sequence[torch.Tensor], base: int, members: range, antithet
         if b.device not in devices:
             devices.append(b.device)
     gens = {d: torch.Generator(device=d) for d in devices}
-    rows = [b.unbind(0) for b in bufs]  # row views, made once
+    rows = [_row_views(b) for b in bufs]
+    # (row, stream) pairs to draw, in order
+    if not antithetic:
+        plan_rows: Sequence[int] = range(stop - start)
+        streams = range(start, stop)
+        negate_first = False
+        pairs = None
+        last = None
+    else:
+        first = start
+        negate_first = first % 2 == 1  # its partner lives below this block: draw it and negate
+        heads = [0] if negate_first else []
+        if negate_first:
+            first += 1
+        pairs_end = first + 2 * ((stop - first) // 2)
+        heads += list(range(first - start, pairs_end - start, 2))
+        last = pairs_end - start if pairs_end < stop else None  # the last member's partner lives above
+        if last is not None:
+            heads.append(last)
+        plan_rows = heads
+        streams = range(start // 2, start // 2 + len(heads))
+        pairs = (first - start, pairs_end - start)
+    seeds = stream_seeds(base, streams)
     if len(devices) == 1:
         g = gens[devices[0]]
-
-        def draw(row: int, k: int) -> None:
-            g.manual_seed(stream_seed(base, k))
-            for r in rows:
-                r[row].normal_(generator=g)  # the very kernel of torch.randn, into the row
+        seed = g.manual_seed
+        if len(rows) == 1:
+            r0 = rows[0]
+            if uniform:
+                for row, s in zip(plan_rows, seeds):
+                    seed(s)
+                    r0[row].uniform_(generator=g)
+            else:
+                for row, s in zip(plan_rows, seeds):
+                    seed(s)
+                    r0[row].normal_(generator=g)  # the very kernel of torch.randn, into the row
+        else:
+            for row, s in zip(plan_rows, seeds):
+                seed(s)
+                for r in rows:
+                    if uniform:
+                        r[row].uniform_(generator=g)
+                    else:
+                        r[row].normal_(generator=g)
     else:
-
-        def draw(row: int, k: int) -> None:
-            seed = stream_seed(base, k)
+        for row, s in zip(plan_rows, seeds):
             seeded = set()
             for b, r in zip(bufs, rows):
                 if b.device not in seeded:
-                    gens[b.device].manual_seed(seed)
+                    gens[b.device].manual_seed(s)
                     seeded.add(b.device)
-                r[row].normal_(generator=gens[b.device])
-
+                if uniform:
+                    r[row].uniform_(generator=gens[b.device])
+                else:
+                    r[row].normal_(generator=gens[b.device])
     if not antithetic:
-        for row, m in enumerate(range(start, stop)):
-            draw(row, m)
         return
-    first = start
-    if first % 2 == 1:  # its partner lives below this block: draw it and negate
-        draw(0, first // 2)
+    if negate_first:
         for b in bufs:
             b[0].neg_()
-        first += 1
-    pairs_end = first + 2 * ((stop - first) // 2)
-    for m in range(first, pairs_end, 2):
-        draw(m - start, m // 2)
-    if pairs_end > first:
-        lo = first - start
-        hi = pairs_end - start
+    lo, hi = pairs
+    if hi > lo:
         for b in bufs:
             torch.neg(b[lo:hi:2], out=b[lo + 1:hi:2])
-    if pairs_end < stop:  # the last member's partner lives above this block
-        draw(pairs_end - start, pairs_end // 2)
 
 
-def noise_population(template: Particle, base: int, members: range, antithetic: bool) -> Particle:
+def _noise_buffers(template: Particle, rows: int) -> tuple[list[torch.Tensor], list[list[int]]]:
+    sp = template.species
+    lay = sp.layout()
+    leaves = template.tensors
+    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
+    for i in lay.op:
+        t = leaves[i]
+        groups.setdefault((t.dtype, t.device), []).append(i)
+    bufs = [torch.empty(rows, sum(lay.numel[i] for i in ix), dtype=d, device=dev) for (d, dev), ix in groups.items()]
+    return bufs, list(groups.values())
+
+
+def noise_population(template: Particle, base: int, members: range, antithetic: bool, *,
+                     uniform: bool = False) -> Particle:
     """``fill_noise`` for the operational parameters of ``template`` (a single particle): a
     population of ``len(members)``; non-operational parameters as their config says.
 
@@ -136,54 +224,58 @@ def noise_population(template: Particle, base: int, members: range, antithetic: 
     sp = template.species
     require_floating(sp, "noise")
     lay = sp.layout()
-    leaves = template.tensors
     rows = len(members)
-    groups: dict[tuple[torch.dtype, torch.device], list[int]] = {}
-    for i in lay.op:
-        t = leaves[i]
-        groups.setdefault((t.dtype, t.device), []).append(i)
-    bufs = [torch.empty(rows, sum(lay.numel[i] for i in ix), dtype=d, device=dev) for (d, dev), ix in groups.items()]
-    fill_noise(bufs, base, members, antithetic)
+    bufs, groups = _noise_buffers(template, rows)
+    fill_noise(bufs, base, members, antithetic, uniform=uniform)
     results: list[Any] = [None] * len(sp.names)
-    for ix, buf in zip(groups.values(), bufs):
+    for ix, buf in zip(groups, bufs):
         off = 0
         for i in ix:
             k = lay.numel[i]
             results[i] = buf[:, off:off + k].reshape(rows, *lay.shapes[i])
             off += k
-    return build(sp, assemble(sp, leaves, [results[i] for i in lay.op], rows))
+    return build(sp, assemble(sp, template.tensors, [results[i] for i in lay.op], rows))
 
 
-def refill_noise(noise: Particle, base: int, members: range, antithetic: bool) -> Particle | None:
-    """Draw new noise into the buffers of a population made by ``noise_population`` (same rows);
-    None when its tensors are not views of such buffers (the caller then allocates)."""
+def noise_buffers_of(noise: Particle, rows: int) -> list[torch.Tensor] | None:
+    """The ``[rows, P_d]`` buffers behind a population made by ``noise_population`` (one per
+    dtype group, in order), or None when its tensors are not views of such buffers."""
     sp = noise.species
     lay = sp.layout()
     ts = noise.tensors
+    if noise.population_size != rows:
+        return None
     bufs, seen = [], set()
+    widths: dict[tuple[torch.dtype, torch.device], int] = {}
     for i in lay.op:
         t = ts[i]
+        key = (t.dtype, t.device)
+        widths[key] = widths.get(key, 0) + lay.numel[i]
         st = t.untyped_storage()
-        key = (st.data_ptr(), t.dtype)
-        if key in seen:
+        skey = (st.data_ptr(), t.dtype)
+        if skey in seen:
             continue
-        seen.add(key)
+        seen.add(skey)
         nbytes = st.nbytes()
         es = t.element_size()
-        rows = t.shape[0]
-        if rows != len(members) or nbytes % (rows * es):
+        if rows == 0 or nbytes % (rows * es):
             return None
         width = nbytes // (rows * es)
-        buf = torch.empty(0, dtype=t.dtype, device=t.device).set_(st, 0, (rows, width), (width, 1))
-        bufs.append(buf)
+        bufs.append(torch.empty(0, dtype=t.dtype, device=t.device).set_(st, 0, (rows, width), (width, 1)))
     # the buffers must be exactly the per-dtype groups, in order
-    groups: dict[tuple[torch.dtype, torch.device], int] = {}
-    for i in lay.op:
-        key = (ts[i].dtype, ts[i].device)
-        groups[key] = groups.get(key, 0) + lay.numel[i]
-    if len(bufs) != len(groups) or any(b.shape[1] != w for b, w in zip(bufs, groups.values())):
+    if len(bufs) != len(widths) or any(b.shape[1] != w for b, w in zip(bufs, widths.values())):
         return None
-    fill_noise(bufs, base, members, antithetic)
+    return bufs
+
+
+def refill_noise(noise: Particle, base: int, members: range, antithetic: bool, *,
+                 uniform: bool = False) -> Particle | None:
+    """Draw new noise into the buffers of a population made by ``noise_population`` (same rows);
+    None when its tensors are not views of such buffers (the caller then allocates)."""
+    bufs = noise_buffers_of(noise, len(members))
+    if bufs is None:
+        return None
+    fill_noise(bufs, base, members, antithetic, uniform=uniform)
     return noise
 
 
@@ -280,9 +372,15 @@ class Collective:
         """Global member ``i`` as a single particle (a copy), from its owner."""
         raise NotImplementedError
 
-    def take(self, pop_local: Particle, idx: torch.Tensor) -> Particle:
+    def take(self, pop_local: Particle, idx: torch.Tensor, *, out: Particle | None = None) -> Particle:
         """The members at global indices ``idx`` (a ``[k]`` tensor, this process's share of a
-        selection) as a local population of ``k`` (copies)."""
+        selection) as a local population of ``k`` (copies).
+
+        ``out``: a population of ``k`` of the same species that the caller owns
+        and no longer needs (not ``pop_local`` nor a view of it): the operational
+        tensors are written into its buffers (``index_select(..., out=)``), the
+        same bits as a fresh take; None (or a population that does not fit)
+        allocates."""
         raise NotImplementedError
 
     # -- derived, the same for every implementation -------------------------------
@@ -401,8 +499,9 @@ class Collective:
         lead = like.tensors if like is not None else [t[0] for t in pop_local.tensors]
         return build(sp, assemble(sp, lead, results, None))
 
-    def noise(self, template: Any, base_seed: int, *, antithetic: bool = False) -> Any:
-        """Standard-normal noise for the local members, each from its own stream (``fill_noise``).
+    def noise(self, template: Any, base_seed: int, *, antithetic: bool = False, uniform: bool = False,
+              out: Any = None) -> Any:
+        """Noise for the local members, each from its own stream (``fill_noise``).
 
         Args:
             template: a single particle (-> a population of ``n_local`` like it,
@@ -411,17 +510,65 @@ class Collective:
             base_seed: this generation's seed (``draw_seed(generator)``, the same
                 on every process).
             antithetic: member ``2k + 1`` is the negation of member ``2k``.
+            uniform: U[0, 1) draws (``torch.rand`` on each stream) instead of
+                standard normal ones (``torch.randn``).
+            out: the result of an earlier ``noise`` call for the same template
+                (a buffer the caller owns and no longer needs): drawn into in
+                place, the same bits as a fresh call; when it does not fit (another
+                size or layout) a fresh result is made.
         """
         if isinstance(template, Particle):
             require_single(template, "noise")
-            return noise_population(template, base_seed, self.rows, antithetic)
+            if isinstance(out, Particle) and out.species is template.species:
+                bufs = noise_buffers_of(out, self.local_n)
+                if bufs is not None and all(
+                    b.dtype == t.dtype and b.device == t.device for b, t in zip(bufs, _group_firsts(template))
+                ):
+                    fill_noise(bufs, base_seed, self.rows, antithetic, uniform=uniform)
+                    return out
+            return noise_population(template, base_seed, self.rows, antithetic, uniform=uniform)
         if isinstance(template, torch.Tensor):
             if not template.is_floating_point():
                 raise TypeError(f"noise: expected a floating template, got {describe(template)}")
-            buf = torch.empty(self.local_n, max(template.numel(), 0), dtype=template.dtype, device=template.device)
-            fill_noise([buf], base_seed, self.rows, antithetic)
-            return buf.view(self.local_n, *template.shape)
+            shape = (self.local_n, *template.shape)
+            if (isinstance(out, torch.Tensor) and out.shape == shape and out.dtype == template.dtype
+                    and out.device == template.device and out.is_contiguous()):
+                buf = out.view(self.local_n, -1)
+            else:
+                buf = torch.empty(self.local_n, max(template.numel(), 0), dtype=template.dtype,
+                                  device=template.device)
+            fill_noise([buf], base_seed, self.rows, antithetic, uniform=uniform)
+            return buf.view(shape)
         raise TypeError(f"noise: expected a particle or a tensor template, got {describe(template)}")
+
+
+def _group_firsts(template: Particle) -> list[torch.Tensor]:
+    """One operational tensor of each (dtype, device) group of ``template``, in group order."""
+    lay = template.species.layout()
+    seen: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+    for i in lay.op:
+        t = template.tensors[i]
+        seen.setdefault((t.dtype, t.device), t)
+    return list(seen.values())
+
+
+def take_targets(pop_local: Particle, out: Any, k: int) -> list[torch.Tensor | None] | None:
+    """Per tensor of ``pop_local``, the tensor of ``out`` a take of ``k`` members may be written
+    into (None for a non-operational one), or None when ``out`` does not fit: not a population of
+    ``k`` of the species, another shape/dtype/device, non-contiguous, or sharing storage with
+    ``pop_local`` (``index_select`` cannot write over its own input)."""
+    if not isinstance(out, Particle) or out.species is not pop_local.species or out.population_size != k:
+        return None
+    lay = pop_local.species.layout()
+    src = {t.untyped_storage().data_ptr() for t in pop_local.tensors}
+    targets: list[torch.Tensor | None] = [None] * len(pop_local.tensors)
+    for i in lay.op:
+        o, t = out.tensors[i], pop_local.tensors[i]
+        if (o.dtype != t.dtype or o.device != t.device or o.shape[1:] != t.shape[1:] or not o.is_contiguous()
+                or o.requires_grad or o.untyped_storage().data_ptr() in src):
+            return None
+        targets[i] = o
+    return targets
 
 
 class LocalCollective(Collective):
@@ -439,9 +586,18 @@ class LocalCollective(Collective):
     def member(self, pop_local: Particle, i: int) -> Particle:
         return pop_local[int(i)].clone()
 
-    def take(self, pop_local: Particle, idx: torch.Tensor) -> Particle:
-        device = pop_local.tensors[0].device if pop_local.tensors else idx.device
-        return pop_local[idx.to(device)]
+    def take(self, pop_local: Particle, idx: torch.Tensor, *, out: Particle | None = None) -> Particle:
+        # index_select: the same copies as advanced indexing, at a fraction of its dispatch cost
+        ts = pop_local.tensors
+        if not ts:
+            return pop_local
+        idx = idx.to(ts[0].device)
+        k = idx.shape[0]
+        targets = take_targets(pop_local, out, k)
+        if targets is None:
+            return build(pop_local.species, [t.index_select(0, idx) for t in ts])
+        return build(pop_local.species, [torch.index_select(t, 0, idx, out=o) if o is not None
+                                         else t.index_select(0, idx) for t, o in zip(ts, targets)])
 
     def __repr__(self) -> str:
         return f"LocalCollective(n={self.n})"
@@ -705,9 +861,14 @@ def protocol_tell(
     bad = [k for k in fields if k in _COMMON]
     if bad:
         raise AssertionError(f"{where}: kernels never set the common fields, got {bad}")
+    # the next generation's population size (an algorithm that grows it, e.g. at a restart, says so)
+    n_next = algo._population_after(fields, n)
+    if isinstance(n_next, bool) or not isinstance(n_next, int) or n_next < 1:
+        raise AssertionError(f"{where}: _population_after returned {n_next!r}, expected an int >= 1")
+    local_next = coll.local_n if n_next == n else factory(n_next).local_n
     new = seen._replace(
         best=best, best_fitness=best_fitness, generation=state.generation + 1,
-        asked=probe(None, n, coll.local_n, state.asked.device), **fields,
+        asked=probe(None, n_next, local_next, state.asked.device), **fields,
     )
     return new, f
 
@@ -795,7 +956,8 @@ class Algorithm:
     (``"distribution"``: ``init`` takes the centre, a single particle;
     ``"population"``: ``init`` takes the initial population). They implement
     the kernels ``_init``, ``_ask`` and ``_tell`` (the math only) and may
-    override ``_best`` and ``_check_population``.
+    override ``_best``, ``_check_population`` and ``_population_after`` (a
+    population size that changes from one generation to the next).
 
     Multi-objective algorithms set ``multi_objective = True`` and have a field
     ``objectives`` (``M``); their fitness is ``[N, M]`` and ``maximize`` a bool
@@ -949,6 +1111,13 @@ class Algorithm:
 
     def _check_population(self, n: int) -> None:
         """Refuse a population size ``n`` the hyperparameters cannot work with (default: ``n >= 1``)."""
+
+    def _population_after(self, fields: dict, n: int) -> int:
+        """The population size of the next ``ask``, given the fields ``_tell`` just returned and
+        this generation's size ``n`` (default: ``n``, the size never changes). An algorithm whose
+        population grows or shrinks (the IPOP/BIPOP restarts) returns the new size; the base then
+        sizes its bookkeeping (and, sharded, each process's block) for it."""
+        return n
 
     @classmethod
     def _example(cls) -> Example:

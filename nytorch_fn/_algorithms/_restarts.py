@@ -36,10 +36,10 @@ searched values, ``N`` members, ``g`` generations of the run):
 pycma's stagnation criterion (``tolstagnation``) is not implemented.
 
 Population sizes: the state's ``population_size`` is the current run's
-``N``; ``ask`` returns that many members. On one process this works through
-the public methods (they carry the new size into the state's ``asked``
-bookkeeping); ``sharded(IPOP(...))`` runs the first run but refuses to
-cross a restart until the protocol's base carries a changing population size.
+``N``; ``ask`` returns that many members. The wrappers tell the protocol's
+base the next run's size (``Algorithm._population_after``), which sizes the
+``asked`` bookkeeping, and under ``sharded(IPOP(...))`` each rank's block,
+for it: restarts work alike on one process and sharded.
 """
 
 from __future__ import annotations
@@ -53,16 +53,7 @@ import torch
 
 from .._errors import describe
 from .._particle import Particle
-from ._base import (
-    Algorithm,
-    Example,
-    History,
-    _owned_copy,
-    _progress,
-    _sigma_of,
-    check_state,
-    probe,
-)
+from ._base import Algorithm, Example, probe
 from ._cma import CMAES, LMMAES, CMAESState, SepCMAES, SepCMAESState
 from ._common import draw, v_flag, v_int, v_nonneg, v_optional_callable, v_positive
 
@@ -285,7 +276,7 @@ class IPOP(Algorithm):
         state = self.init(x)
         if isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 2:
             raise ValueError(f"{type(self).__name__}.template: population_size expects an int >= 2, got {population_size!r}")
-        return _resized(state._replace(population_size=population_size))
+        return _resized(state._replace(population_size=population_size))  # one process: n rows
 
     def inner_for(self, state: Any) -> Algorithm:
         """The inner algorithm running now (its population size and initial sigma)."""
@@ -293,20 +284,6 @@ class IPOP(Algorithm):
         if state.population_size == a.population_size and state.sigma0 == a.sigma:
             return a
         return attrs.evolve(a, population_size=state.population_size, sigma=state.sigma0)
-
-    # -- the public methods carry a changing population size into ``asked`` -----
-
-    def tell(self, state: Any, population: Particle, fitness: Any, *, generator: torch.Generator | None = None,
-             donate: bool = False) -> Any:
-        return _resized(super().tell(state, population, fitness, generator=generator, donate=donate))
-
-    tell.__doc__ = Algorithm.tell.__doc__
-
-    def run(self, state: Any, fitness_fn: Callable[[Particle], Any], generations: int, *,
-            generator: torch.Generator | None = None, progress: bool = False) -> tuple[Any, History]:
-        return _run(self, state, fitness_fn, generations, generator, progress)
-
-    run.__doc__ = Algorithm.run.__doc__
 
     # -- kernels --------------------------------------------------------------------
 
@@ -338,12 +315,10 @@ class IPOP(Algorithm):
     def _extra_init(self) -> dict:
         return {}
 
+    def _population_after(self, fields: dict, n: int) -> int:
+        return fields.get("population_size", n)  # a restart's new size, carried by the base
+
     def _ask(self, state: Any, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
-        if coll.n != state.population_size:
-            raise NotImplementedError(
-                f"{type(self).__name__}.ask: the population grew from {coll.n} to {state.population_size} at a "
-                "restart; a sharded run cannot change its population size yet (run restarts on one process)"
-            )
         pop, fields = self.inner_for(state)._ask(state.inner, generator=generator, coll=coll, donate=donate)
         return pop, {"inner": state.inner._replace(**fields)}
 
@@ -465,39 +440,3 @@ def _resized(state: Any) -> Any:
     if int(state.asked[0, 0]) == n:
         return state
     return state._replace(asked=probe(None, n, n, state.asked.device))
-
-
-def _run(algo: IPOP, state: Any, fitness_fn: Any, generations: Any, generator: Any, progress: Any) -> tuple[Any, History]:
-    """``Algorithm.run`` through the public ask/tell (so each restart's population size is carried)."""
-    import numbers
-
-    where = f"{type(algo).__name__}.run"
-    check_state(algo, state, where)
-    if not callable(fitness_fn):
-        raise TypeError(f"{where}: fitness_fn expects a callable population -> fitness, got {describe(fitness_fn)}")
-    if isinstance(generations, bool) or not isinstance(generations, numbers.Integral) or generations < 0:
-        raise ValueError(f"{where}: generations expects an int >= 0, got {generations!r}")
-    if not isinstance(progress, bool):
-        raise TypeError(f"{where}: progress expects a bool, got {describe(progress)}")
-    bar = _progress(int(generations), where) if progress else None
-    state = _owned_copy(state)
-    best, mean, sigma = [], [], []
-    try:
-        for _ in range(int(generations)):
-            pop, state = algo.ask(state, generator=generator, donate=True)
-            fitness = fitness_fn(pop)
-            state = algo.tell(state, pop, fitness, generator=generator, donate=True)
-            f = torch.as_tensor(fitness).detach().to("cpu", torch.float64)
-            del pop
-            best.append(state.best_fitness.detach().to("cpu", torch.float64))
-            mean.append(torch.nanmean(f, dim=0))
-            sigma.append(_sigma_of(state))
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(best=f"{float(best[-1]):.4g}", restarts=state.restarts)
-    finally:
-        if bar is not None:
-            bar.close()
-    empty = torch.zeros(0, dtype=torch.float64)
-    return state, History(torch.stack(best) if best else empty, torch.stack(mean) if mean else empty.clone(),
-                          torch.tensor(sigma, dtype=torch.float64))

@@ -82,6 +82,11 @@ def algorithm_cases() -> dict:
         out[name] = (a, x, ex.objectives, ex.exact)
     es = alg.OpenAIES(population_size=10, sigma=0.1)
     out["OpenAIES(fast sum)"] = (es, tpl, 1, False)
+    # restarts every generation (tolx far above any step): the population grows 6 -> 12 -> 24,
+    # so every rank's block changes size between generations
+    for name, cls, inner in (("IPOP", alg.IPOP, alg.CMAES(population_size=6, sigma=0.5)),
+                             ("BIPOP", alg.BIPOP, alg.SepCMAES(population_size=6, sigma=0.5, exact=True))):
+        out[f"{name}(restarts)"] = (cls(algorithm=inner, tolx=1e9, max_restarts=2), tpl, 1, True)
     return out
 
 

@@ -79,6 +79,21 @@ def test_single_process_runs_move(algos):
         assert not torch.equal(after.best_fitness, state.best_fitness), name
 
 
+def test_restart_cases_cross_restarts_with_a_changing_population():
+    # the sharded comparison above covers them; here: they really restart, with other sizes
+    for name in ("IPOP(restarts)", "BIPOP(restarts)"):
+        a, x, objectives, _ = sc.algorithm_cases()[name]
+        g = torch.Generator().manual_seed(3)
+        state = a.init(x, generator=g)
+        sizes = []
+        for _ in range(sc.GENERATIONS):
+            pop, state = a.ask(state, generator=g)
+            sizes.append(len(pop))
+            state = a.tell(state, pop, sc.fitness_fn(objectives)(pop), generator=g)
+        assert state.restarts >= 2 and max(sizes) > min(sizes) == 6, (name, sizes)
+        assert int(state.asked[0, 0]) == state.population_size
+
+
 def test_communication_is_counted(algos):
     for out in algos:
         for name in CASES:

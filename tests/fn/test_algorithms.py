@@ -14,7 +14,7 @@ from torch import nn
 
 import nytorch_fn as nf
 from nytorch_fn import optim
-from nytorch_fn._algorithms._base import LocalCollective, _quantized_weighted, stream_seed
+from nytorch_fn._algorithms._base import LocalCollective, _quantized_weighted, stream_seed, stream_seeds
 from nytorch_fn.algorithms import (
     APSO,
     PBT,
@@ -466,6 +466,62 @@ def test_es_update_matches_the_estimator_in_plain_torch(exact):
     want = torch.cat([t.reshape(-1) for t in TEMPLATE.tensors]) + lr * g
     got = torch.cat([t.reshape(-1) for t in new.mean.tensors])
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("base", [0, 1, 12345, 2**63 - 2, 2**64 - 1, 0x9E3779B97F4A7C15])
+def test_vectorised_stream_seeds_are_the_documented_uint64_seeds(base):
+    ks = range(3, 300)
+    want = [stream_seed(base, k) for k in ks]
+    got = stream_seeds(base, ks)
+    assert [s % 2**64 for s in got] == want
+    # manual_seed takes a signed value as its uint64 bit pattern
+    g1, g2 = torch.Generator().manual_seed(got[-1]), torch.Generator().manual_seed(want[-1])
+    assert torch.equal(g1.get_state(), g2.get_state())
+
+
+@pytest.mark.parametrize("uniform", [False, True])
+def test_collective_noise_streams_uniform_option_and_out_buffers(uniform):
+    coll = LocalCollective(6)
+    base = 987654321
+    draw = torch.rand if uniform else torch.randn
+    want = torch.stack([draw(8, generator=torch.Generator().manual_seed(stream_seed(base, k))) for k in range(6)])
+    z = coll.noise(TEMPLATE, base, uniform=uniform)
+    assert torch.equal(flat(z), want)
+    if uniform:
+        assert bool(((flat(z) >= 0) & (flat(z) < 1)).all())
+    # drawn into the buffers of an earlier draw: the same bits, the same storage
+    ptrs = [t.data_ptr() for t in z.tensors]
+    again = coll.noise(TEMPLATE, base + 1, uniform=uniform, out=z)
+    assert [t.data_ptr() for t in again.tensors] == ptrs
+    assert torch.equal(flat(again), flat(coll.noise(TEMPLATE, base + 1, uniform=uniform)))
+    # a tensor template and its out buffer
+    t = coll.noise(torch.zeros(3, 2, dtype=torch.float64), base, uniform=uniform)
+    t2 = coll.noise(torch.zeros(3, 2, dtype=torch.float64), base, uniform=uniform, out=torch.empty(6, 3, 2, dtype=torch.float64))
+    assert t.shape == (6, 3, 2) and torch.equal(t, t2)
+    # a buffer that does not fit is not written: a fresh draw instead
+    small = torch.zeros(5, 3, 2, dtype=torch.float64)
+    assert torch.equal(coll.noise(torch.zeros(3, 2, dtype=torch.float64), base, uniform=uniform, out=small), t)
+    assert torch.equal(small, torch.zeros(5, 3, 2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="antithetic"):
+        coll.noise(TEMPLATE, base, uniform=True, antithetic=True)
+
+
+def test_local_take_copies_members_and_writes_into_out():
+    pop = start_population(5, 0)
+    coll = LocalCollective(5)
+    idx = torch.tensor([4, 0, 0, 2])
+    taken = coll.take(pop, idx)
+    assert tree_equal(taken, pop[idx])
+    assert all(a.data_ptr() != b.data_ptr() for a, b in zip(taken.tensors, pop.tensors))
+    buf = start_population(4, 1)
+    ptrs = [t.data_ptr() for t in buf.tensors]
+    into = coll.take(pop, idx, out=buf)
+    assert tree_equal(into, pop[idx]) and [t.data_ptr() for t in into.tensors] == ptrs
+    # out sharing storage with the source, or of another size: a fresh copy, the source untouched
+    snap = Snapshot(pop)
+    assert tree_equal(coll.take(pop, idx[:2], out=pop[:2]), pop[idx[:2]])
+    assert tree_equal(coll.take(pop, idx, out=start_population(3, 1)), pop[idx])
+    assert snap.unchanged()
 
 
 def test_exact_weighted_sum_is_an_integer_sum_of_the_documented_roundings_for_any_split():
