@@ -11,8 +11,9 @@ its own direction (``maximize`` a bool or a tuple of ``M`` bools).
 **Shaping** (what an algorithm does to the fitness before using it) is one
 composable piece: a shaping is any callable ``shape(score) -> [N] float64``
 taking the *score* (float64, higher is better, NaN already ``-inf``; see
-``scores``). ``identity``, ``centered_ranks``, ``z_score`` and ``normalized``
-are shapings; ``compose(f, g, ...)`` applies them left to right.
+``scores``). ``identity``, ``centered_ranks``, ``z_score``, ``normalized``
+and ``nes_utilities`` are shapings; ``compose(f, g, ...)`` applies them left
+to right.
 
 This module sits below the populations, the algorithms and the distributed
 layer, which all import it (and nothing here imports them).
@@ -20,6 +21,7 @@ layer, which all import it (and nothing here imports them).
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import torch
@@ -259,6 +261,39 @@ def normalized(score: Any) -> torch.Tensor:
     if float(hi - lo) == 0.0:
         return torch.full_like(s, 0.5)
     return (s - lo) / (hi - lo)
+
+
+def nes_utilities(score: torch.Tensor) -> torch.Tensor:
+    """Fitness shaping of the NES paper: rank-based utilities that sum to zero.
+
+    The member of rank ``k`` (``k = 1`` the best, ties broken by position)
+    gets ``max(0, ln(N/2 + 1) - ln k) / sum_j max(0, ln(N/2 + 1) - ln j) - 1/N``:
+    the better half shares a positive weight that decays with the rank, the
+    others get ``-1/N``. Invariant to any monotone change of the fitness.
+
+    Args:
+        score: ``[N]`` real, higher is better (NaN counts as the worst).
+
+    Returns:
+        ``[N]`` float64 utilities (zeros for ``N == 1``).
+
+    Raises:
+        TypeError: ``score`` is not a ``[N]`` tensor.
+
+    Examples:
+        >>> nes_utilities(torch.tensor([1.0, 3.0, 2.0, 0.0]))   # the best (3.0) gets the most
+        tensor([-0.2500,  0.4804,  0.0196, -0.2500], dtype=torch.float64)
+    """
+    if not isinstance(score, torch.Tensor) or score.dim() != 1:
+        raise TypeError(f"nes_utilities: expected a [N] tensor, got {describe(score)}")
+    n = score.shape[0]
+    s = score.to(torch.float64)
+    s = torch.where(torch.isnan(s), torch.full_like(s, -math.inf), s)
+    ranks = torch.empty(n, dtype=torch.float64, device=s.device)
+    order = torch.argsort(-s, stable=True)  # best first
+    ranks[order] = torch.arange(1, n + 1, dtype=torch.float64, device=s.device)
+    raw = (math.log(n / 2 + 1) - torch.log(ranks)).clamp_min_(0.0)
+    return raw / raw.sum() - 1.0 / n
 
 
 class _Composed:

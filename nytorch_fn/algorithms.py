@@ -68,7 +68,7 @@ from ._algorithms._nes import SNES as SNES
 from ._algorithms._nes import SNESState as SNESState
 from ._algorithms._nes import XNES as XNES
 from ._algorithms._nes import XNESState as XNESState
-from ._algorithms._nes import nes_utilities as nes_utilities
+from ._fitness import nes_utilities as nes_utilities
 from ._algorithms._nsga2 import NSGA2 as NSGA2
 from ._algorithms._nsga2 import NSGA2State as NSGA2State
 from ._algorithms._pgpe import PGPE as PGPE

@@ -41,49 +41,11 @@ import attrs
 import torch
 
 from .._errors import describe
-from .._fitness import check_shaping, shape_scores
+from .._fitness import check_shaping, nes_utilities, shape_scores
 from .._particle import Particle, assemble, build, fill, operational
 from ._base import Algorithm, Example, draw_seed, fill_noise, refill_noise
 from ._common import maximize_field, v_decay, v_flag, v_int, v_nonneg, v_positive
 from ._space import ravel, unravel
-
-# ---------------------------------------------------------------------------
-# shaping: the paper's rank-based utilities
-# ---------------------------------------------------------------------------
-
-
-def nes_utilities(score: torch.Tensor) -> torch.Tensor:
-    """Fitness shaping of the NES paper: rank-based utilities that sum to zero.
-
-    The member of rank ``k`` (``k = 1`` the best, ties broken by position)
-    gets ``max(0, ln(N/2 + 1) - ln k) / sum_j max(0, ln(N/2 + 1) - ln j) - 1/N``:
-    the better half shares a positive weight that decays with the rank, the
-    others get ``-1/N``. Invariant to any monotone change of the fitness.
-
-    Args:
-        score: ``[N]`` real, higher is better (NaN counts as the worst).
-
-    Returns:
-        ``[N]`` float64 utilities (zeros for ``N == 1``).
-
-    Raises:
-        TypeError: ``score`` is not a ``[N]`` tensor.
-
-    Examples:
-        >>> nes_utilities(torch.tensor([1.0, 3.0, 2.0, 0.0]))   # the best (3.0) gets the most
-        tensor([-0.2500,  0.4804,  0.0196, -0.2500], dtype=torch.float64)
-    """
-    if not isinstance(score, torch.Tensor) or score.dim() != 1:
-        raise TypeError(f"nes_utilities: expected a [N] tensor, got {describe(score)}")
-    n = score.shape[0]
-    s = score.to(torch.float64)
-    s = torch.where(torch.isnan(s), torch.full_like(s, -math.inf), s)
-    ranks = torch.empty(n, dtype=torch.float64, device=s.device)
-    order = torch.argsort(-s, stable=True)  # best first
-    ranks[order] = torch.arange(1, n + 1, dtype=torch.float64, device=s.device)
-    raw = (math.log(n / 2 + 1) - torch.log(ranks)).clamp_min_(0.0)
-    return raw / raw.sum() - 1.0 / n
-
 
 # ---------------------------------------------------------------------------
 # hyperparameter checks not in _common
