@@ -76,6 +76,7 @@ def test_there_are_notebooks():
         "02_migrating_legacy_code.ipynb",
         "03_population_hybrid.ipynb",
         "04_model_merging.ipynb",
+        "05_algorithms.ipynb",
     ]
 
 
