@@ -726,7 +726,7 @@ _FOREACH: dict[str, Callable[[list, Any], Any]] = {
 _NUMBER = (int, float)
 
 
-def _foreach_ok(xs: list[torch.Tensor]) -> bool:
+def _foreach_ok(xs: Sequence[torch.Tensor]) -> bool:
     return bool(xs) and xs[0].device.type == "cpu" and not transforms_active()
 
 
@@ -822,9 +822,15 @@ def _binary(p: Particle, other: Any, op: str) -> Particle:
         if lay.nonfloat:
             results = _keep_dtypes(results, xs)
         return build(sp, tuple(results) if lay.all_op else assemble(sp, la, results, population))
-    y = _coerce_scalar(p, other, op)
     sp = p.species
     lay = sp.layout()
+    # a Python number beside an all-operational floating species on the CPU,
+    # outside transforms: the foreach call _with_coefficient makes, checked once
+    if type(other) in _NUMBER and lay.all_op and not lay.nonfloat and op in _FOREACH:
+        leaves = p._t
+        if _foreach_ok(leaves):
+            return build(sp, _FOREACH[op](leaves, other))
+    y = _coerce_scalar(p, other, op)
     leaves = p._t
     xs = list(leaves) if lay.all_op else [leaves[i] for i in lay.op]
     results = _with_coefficient(op, xs, y)
@@ -972,6 +978,22 @@ def lerp(start: Particle, end: Particle, weight: Any, *, donate: bool = False) -
         True
     """
     where = "lerp"
+    # The common call (one species, every parameter operational and floating,
+    # a float weight, equal population sizes, CPU, outside transforms) with
+    # its checks done from the layout at once: the same kernel as below.
+    if type(weight) is float and donate is False and type(start) is Particle and type(end) is Particle:
+        sp = start.species
+        if sp is end.species and sp.names:
+            lay = sp.layout()
+            xs, ys = start._t, end._t
+            if (
+                lay.all_op
+                and lay.unfit is None
+                and xs[0].dim() == ys[0].dim()
+                and (xs[0].dim() == lay.ndim0 or xs[0].shape[0] == ys[0].shape[0])
+                and _foreach_ok(xs)
+            ):
+                return build(sp, torch._foreach_lerp(xs, ys, weight))
     if not isinstance(start, Particle) or not isinstance(end, Particle):
         raise TypeError(f"{where}: expected two Particles, got {describe(start)} and {describe(end)}")
     if not isinstance(donate, bool):
