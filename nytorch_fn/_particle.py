@@ -712,7 +712,7 @@ _PER_TENSOR: dict[str, Callable[[Any, Any], torch.Tensor]] = {
 # implementation of every foreach op is a loop calling the plain op, so the
 # bits are the same and only the Python overhead goes. Operators without an
 # exact foreach twin (``rsub``, ``rdiv``: no reflected foreach op) stay per tensor.
-_FOREACH: dict[str, Callable[[list, Any], Any]] = {
+_FOREACH: dict[str, Callable[[Sequence[torch.Tensor], Any], Any]] = {
     "add": torch._foreach_add,
     "radd": torch._foreach_add,
     "sub": torch._foreach_sub,
@@ -985,15 +985,15 @@ def lerp(start: Particle, end: Particle, weight: Any, *, donate: bool = False) -
         sp = start.species
         if sp is end.species and sp.names:
             lay = sp.layout()
-            xs, ys = start._t, end._t
+            ts, te = start._t, end._t
             if (
                 lay.all_op
                 and lay.unfit is None
-                and xs[0].dim() == ys[0].dim()
-                and (xs[0].dim() == lay.ndim0 or xs[0].shape[0] == ys[0].shape[0])
-                and _foreach_ok(xs)
+                and ts[0].dim() == te[0].dim()
+                and (ts[0].dim() == lay.ndim0 or ts[0].shape[0] == te[0].shape[0])
+                and _foreach_ok(ts)
             ):
-                return build(sp, torch._foreach_lerp(xs, ys, weight))
+                return build(sp, torch._foreach_lerp(ts, te, weight))
     if not isinstance(start, Particle) or not isinstance(end, Particle):
         raise TypeError(f"{where}: expected two Particles, got {describe(start)} and {describe(end)}")
     if not isinstance(donate, bool):
