@@ -712,7 +712,7 @@ _PER_TENSOR: dict[str, Callable[[Any, Any], torch.Tensor]] = {
 # implementation of every foreach op is a loop calling the plain op, so the
 # bits are the same and only the Python overhead goes. Operators without an
 # exact foreach twin (``rsub``, ``rdiv``: no reflected foreach op) stay per tensor.
-_FOREACH: dict[str, Callable[[Sequence[torch.Tensor], Any], Any]] = {
+_FOREACH: dict[str, Callable[..., Any]] = {
     "add": torch._foreach_add,
     "radd": torch._foreach_add,
     "sub": torch._foreach_sub,
