@@ -624,7 +624,7 @@ class Best(NamedTuple):
     """The best member of a sharded population (the same on every rank)."""
 
     member: Particle
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index on purpose (the member's index)
     fitness: torch.Tensor
 
 
@@ -720,7 +720,7 @@ def take(sh: Shard, index: Any) -> Shard:
         out = torch.empty(sum(recv_counts), buf.shape[1], dtype=buf.dtype, device=dev)
         row_bytes = buf.shape[1] * buf.element_size()
         sent = sum(c for d, c in enumerate(send_counts) if d != w.rank) * row_bytes
-        _run("all_to_all(members)", w, sent, sent, lambda out=out, buf=buf: dist.all_to_all_single(
+        _run("all_to_all(members)", w, sent, sent, lambda: dist.all_to_all_single(  # _run calls it at once
             out, buf, output_split_sizes=recv_counts, input_split_sizes=send_counts, group=w.group))
         out_bufs.append(out[inverse.to(dev)])
     local = build(sp, _unpack(sp, out_bufs, out_sizes[w.rank]))
@@ -749,8 +749,8 @@ def gather(sh: Shard, *, dst: int = 0) -> Particle | None:
         parts = [torch.empty_like(pad) for _ in range(w.size)] if w.rank == dst else None
         nb = _nbytes(pad)
         _run("gather(members)", w, nb, 0 if w.rank == dst else nb,
-             lambda pad=pad, parts=parts: dist.gather(pad, parts, dst=w.global_rank(dst), group=w.group))
-        if w.rank == dst:
+             lambda: dist.gather(pad, parts, dst=w.global_rank(dst), group=w.group))  # _run calls it at once
+        if parts is not None:  # w.rank == dst
             out_bufs.append(torch.cat([p[:s] for p, s in zip(parts, sh.sizes)]))
     if w.rank != dst:
         return None
@@ -952,7 +952,7 @@ class DistributedCollective(Collective):
             recv = torch.empty(sum(recv_counts), buf.shape[1], dtype=buf.dtype, device=dev)
             row_bytes = buf.shape[1] * buf.element_size()
             sent = sum(c for d, c in enumerate(send_counts) if d != w.rank) * row_bytes
-            _run("all_to_all(members)", w, sent, sent, lambda recv=recv, buf=buf: dist.all_to_all_single(
+            _run("all_to_all(members)", w, sent, sent, lambda: dist.all_to_all_single(  # _run calls it at once
                 recv, buf.contiguous(), output_split_sizes=recv_counts, input_split_sizes=send_counts, group=w.group))
             out_bufs.append(recv.index_select(0, inverse.to(dev)))
         taken = _unpack(sp, out_bufs, len(mine))

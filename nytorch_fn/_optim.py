@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import torch
 
@@ -78,7 +78,8 @@ class AdamState(NamedTuple):
         nu: the second moment, a particle like ``params``.
     """
 
-    count: torch.Tensor
+    # optax's name for the step count; it shadows tuple.count on purpose
+    count: torch.Tensor  # type: ignore[assignment]
     mu: Particle
     nu: Particle
 
@@ -102,7 +103,8 @@ def _check_rate(value: Any, name: str, *, low: float = 0.0, high: float = math.i
         return
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name}: expected a number or a [N] tensor, got {describe(value)}")
-    ok = low <= value and (value <= high if closed_high else value < high)
+    real = cast(float, value)  # a numbers.Real, compared as it is
+    ok = low <= real and (real <= high if closed_high else real < high)
     if not ok or math.isnan(value) or math.isinf(value):
         bracket = "]" if closed_high else ")"
         raise ValueError(f"{name}: expected a value in [{low}, {high}{bracket}, got {value!r}")
@@ -212,10 +214,11 @@ def sgd(lr: Any, *, momentum: float = 0.0, nesterov: bool = False, weight_decay:
         _check_donate(donate, "sgd.update")
         g = _gradient(grads, state, SGDState, params, weight_decay, "sgd.update")
         if momentum:
-            if _in_place(state.momentum, [g], donate, "sgd.update"):
-                buf = _per_tensor(lambda b, gg: b.mul_(momentum).add_(gg), state.momentum, g)
+            held = cast(Particle, state.momentum)  # init made it (momentum > 0)
+            if _in_place(held, [g], donate, "sgd.update"):
+                buf = _per_tensor(lambda b, gg: b.mul_(momentum).add_(gg), held, g)
             else:
-                buf = momentum * state.momentum + g
+                buf = momentum * held + g
             g = g + momentum * buf if nesterov else buf
             return _scale(g, lr), SGDState(buf)
         return _scale(g, lr), state

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from .._particle import Particle
+from .._species import Species
 from . import _methods as M
 from ._grouped import Groups, merge_grouped, resolve_groups
 from ._particles import _check_count, _models, _single, describe, seed_from
@@ -143,7 +144,7 @@ class EvolvedMerge:
         def plain(v: Any) -> Any:
             return [plain(x) for x in v] if isinstance(v, (list, tuple)) else (float(v) if isinstance(v, float) else v)
 
-        def entries(values: Callable[[str], float], fixed: Any) -> list[dict]:
+        def entries(values: Callable[[str], Any], fixed: Any) -> list[dict]:  # values: called at once
             out: list[dict] = [{"filter": names[j], "value": float(values(names[j]))} for j in order]
             if fixed is not None:
                 out.append({"value": plain(fixed)})
@@ -154,7 +155,7 @@ class EvolvedMerge:
         for p in m.params:
             if p.name in self.recipe and not p.per_model:
                 v = self.recipe[p.name]
-                top[p.yaml] = entries(lambda nm, v=v: v[gi_of[nm]], fixed.get(p.name, _default(p)))
+                top[p.yaml] = entries(lambda nm: v[gi_of[nm]], fixed.get(p.name, _default(p)))
             elif p.name in fixed and not p.per_model:
                 top[p.yaml] = plain(fixed[p.name])
         model_list = []
@@ -168,7 +169,7 @@ class EvolvedMerge:
                     fixed_i = fixed_i[i]
                 if p.name in self.recipe:
                     v = self.recipe[p.name]
-                    params[p.yaml] = entries(lambda nm, v=v: v[gi_of[nm], i], fixed_i)
+                    params[p.yaml] = entries(lambda nm: v[gi_of[nm], i], fixed_i)
                 elif p.name in fixed:
                     params[p.yaml] = plain(fixed_i)
                 elif p.name == "weight" and p.default is M.REQUIRED:
@@ -198,7 +199,7 @@ def _default(p: M.Param) -> Any:
     return p.default
 
 
-def _recipe_species(search: Sequence[str], per_model: Mapping[str, bool], g: int, k: int):
+def _recipe_species(search: Sequence[str], per_model: Mapping[str, bool], g: int, k: int) -> Species:
     """A species with one float64 parameter per searched merge parameter: ``[G, K]`` or ``[G]``."""
     import nytorch_fn
 

@@ -32,7 +32,8 @@ import struct
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, BinaryIO, Callable, Mapping, Sequence, cast
 
 import attrs
 import torch
@@ -103,8 +104,8 @@ class Checkpoint:
         if p.is_file():
             self._read_shard(p)
         else:
-            index = p / INDEX
-            if not index.exists():
+            index: Path | None = p / INDEX
+            if not (p / INDEX).exists():
                 indexes = sorted(p.glob("*.safetensors.index.json"))
                 index = indexes[0] if len(indexes) == 1 else None
             if index is not None and (p / "model.safetensors").exists() and index.name != INDEX:
@@ -209,7 +210,7 @@ class Checkpoint:
             return out.view(shape) if whole else out
         view = raw[:nbytes]
         if nbytes:
-            mv = memoryview(view.numpy()).cast("B")
+            mv = memoryview(cast(Any, view.numpy())).cast("B")  # numpy's stubs: an ndarray is no Buffer
             path = self.files[name]
             fh = handles.get(path) if handles is not None else None
             if fh is None:
@@ -293,7 +294,7 @@ class ShardWriter:
         self.total = sum(e[3] for s in shards for e in s)
         self._pos = 0
         self._shard = -1
-        self._fh = None
+        self._fh: BinaryIO | None = None
         self._expect: list = []
 
     def _open_next(self) -> None:
@@ -321,7 +322,7 @@ class ShardWriter:
             raise RuntimeError(f"internal: writer expected {ename} {dtype} {shape}, got {name} {t.dtype} {tuple(t.shape)}")
         if nbytes:
             data = t.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
-            self._fh.write(memoryview(data))
+            cast(BinaryIO, self._fh).write(memoryview(cast(Any, data)))  # _open_next opened it
         self._pos += 1
 
     def close(self) -> None:
@@ -502,7 +503,16 @@ class Buffers:
             b = self._raw[key] = torch.empty(self._sizes[key] if size is None else size, dtype=torch.uint8)
         return b
 
-    def _read(self, key: Any, src: Source, dtype: torch.dtype, device, start=0, stop=None, size=None):
+    def _read(
+        self,
+        key: Any,
+        src: Source,
+        dtype: torch.dtype,
+        device: str | torch.device,
+        start: int = 0,
+        stop: int | None = None,
+        size: int | None = None,
+    ) -> torch.Tensor:
         ck, name = src
         if ck.dtypes[name] == dtype:
             t = ck.read_into(name, self._buffer(key, size), start, stop, handles=self.handles)
@@ -522,7 +532,9 @@ class Buffers:
     def transient(self, src: Source, dtype: torch.dtype, device: str | torch.device) -> torch.Tensor:
         return self._read("transient", src, dtype, device)
 
-    def part(self, role: Any, src: Source, start: int, stop: int, dtype: torch.dtype, device) -> torch.Tensor:
+    def part(
+        self, role: Any, src: Source, start: int, stop: int, dtype: torch.dtype, device: str | torch.device
+    ) -> torch.Tensor:
         return self._read(("part", role), src, dtype, device, start, stop, size=_select.CHUNK * 8)
 
 
@@ -538,7 +550,16 @@ def _roles(job: Job) -> list[tuple[Any, Source]]:
     return ([("base", job.base)] if job.base else []) + list(enumerate(job.models))
 
 
-def _run_job(job: Job, out_dtype: torch.dtype, buffers: Buffers, *, seed, compat, device, where) -> torch.Tensor:
+def _run_job(
+    job: Job,
+    out_dtype: torch.dtype,
+    buffers: Buffers,
+    *,
+    seed: int | None,
+    compat: bool,
+    device: str | torch.device,
+    where: str,
+) -> torch.Tensor:
     srcs = _sources(job)
     if job.method is None:
         first = srcs[0][0].read(srcs[0][1])
@@ -554,8 +575,8 @@ def _run_job(job: Job, out_dtype: torch.dtype, buffers: Buffers, *, seed, compat
     models = job.models
     ctx = Inputs(
         job.name,
-        (lambda: buffers.load("base", job.base, dtype, device)) if job.base else None,
-        [(lambda i=i, s=s: buffers.load(i, s, dtype, device)) for i, s in enumerate(models)],
+        partial(buffers.load, "base", job.base, dtype, device) if job.base else None,
+        [partial(buffers.load, i, s, dtype, device) for i, s in enumerate(models)],
         owned=True,
         dtype=dtype,
         compat=compat,

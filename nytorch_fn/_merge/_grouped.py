@@ -12,7 +12,7 @@ other methods merge member by member.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import torch
 
@@ -23,6 +23,7 @@ from . import _methods as M
 from ._layers import split_layer
 from ._particles import (
     _check_count,
+    _Ref,
     _models,
     _single,
     compute_dtype,
@@ -226,7 +227,7 @@ def merge_grouped(
     seed = seed_from(generator, where) if m.random else None
     where_is = {name: gi for gi, names in enumerate(grp) for name in names}
 
-    def recipe(i: int | None):
+    def recipe(i: int | None) -> Callable[[str], dict[str, Any]]:
         def per_tensor(name: str) -> dict[str, Any]:
             gi = where_is.get(name)
             if gi is None:
@@ -260,7 +261,19 @@ def _family(m: M.Method) -> tuple[str | None, bool] | None:
     return kw["sparsify"], kw["consensus"]
 
 
-def _broadcast(m, refs, base, coeffs, n, grp, where_is, parameters, compat, seed, where) -> Particle | None:
+def _broadcast(
+    m: M.Method,
+    refs: list[_Ref],
+    base: Particle | None,
+    coeffs: dict[str, torch.Tensor],
+    n: int,
+    grp: Groups,
+    where_is: dict[str, int],
+    parameters: Mapping[str, Any],
+    compat: Any,
+    seed: int | None,
+    where: str,
+) -> Particle | None:
     """All ``n`` members of a population in one pass per tensor (``linear``, ``task_arithmetic``,
     ``ties``, ``dare_ties``, ``dare_linear``, ``breadcrumbs*``), with the per-member kernels'
     element-wise operations in their order, so the same bits; or None (the member path)."""
@@ -296,6 +309,7 @@ def _broadcast(m, refs, base, coeffs, n, grp, where_is, parameters, compat, seed
         if m.name == "linear":
             out[name] = _linear_population(xs, rows)
         else:
+            assert base is not None and family is not None  # the task-vector family takes a base
             out[name] = _task_vector_population(name, xs, base.params[name], rows, family, flag, seed)
     return Particle(species, out)
 
@@ -334,7 +348,15 @@ def _ranks(a: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
-def _task_vector_population(name, xs, base_t, rows, family, compat, seed) -> torch.Tensor:
+def _task_vector_population(
+    name: str,
+    xs: list[torch.Tensor],
+    base_t: torch.Tensor,
+    rows: list[dict[str, Any]],
+    family: tuple[str | None, bool],
+    compat: bool,
+    seed: int | None,
+) -> torch.Tensor:
     sparsify, consensus = family
     dt = base_t.dtype
     cdt = compute_dtype(dt)
@@ -366,12 +388,12 @@ def _task_vector_population(name, xs, base_t, rows, family, compat, seed) -> tor
             masks[j] = (ranks.unsqueeze(0) >= lo) & (ranks.unsqueeze(0) < hi)
     divs: list[torch.Tensor | None] = [None] * k
     if sparsify == "random":  # each member draws its masks as the member path does (same generator, same order)
-        drawn = [[None] * n for _ in range(k)]
+        drawn: list[list[torch.Tensor | None]] = [[None] * n for _ in range(k)]
         for i in range(n):
             g = None
             for j in range(k):
                 if dens[i][j] < 1.0:
-                    g = g or K.tensor_generator(seed, name, b.device)
+                    g = g or K.tensor_generator(cast(int, seed), name, b.device)  # the random methods draw a seed
                     drawn[j][i] = K.random_keep(shape, dens[i][j], g, b.device)
         ones = torch.ones(size, dtype=torch.bool)
         for j in range(k):
@@ -383,9 +405,10 @@ def _task_vector_population(name, xs, base_t, rows, family, compat, seed) -> tor
     ds = []
     for j in range(k):
         d = taus[j].unsqueeze(0)
-        d = d * masks[j] if masks[j] is not None else d.expand(n, size).clone()
-        if divs[j] is not None:
-            d /= divs[j]
+        mask, div = masks[j], divs[j]
+        d = d * mask if mask is not None else d.expand(n, size).clone()
+        if div is not None:
+            d /= div
         d *= _column(rows, "weight", j, cdt, 1)
         ds.append(d)
     normalize = rows[0]["normalize"]

@@ -23,12 +23,12 @@ from __future__ import annotations
 
 import math
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Sequence, cast
 
 import torch
 from torch.nn import functional as F
 
-from ._select import RankWindow, ascending_value, chunks, rank_mask
+from ._select import MaskStream, RankWindow, ascending_value, chunks, rank_mask
 
 Loader = Callable[[], torch.Tensor]
 
@@ -83,9 +83,9 @@ class Inputs:
         self.dtype = dtype
         self.compat = compat
         self._seed = seed
-        self._base_t = None
+        self._base_t: torch.Tensor | None = None
         self._base_owned = False
-        self._base_flat = None
+        self._base_flat: torch.Tensor | None = None
         self._parts = parts
         self._transient = transient
         self._flat: dict[int, torch.Tensor] = {}
@@ -103,7 +103,7 @@ class Inputs:
     def base(self) -> torch.Tensor:
         """The base tensor in the compute dtype (read-only; loaded once)."""
         if self._base_t is None:
-            self._base_t, self._base_owned = self._load(self._base)
+            self._base_t, self._base_owned = self._load(cast(Loader, self._base))  # has_base: the callers check
         return self._base_t
 
     def writable_base(self) -> torch.Tensor:
@@ -131,8 +131,9 @@ class Inputs:
     def delta(self, i: int, *, transient: bool = False) -> torch.Tensor:
         """``model(i) - base``, a tensor the kernel owns; with ``transient`` valid only
         until the next transient read."""
-        if transient and self._transient is not None:
-            t, owned = self._load(lambda: self._transient(i))
+        read = self._transient if transient else None
+        if read is not None:
+            t, owned = self._load(lambda: read(i))
         else:
             t, owned = self._load(self._models[i])
         b = self.base()
@@ -357,9 +358,17 @@ class _Tau:
 
     __slots__ = ("dense", "mask", "window", "mul", "div", "_stream")
 
-    def __init__(self, *, dense=None, mask=None, window=None, mul=None, div=None) -> None:
+    def __init__(
+        self,
+        *,
+        dense: torch.Tensor | None = None,
+        mask: torch.Tensor | None = None,
+        window: RankWindow | None = None,
+        mul: float | None = None,
+        div: float | None = None,
+    ) -> None:
         self.dense, self.mask, self.window, self.mul, self.div = dense, mask, window, mul, div
-        self._stream = window.masks() if window is not None else None
+        self._stream: MaskStream | None = window.masks() if window is not None else None
 
     def entries(self, ctx: Inputs, i: int, s: int, e: int) -> torch.Tensor:
         """Entries ``[s, e)`` (called on consecutive chunks from 0), a tensor the caller owns."""
@@ -367,7 +376,7 @@ class _Tau:
             return self.dense[s:e]
         x = ctx.delta_part(i, s, e)
         if self.window is not None:
-            x.mul_(self._stream.next(x, s, e))
+            x.mul_(cast(MaskStream, self._stream).next(x, s, e))
         elif self.mask is not None:
             x.mul_(self.mask[s:e])
         if self.mul is not None:
@@ -491,13 +500,13 @@ def task_vectors(
         elif sparsify == "magnitude":
             taus.append(_magnitude(ctx, i, dens, rescale))
         elif sparsify == "outliers":
-            taus.append(_outliers(ctx, i, dens, gamma[i], rescale))
+            taus.append(_outliers(ctx, i, dens, cast(Sequence[float], gamma)[i], rescale))
         else:
             g = g or ctx.generator(ctx.base().device)
             if sparsify == "random":
                 taus.append(_random(ctx, i, dens, rescale, g))
             else:
-                taus.append(_della(ctx, i, dens, epsilon[i], rescale, g))
+                taus.append(_della(ctx, i, dens, cast(Sequence[float], epsilon)[i], rescale, g))
     out = ctx.writable_base()
     flat = out.view(-1)
     total = sum(weight)
@@ -515,9 +524,9 @@ def task_vectors(
             for i, d in enumerate(ds):
                 agree = d.sign() == elected
                 mixed += torch.where(agree, d, 0.0)
-                if normalize:
+                if div is not None:  # normalize
                     div += agree * weight[i]
-            if normalize:
+            if div is not None:
                 div[div == 0] = 1
                 mixed /= div
         else:
@@ -589,7 +598,7 @@ def ram(ctx: Inputs, *, epsilon: float, r: float | None = None, alpha: float | N
             shared = int((a & overlap).sum())
             uniq = int((a & unique).sum())
             rho = shared / max(uniq, epsilon)
-            scale[i] = 1 + r * min(max(rho, 0.0), alpha)
+            scale[i] = 1 + r * min(max(rho, 0.0), cast(float, alpha))  # RAM+ gives alpha with r
     share = count.clamp(min=1).to(taus[0].dtype)
     out = ctx.writable_base()
     flat = out.view(-1)

@@ -10,6 +10,7 @@ it knows; this rule also covers models it does not.
 from __future__ import annotations
 
 import re
+from typing import Iterable
 
 _EMBED = re.compile(r"(^|\.)(embed[a-z_]*|wte|wpe|tok_embeddings|word_embeddings|embeddings)(\.|$)")
 
@@ -32,7 +33,7 @@ def is_embedding(name: str) -> bool:
     return _EMBED.search(name) is not None
 
 
-def layer_positions(names) -> dict[str, float]:
+def layer_positions(names: Iterable[str]) -> dict[str, float]:
     """mergekit's gradient position ``t`` of every tensor: ``i / (L - 1)`` for layer ``i``
     of a stack of ``L`` layers (1 for a stack of one), 0 outside stacks."""
     counts: dict[str, int] = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import numbers
 from functools import partial
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import attrs
 
@@ -153,12 +153,13 @@ def check_value(m: Method, p: Param, value: Any, where: str) -> Any:
         return value
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{where}: {m.name} parameter {p.yaml!r} expects a number, got {value!r}")
+    real = cast(float, value)  # a numbers.Real
     if p.kind is int:
-        if float(value) != int(value):
+        if float(real) != int(real):
             raise TypeError(f"{where}: {m.name} parameter {p.yaml!r} expects an integer, got {value!r}")
-        value = int(value)
+        value = int(real)
     else:
-        value = float(value)
+        value = float(real)
     if not math.isfinite(value):
         raise ValueError(f"{where}: {m.name} parameter {p.yaml!r} expects a finite number, got {value!r}")
     bad = {
@@ -166,10 +167,10 @@ def check_value(m: Method, p: Param, value: Any, where: str) -> Any:
         "unit": not 0 <= value <= 1,
         "nonneg": value < 0,
         "positive": value <= 0,
-    }.get(p.check, False)
+    }.get(p.check or "", False)
     if bad:
         expected = {"fraction": "a value in (0, 1]", "unit": "a value in [0, 1]", "nonneg": "a value >= 0",
-                    "positive": "a value > 0"}[p.check]
+                    "positive": "a value > 0"}[cast(str, p.check)]
         raise ValueError(f"{where}: {m.name} parameter {p.yaml!r} expects {expected}, got {value!r}")
     return value
 

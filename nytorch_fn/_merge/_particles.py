@@ -20,7 +20,8 @@ never modified.
 from __future__ import annotations
 
 import numbers
-from typing import Any, Callable, Mapping, Sequence
+from functools import partial
+from typing import Any, Callable, Mapping, Sequence, cast
 
 import torch
 
@@ -81,9 +82,10 @@ def _single(p: Any, where: str, what: str) -> _Ref:
 
 def _lineage(s: Species) -> list[Species]:
     out = []
-    while s is not None:
-        out.append(s)
-        s = s.parent
+    at: Species | None = s
+    while at is not None:
+        out.append(at)
+        at = at.parent
     return out
 
 
@@ -255,11 +257,11 @@ def merge_particles(
                     )
             out[name] = first.clone()
             continue
-        kw = params if _per_tensor is None else resolve(m, {**parameters, **_per_tensor(name)}, k, where)
+        kw = cast(dict, params) if _per_tensor is None else resolve(m, {**parameters, **_per_tensor(name)}, k, where)
         ctx = Inputs(
             name,
-            (lambda n=name: base_ref.tensor(n)) if base_ref else None,
-            [(lambda r=r, n=name: r.tensor(n)) for r in refs],
+            partial(base_ref.tensor, name) if base_ref else None,
+            [partial(r.tensor, name) for r in refs],
             owned=False,
             dtype=compute_dtype(first.dtype),
             compat=flag,

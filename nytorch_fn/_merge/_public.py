@@ -146,7 +146,7 @@ def ties(base: Particle, models: Models, *, weight: PerModel = 1.0, density: Per
                            normalize=normalize, rescale=rescale, compat=compat)
 
 
-def _random(name: str, base, models, **kw) -> Particle:
+def _random(name: str, base: Particle | None, models: Any, **kw: Any) -> Particle:
     return merge_particles(name, models, base=base, **kw)
 
 

@@ -19,7 +19,7 @@ first), so every selection is deterministic and independent of chunking.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Iterator, cast
 
 import torch
 
@@ -33,7 +33,7 @@ _INT = {torch.float32: (torch.int32, 32), torch.float64: (torch.int64, 64)}
 Values = Callable[[int, int], torch.Tensor]  # (start, stop) -> entries [start, stop) (a flat tensor)
 
 
-def chunks(n: int):
+def chunks(n: int) -> Iterator[tuple[int, int]]:
     """``(start, stop)`` over ``range(n)`` in steps of ``CHUNK``."""
     step = CHUNK
     for s in range(0, n, step):
@@ -57,7 +57,7 @@ def _values(a: torch.Tensor | Values, absolute: bool) -> Values:
     return lambda s, e: _prep(flat[s:e], absolute)
 
 
-def _kth(get: Values, n: int, k: int, vdtype: torch.dtype, device) -> tuple[float, int]:
+def _kth(get: Values, n: int, k: int, vdtype: torch.dtype, device: torch.device) -> tuple[float, int]:
     if not 0 <= k < n:
         raise IndexError(f"rank {k} out of range for {n} entries")
     width = _INT[vdtype][1]
@@ -76,9 +76,9 @@ def _kth(get: Values, n: int, k: int, vdtype: torch.dtype, device) -> tuple[floa
         desc = counts.flip(0).cumsum(0)
         j = int(torch.searchsorted(desc, torch.tensor(target, device=device), right=True))
         skipped = int(desc[j - 1]) if j > 0 else 0
-        digit = (1 << 16) - 1 - j
+        top = (1 << 16) - 1 - j  # the digit found
         target -= skipped
-        prefix |= digit << shift
+        prefix |= top << shift
         mask_hi = 1
     above = k - target
     value = torch.tensor([prefix], dtype=_INT[vdtype][0]).view(vdtype).item()
@@ -111,8 +111,9 @@ class RankWindow:
                  device: torch.device, absolute: bool = False) -> None:
         lo, hi = max(0, lo), min(n, hi)
         self.n, self.lo, self.hi, self.absolute = n, lo, hi, absolute
-        self.stored = None
-        self.v_lo = self.v_hi = None
+        self.stored: torch.Tensor | None = None
+        self.v_lo: float | None = None
+        self.v_hi: float | None = None
         self.above_lo = self.above_hi = 0
         if hi <= lo or (lo == 0 and hi == n):
             return
@@ -156,8 +157,9 @@ class MaskStream:
         if w.lo == 0 and w.hi == w.n:
             return torch.ones(e - s, dtype=torch.bool, device=values.device)
         x = _prep(values, w.absolute)
-        m = x > w.v_hi
-        eq_hi = x == w.v_hi
+        v_hi = cast(float, w.v_hi)  # set whenever stored is None and the window is neither empty nor full
+        m = x > v_hi
+        eq_hi = x == v_hi
         # among entries equal to v_hi, ranks above_hi, above_hi + 1, ... in index order
         r_hi = w.above_hi + self.seen_hi + eq_hi.cumsum(0) - 1
         m |= eq_hi & (r_hi < w.hi)

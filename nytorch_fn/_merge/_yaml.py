@@ -255,7 +255,9 @@ def plan(cfg: dict, folder: Path | None, where: str) -> tuple[list[Job], M.Metho
     return jobs, m, info
 
 
-def _split_base(m: M.Method, entries: list[tuple[Checkpoint, str, dict]], base, where: str):
+def _split_base(
+    m: M.Method, entries: list[tuple[Checkpoint, str, dict]], base: tuple[Checkpoint, str] | None, where: str
+) -> tuple[tuple[Checkpoint, str, dict] | None, list[tuple[Checkpoint, str, dict]]]:
     """(base source or None, non-base sources) following the method's base policy."""
     if m.base == "ignored" or base is None:
         if m.base == "required":
@@ -277,7 +279,15 @@ def _check_count(m: M.Method, k: int, where: str) -> None:
         raise ConfigError(str(e)) from None
 
 
-def _plan_models(m, items, base, glob, models, out_dtype, where) -> list[Job]:
+def _plan_models(
+    m: M.Method,
+    items: Any,
+    base: tuple[Checkpoint, str] | None,
+    glob: dict,
+    models: _Models,
+    out_dtype: torch.dtype | None,
+    where: str,
+) -> list[Job]:
     if not isinstance(items, list) or not items:
         raise ConfigError(f"{where}: models expects a non-empty list")
     entries = []
@@ -307,7 +317,16 @@ def _plan_models(m, items, base, glob, models, out_dtype, where) -> list[Job]:
     return jobs
 
 
-def _plan_slices(m, slices, base, glob, models, out_dtype, where, info) -> list[Job]:
+def _plan_slices(
+    m: M.Method,
+    slices: Any,
+    base: tuple[Checkpoint, str] | None,
+    glob: dict,
+    models: _Models,
+    out_dtype: torch.dtype | None,
+    where: str,
+    info: dict,
+) -> list[Job]:
     if not isinstance(slices, list) or not slices:
         raise ConfigError(f"{where}: slices expects a non-empty list")
     parsed = []
@@ -318,7 +337,7 @@ def _plan_slices(m, slices, base, glob, models, out_dtype, where, info) -> list[
             raise ConfigError(f"{w}: residual_weight is not supported")
         if not isinstance(d.get("sources"), list) or not d["sources"]:
             raise ConfigError(f"{w}: sources expects a non-empty list")
-        srcs = []
+        pairs = []  # (source, stop layer)
         for j, src in enumerate(d["sources"]):
             ws = f"{w}.sources[{j}]"
             s = _keys(src, {"model", "layer_range", "parameters"}, ws)
@@ -327,18 +346,18 @@ def _plan_slices(m, slices, base, glob, models, out_dtype, where, info) -> list[
             if not (isinstance(lr, list) and len(lr) == 2 and all(isinstance(x, int) and not isinstance(x, bool) for x in lr)
                     and 0 <= lr[0] < lr[1]):
                 raise ConfigError(f"{ws}: layer_range expects [start, stop] with 0 <= start < stop, got {lr!r}")
-            srcs.append((_Source(ck, label, _check_names(m, s.get("parameters"), f"{ws}: parameters"), lr[0]), lr[1]))
-        lengths = {stop - s.start for s, stop in srcs}
+            pairs.append((_Source(ck, label, _check_names(m, s.get("parameters"), f"{ws}: parameters"), lr[0]), lr[1]))
+        lengths = {stop - s.start for s, stop in pairs}
         if len(lengths) != 1:
             raise ConfigError(f"{w}: all sources of a slice must have the same number of layers, got {sorted(lengths)}")
         sbase = models.get(d["base_model"], f"{w}: base_model") if d.get("base_model") is not None else base
-        parsed.append((w, [s for s, _ in srcs], lengths.pop(), sbase, _check_names(m, d.get("parameters"), f"{w}: parameters")))
+        parsed.append((w, [s for s, _ in pairs], lengths.pop(), sbase, _check_names(m, d.get("parameters"), f"{w}: parameters")))
     lead = parsed[0][1][0].ck
     stacks: dict[str, int] = {}
     for n in lead.names:
-        s = split_layer(n)
-        if s is not None:
-            stacks[s[0]] = max(stacks.get(s[0], 0), s[1] + 1)
+        split = split_layer(n)
+        if split is not None:
+            stacks[split[0]] = max(stacks.get(split[0], 0), split[1] + 1)
     if not stacks:
         raise ConfigError(f"{where}: slices need layers, but no tensor of {str(lead.path)!r} has a layer index in its name")
     stack = max(stacks, key=lambda k: stacks[k])
