@@ -652,18 +652,7 @@ class ParticleDataImp(ParticleData["VersionDataImp", "ParticleDataImp"]):
                 mod = self._root_ref()  # type: ignore[misc]
                 assert mod is not None, "the root module of this particle has been freed"
             modules[mid] = _copy_module(mod)
-        for mid, subs, slots in plan.wiring:
-            module = modules[mid]
-            state = module.__dict__
-            state["_modules"] = {name: None if sub is None else modules[sub] for name, sub in subs} if subs else {}
-            state["_parameters"] = {name: None if pid is None else params[pid] for name, pid in slots} if slots else {}
-            if "_flat_weights_names" in state:  # RNNs cache references to their weights
-                module._init_flat_weights()
-        new = ParticleDataImp.__new__(ParticleDataImp)
-        new._modules = modules
-        new._root_ref = None
-        new.params = OrderedDict(params)
-        return new
+        return _wired(modules, plan.wiring, OrderedDict(params), params)
 
 
 _object_new = object.__new__
@@ -727,18 +716,7 @@ def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDic
                         weak = weakref.ref(kernel)
                     state["_pk"] = weak
             modules[mid] = clone
-        for mid, subs, slots in plan.wiring:  # make_modules_ref
-            module = modules[mid]
-            state = module.__dict__
-            # plain dicts, as torch's own modules hold
-            state["_modules"] = {name: None if sub is None else modules[sub] for name, sub in subs} if subs else {}
-            state["_parameters"] = {name: None if pid is None else params[pid] for name, pid in slots} if slots else {}
-            if "_flat_weights_names" in state:  # RNNs cache references to their weights
-                module._init_flat_weights()
-        data = ParticleDataImp.__new__(ParticleDataImp)
-        data._modules = modules
-        data._root_ref = None
-        data.params = params
+        data = _wired(modules, plan.wiring, params, params)  # make_modules_ref
         kernel.data = data
         module = modules[module_id]
         root = modules.get(ROOT_MODULE_ID)
@@ -749,6 +727,24 @@ def spawn(source: ParticleDataImp, version: VersionKernelImp, params: OrderedDic
         module.__dict__["_nyto_pin"] = root
     return module
 
+
+
+def _wired(modules: dict, wiring: Any, params: OrderedDict, lookup: Mapping) -> "ParticleDataImp":
+    """Particle data over ``modules`` (copies, keyed by module id), each wired to its
+    submodules and to its parameters from ``lookup`` (by id) as ``wiring`` says, holding ``params``."""
+    for mid, subs, slots in wiring:
+        module = modules[mid]
+        state = module.__dict__
+        # plain dicts, as torch's own modules hold
+        state["_modules"] = {name: None if sub is None else modules[sub] for name, sub in subs} if subs else {}
+        state["_parameters"] = {name: None if pid is None else lookup[pid] for name, pid in slots} if slots else {}
+        if "_flat_weights_names" in state:  # RNNs cache references to their weights
+            module._init_flat_weights()
+    data = ParticleDataImp.__new__(ParticleDataImp)
+    data._modules = modules
+    data._root_ref = None
+    data.params = params
+    return data
 
 def _copy_module(module: nn.Module) -> nn.Module:
     """``utils.copy_module`` less the copies of ``_parameters`` and ``_modules`` (rebuilt by the caller)."""
