@@ -24,6 +24,7 @@ bookkeeping tensor, see ``probe``), then the algorithm's own fields.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import numbers
 from typing import Any, Callable, ClassVar, NamedTuple, Sequence
@@ -57,6 +58,11 @@ def stream_seed(base: int, k: int) -> int:
     return _splitmix64((base ^ (_GOLDEN * k)) & _MASK)
 
 
+# Seeds are Python ints (``torch.Generator.manual_seed`` takes no tensor): under ``torch.compile``
+# drawing them and seeding the member streams run eagerly (a graph break each), because a seed
+# traced as a symbolic int makes dynamo reason about its bits (``x >> 63``) and fail
+# ("Invalid NaN comparison"). The same calls, the same values.
+@torch.compiler.disable
 def draw_seed(generator: torch.Generator | None) -> int:
     """One base seed from the caller's generator (torch's global CPU RNG when None):
     ``torch.randint(0, 2**63 - 1, (1,), generator=generator)`` on the generator's device."""
@@ -109,6 +115,7 @@ def _row_views(b: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return rows
 
 
+@torch.compiler.disable
 def fill_noise(
     bufs: Sequence[torch.Tensor], base: int, members: range, antithetic: bool, *, uniform: bool = False
 ) -> None:
@@ -280,6 +287,63 @@ def refill_noise(noise: Particle, base: int, members: range, antithetic: bool, *
 
 
 # ---------------------------------------------------------------------------
+# the run loop's scratch buffers
+# ---------------------------------------------------------------------------
+
+_WORKSPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nytorch_fn_algorithms_workspace",
+                                                                         default=None)
+
+
+def workspace(donate: bool) -> dict | None:
+    """The scratch buffers of the ``run`` loop in progress in this context, when ``donate``
+    (None outside ``run``, or for a call that does not donate).
+
+    ``run`` owns every buffer of its loop (DESIGN, "Values": in-place only at a named
+    boundary); kernels keep their per-generation temporaries here under their own keys
+    (``"pso.diff"``, ...) and write into them again the next generation, so a generation
+    allocates no large tensor and its cost does not depend on the allocator's history. The
+    values in a scratch buffer mean nothing between calls (every use writes before it reads),
+    so results are those of fresh buffers, bit for bit. A context variable set around the
+    loop's own ``ask`` and ``tell`` only (not around ``fitness_fn``): each thread and each
+    ``run`` has its own; nothing outlives the loop.
+    """
+    return _WORKSPACE.get() if donate else None
+
+
+def scratch_like(ws: dict | None, key: str, like: Particle) -> Particle:
+    """A population with ``like``'s operational tensors' shapes, dtypes and devices whose values
+    mean nothing: the workspace's buffer under ``key`` when it fits (kept there), else fresh
+    (``torch.empty_like``; kept when ``ws`` is not None). Non-operational tensors are ``like``'s."""
+    sp = like.species
+    lay = sp.layout()
+    have = ws.get(key) if ws is not None else None
+    if isinstance(have, Particle) and have.species is sp and have.population_size == like.population_size and all(
+        have.tensors[i].shape == like.tensors[i].shape and have.tensors[i].dtype == like.tensors[i].dtype
+        and have.tensors[i].device == like.tensors[i].device for i in lay.op
+    ):
+        return have
+    fresh = build(sp, assemble(sp, like.tensors, [torch.empty_like(like.tensors[i], memory_format=torch.contiguous_format)
+                                                  for i in lay.op], like.population_size))
+    if ws is not None:
+        ws[key] = fresh
+    return fresh
+
+
+def scratch_tensor(ws: dict | None, key: str, shape: Sequence[int], dtype: torch.dtype, device: Any) -> torch.Tensor:
+    """A contiguous tensor whose values mean nothing: the workspace's under ``key`` when it has
+    this shape, dtype and device, else fresh (kept when ``ws`` is not None)."""
+    have = ws.get(key) if ws is not None else None
+    shape = tuple(shape)
+    if (isinstance(have, torch.Tensor) and tuple(have.shape) == shape and have.dtype == dtype
+            and have.device == torch.device(device)):
+        return have
+    fresh = torch.empty(shape, dtype=dtype, device=device)
+    if ws is not None:
+        ws[key] = fresh
+    return fresh
+
+
+# ---------------------------------------------------------------------------
 # exact sums: integer fixed point, the same bits for any split of the members
 # ---------------------------------------------------------------------------
 
@@ -287,6 +351,7 @@ _CHUNK = 64  # members per exact float64 partial product (6 bits of headroom)
 _COLS = 256  # columns per cache block (measured best of 128..2048 at N=256)
 _VALUE_BITS = 24  # member values are rounded to 2**-24 of the largest |value| of their tensor
 _WEIGHT_BITS = 22  # weights to 2**-22 of the largest |weight|
+_SUM_BLOCK = 1 << 16  # float64 values per block of Collective.sum(exact=True)
 
 
 def _exponent(m: float) -> int:
@@ -418,18 +483,31 @@ class Collective:
             raise PopulationSizeError(f"sum: expected a [{self.local_n}, ...] tensor of local rows, got {describe(v_local)}")
         if not exact or not v_local.is_floating_point():
             return self._all_sum([v_local.sum(0)])[0]
-        x = v_local.detach().to(torch.float64) if v_local.dtype != torch.float64 else v_local.detach()
-        big = x.abs().amax(0) if x.shape[0] else torch.zeros(x.shape[1:], dtype=torch.float64, device=x.device)
-        m = float(self._all_max(big.max().reshape(1))[0]) if big.numel() else 0.0
+        # in blocks of columns (the same per-column values as whole-tensor passes, with no
+        # temporary of the input's size): max |v| in the input's dtype (exact), then each
+        # block widened to float64, scaled by a power of two, rounded and summed as int64
+        x = v_local.detach()
+        tail = x.shape[1:]
+        x2 = x.reshape(x.shape[0], -1)
+        d = x2.shape[1]
+        m = float(self._all_max(_max_abs(x2).to(torch.float64).reshape(1))[0]) if d else 0.0
         if not math.isfinite(m):
-            return torch.full(x.shape[1:], float("nan"), dtype=v_local.dtype, device=x.device)
+            return torch.full(tail, float("nan"), dtype=v_local.dtype, device=x.device)
         if m == 0.0:
-            return torch.zeros(x.shape[1:], dtype=v_local.dtype, device=x.device)
+            return torch.zeros(tail, dtype=v_local.dtype, device=x.device)
         k = 62 - max(self.n - 1, 1).bit_length()
         e = _exponent(m)
-        q = torch.round(x * 2.0 ** (k - e)).to(torch.int64).sum(0)
+        scale = 2.0 ** (k - e)
+        q = torch.empty(d, dtype=torch.int64, device=x.device)
+        cols = max(1, _SUM_BLOCK // max(x2.shape[0], 1))
+        buf = torch.empty(x2.shape[0], min(cols, d), dtype=torch.float64, device=x.device)
+        for a in range(0, d, cols):
+            c = min(cols, d - a)
+            b = buf[:, :c] if c == buf.shape[1] else torch.empty(x2.shape[0], c, dtype=torch.float64, device=x.device)
+            b.copy_(x2[:, a:a + c]).mul_(scale).round_()
+            torch.sum(b.to(torch.int64), 0, out=q[a:a + c])
         total = self._all_sum([q])[0]
-        return (total.to(torch.float64) * 2.0 ** (e - k)).to(v_local.dtype)
+        return (total.to(torch.float64) * 2.0 ** (e - k)).to(v_local.dtype).reshape(tail)
 
     def weighted_sum(
         self, pop_local: Particle, w_local: torch.Tensor, *, exact: bool = False, like: Particle | None = None
@@ -917,11 +995,20 @@ def protocol_run(
     bar = _progress(int(generations), where) if progress else None
     state = _owned_copy(state)  # from here on the loop owns every buffer: donate
     best, mean, sigma = [], [], []
+    work: dict = {}  # the loop's scratch buffers (``workspace``), seen by its own ask and tell only
     try:
         for _ in range(int(generations)):
-            pop, state = protocol_ask(algo, state, generator, True, factory)
+            token = _WORKSPACE.set(work)
+            try:
+                pop, state = protocol_ask(algo, state, generator, True, factory)
+            finally:
+                _WORKSPACE.reset(token)
             fitness = fitness_fn(pop)
-            state, f = protocol_tell(algo, state, pop, fitness, generator, True, factory)
+            token = _WORKSPACE.set(work)
+            try:
+                state, f = protocol_tell(algo, state, pop, fitness, generator, True, factory)
+            finally:
+                _WORKSPACE.reset(token)
             del pop
             best.append(state.best_fitness.detach().to("cpu", torch.float64))
             mean.append(torch.nanmean(f.detach().to("cpu", torch.float64), dim=0))
@@ -933,6 +1020,7 @@ def protocol_run(
                 if best[-1].dim() == 0:
                     bar.set_postfix(best=f"{float(best[-1]):.4g}", mean=f"{float(mean[-1]):.4g}")
     finally:
+        work.clear()
         if bar is not None:
             bar.close()
     m = _objectives(algo)

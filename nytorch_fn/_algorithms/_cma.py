@@ -33,9 +33,9 @@ import torch
 
 from .._checks import check_int, require_floating
 from .._errors import describe
-from .._particle import Particle
+from .._particle import Particle, assemble, build
 from .._species import Species
-from ._base import Algorithm, Example, draw_seed, fill_noise
+from ._base import Algorithm, Example, draw_seed, fill_noise, scratch_tensor, workspace
 from ._common import maximize_field, v_flag, v_int, v_positive
 from ._space import ravel, ravel_size, unravel
 
@@ -297,25 +297,35 @@ def sep_update(
     total: Sum,
     *,
     donate: bool = False,
+    scratch: torch.Tensor | None = None,
 ) -> SepUpdate:
     """One generation of separable CMA-ES: ``cma_update`` with ``C = diag(c)`` (``rates`` from
     ``cma_rates(..., separable=True)``), from this process's members ``X`` ``[n, P]`` and their
     weights ``w`` ``[n]``; ``total`` sums per-member rows over all members. Vectors in
-    ``m``'s dtype, scalars in float64. ``donate``: ``X`` may be overwritten."""
+    ``m``'s dtype, scalars in float64. ``donate``: ``X`` may be overwritten. ``scratch``: a
+    contiguous ``[n, P]`` tensor of ``m``'s dtype that the ``[n, P]`` temporaries are written
+    into (the same values as fresh ones)."""
     n = rates.n
     dt = m.dtype
     Y = X.sub_(m).div_(sigma.to(dt)) if donate else (X - m) / sigma.to(dt)
     W = w.to(dt)
-    y_w = total(torch.clamp(W, min=0.0)[:, None] * Y)
+    if scratch is not None and (scratch.shape != Y.shape or scratch.dtype != dt or not scratch.is_contiguous()):
+        scratch = None
+
+    def into(fn: Callable[..., torch.Tensor], *args: Any) -> torch.Tensor:
+        return fn(*args) if scratch is None else fn(*args, out=scratch)
+
+    y_w = total(into(torch.mul, torch.clamp(W, min=0.0)[:, None], Y))
     d = torch.sqrt(c)
     ps = (1.0 - rates.c_sigma) * p_sigma + math.sqrt(rates.c_sigma * (2.0 - rates.c_sigma) * rates.mueff) * (y_w / d)
     norm_ps = torch.linalg.vector_norm(ps.double())
     h = hsig(rates, norm_ps, generation)
     pc = (1.0 - rates.c_c) * p_c + (h * math.sqrt(rates.c_c * (2.0 - rates.c_c) * rates.mueff)).to(dt) * y_w
     if bool((w < 0).any()):
-        zn2 = ((Y / d) ** 2).sum(dim=1, dtype=torch.float64)
+        zn2 = into(torch.div, Y, d).pow_(2).sum(dim=1, dtype=torch.float64)  # ((Y / d) ** 2).sum(1)
         W = torch.where(w < 0, w * n / torch.clamp(zn2, min=1e-300), w).to(dt)
-    rank_mu = total(W[:, None] * (Y * Y))
+    YY = into(torch.mul, Y, Y)
+    rank_mu = total(torch.mul(W[:, None], YY, out=YY) if scratch is not None else W[:, None] * YY)
     delta = (1.0 - h) * rates.c_c * (2.0 - rates.c_c)
     decay = (1.0 + rates.c_1 * delta - rates.c_1 - rates.c_mu * float(rates.weights.sum())).to(dt)
     c_new = decay * c + rates.c_1 * pc * pc + rates.c_mu * rank_mu
@@ -368,12 +378,17 @@ def lm_rates(n: int, lam: int, mu: int | None = None, memory: int | None = None)
     )
 
 
-def lm_transform(M: torch.Tensor, c_d: torch.Tensor, k: int, z: torch.Tensor) -> torch.Tensor:
+def lm_transform(M: torch.Tensor, c_d: torch.Tensor, k: int, z: torch.Tensor, *,
+                 scratch: torch.Tensor | None = None) -> torch.Tensor:
     """``d_i = F_k(... F_1(z_i))`` with ``F_j(v) = (1 - c_d[j]) v + c_d[j] (M_j . v) M_j``, for all rows.
 
     Computed in coefficient form: every intermediate ``d`` is ``a z + sum_l b_l M_l``,
     so the k sequential rank-one steps cost two ``[N, P] x [P, k]`` products and
     O(N k^2) small work instead of k passes over ``[N, P]``.
+
+    ``scratch``: a contiguous tensor of ``z``'s shape and dtype: then the result is written
+    into ``z`` (which the caller owns) with ``scratch`` holding ``b @ M_k``, the same values
+    as the fresh ``a * z + b @ M_k``.
     """
     if k == 0:
         return z
@@ -389,6 +404,8 @@ def lm_transform(M: torch.Tensor, c_d: torch.Tensor, k: int, z: torch.Tensor) ->
         b = (1.0 - cd[j]) * b
         b[:, j] += s
         q = (1.0 - cd[j]) * q + s[:, None] * G[j][None, :]
+    if scratch is not None and scratch.shape == z.shape and scratch.dtype == z.dtype and scratch.is_contiguous():
+        return z.mul_(a).add_(torch.matmul(b, Mk, out=scratch))
     return a * z + b @ Mk
 
 
@@ -423,17 +440,22 @@ def lm_update(
     total: Sum,
     *,
     donate: bool = False,
+    scratch: torch.Tensor | None = None,
 ) -> LMUpdate:
     """One generation of LM-MA-ES from this process's members ``X`` ``[n, P]`` and weights ``w``
     (``total`` sums per-member rows over all members).
 
     ``z_w = sum_i w_i z_i`` is recovered from ``d_w = sum_i w_i d_i`` (the
     transform is linear), ``d_i = (x_i - m) / sigma`` read from the evaluated
-    members (``donate``: ``X`` may be overwritten).
+    members (``donate``: ``X`` may be overwritten; ``scratch``: a contiguous ``[n, P]`` tensor
+    of ``m``'s dtype for the weighted rows, the same values as a fresh one).
     """
     dt = m.dtype
     Dm = X.sub_(m).div_(sigma.to(dt)) if donate else (X - m) / sigma.to(dt)
-    d_w = total(w.to(dt)[:, None] * Dm)
+    if scratch is not None and scratch.shape == Dm.shape and scratch.dtype == dt and scratch.is_contiguous():
+        d_w = total(torch.mul(w.to(dt)[:, None], Dm, out=scratch))
+    else:
+        d_w = total(w.to(dt)[:, None] * Dm)
     k = min(generation, rates.memory)
     z_w = lm_inverse(M, rates.c_d, k, d_w)
     cs = rates.c_sigma
@@ -483,14 +505,63 @@ def _centre(flat: torch.Tensor, like: Particle) -> Particle:
     return unravel(flat.clone(), like)
 
 
-def _every_member_noise(coll: Any, like: torch.Tensor, seed: int) -> torch.Tensor:
+def _every_member_noise(coll: Any, like: torch.Tensor, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
     """``[N, P]`` standard normal noise of ALL members (member ``i`` from its own stream, as
     ``Collective.noise`` draws it), for samples computed alike on every process: a matrix
     product's rows can round differently for different row counts, so each process
     computing only its block would not give the single-process bits."""
-    buf = torch.empty(coll.n, like.numel(), dtype=like.dtype, device=like.device)
+    shape = (coll.n, like.numel())
+    if out is not None and tuple(out.shape) == shape and out.dtype == like.dtype and out.device == like.device \
+            and out.is_contiguous():
+        buf = out  # a buffer the caller owns (the run loop's): drawn into, the same bits
+    else:
+        buf = torch.empty(shape, dtype=like.dtype, device=like.device)
     fill_noise([buf], seed, range(coll.n), False)
     return buf
+
+
+def _samples(ws: dict | None, x: torch.Tensor, like: Particle, keep: torch.Tensor | None = None) -> Particle:
+    """``unravel(x, like)``: views of the ``[n, P]`` samples ``x`` where no cast is needed. Inside
+    ``run`` (``ws``), parameters of another dtype than ``x`` are cast into the loop's population
+    buffers (``copy_``: the same values as ``.to``), and then ``x``'s buffer (or ``keep``'s, the
+    buffer ``x`` is a block of) is free for the next generation's samples."""
+    sp = like.species
+    lay = sp.layout()
+    if ws is None or all(sp.dtypes[sp.names[i]] == x.dtype for i in lay.op):
+        return unravel(x, like)
+    n = x.shape[0]
+    have = ws.get("cma.population")
+    if not (isinstance(have, Particle) and have.species is sp and have.population_size == n
+            and have.tensors[lay.op[0]].device == x.device):
+        ws["cma.population"] = have = unravel(x, like)
+    else:
+        off = 0
+        for i in lay.op:
+            k = lay.numel[i]
+            have.tensors[i].view(n, k).copy_(x[:, off:off + k])
+            off += k
+        have = build(sp, assemble(sp, like.tensors, [have.tensors[i] for i in lay.op], n))
+    _recycle(ws, x if keep is None else keep)
+    return have
+
+
+def _members(ws: dict | None, population: Particle, dtype: torch.dtype) -> torch.Tensor:
+    """``ravel(population).detach().to(dtype)``; inside ``run`` a cast goes into the loop's sample buffer."""
+    flat = ravel(population).detach()
+    if flat.dtype == dtype or ws is None:
+        return flat.to(dtype)
+    buf = ws.pop("cma.samples", None)
+    if not (isinstance(buf, torch.Tensor) and buf.shape == flat.shape and buf.dtype == dtype
+            and buf.device == flat.device):
+        return flat.to(dtype)
+    return buf.copy_(flat)
+
+
+def _recycle(ws: dict | None, X: torch.Tensor) -> None:
+    """Inside ``run``: the donated, now read members ``X`` ``[n, P]`` become the next ``ask``'s sample buffer."""
+    if ws is not None and X.is_contiguous() and X.storage_offset() == 0 \
+            and X.untyped_storage().nbytes() == X.numel() * X.element_size():
+        ws["cma.samples"] = X
 
 
 def _v_mu(instance: Any, attribute: attrs.Attribute, value: Any) -> None:
@@ -737,16 +808,20 @@ class SepCMAES(Algorithm):
         }
 
     def _ask(self, state: SepCMAESState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
-        z = coll.noise(state.m, draw_seed(generator))
-        return unravel(sep_sample(state.m, state.sigma.to(state.m.dtype), state.c, z), state.mean), {}
+        ws = workspace(donate)  # inside run: the samples are drawn into the last generation's buffer
+        z = coll.noise(state.m, draw_seed(generator), out=ws.pop("cma.samples", None) if ws is not None else None)
+        return _samples(ws, sep_sample(state.m, state.sigma.to(state.m.dtype), state.c, z), state.mean), {}
 
     def _tell(self, state: SepCMAESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
-        X = ravel(population).detach().to(state.m.dtype)
+        ws = workspace(donate)
+        X = _members(ws, population, state.m.dtype)
         rates = self.rates_for(X.shape[1])
         w = coll.block(member_weights(rates, score.to(X.device)))
+        scratch = scratch_tensor(ws, "cma.rows", X.shape, X.dtype, X.device) if ws is not None else None
         u = sep_update(rates, state.m, state.sigma, state.c, state.p_sigma, state.p_c, state.generation, X, w,
-                       lambda v: coll.sum(v, exact=self.exact), donate=donate)
+                       lambda v: coll.sum(v, exact=self.exact), donate=donate, scratch=scratch)
+        _recycle(ws, X)
         return {"mean": _centre(u.m, state.mean), "m": u.m, "sigma": u.sigma, "c": u.c,
                 "p_sigma": u.p_sigma, "p_c": u.p_c}
 
@@ -844,18 +919,24 @@ class LMMAES(Algorithm):
         rates = self.rates_for(state.m.numel())
         seed = draw_seed(generator)
         # exact: every process transforms all N (the products' rows round by row count)
-        z = _every_member_noise(coll, state.m, seed) if self.exact else coll.noise(state.m, seed)
-        d = lm_transform(state.M, rates.c_d, min(state.generation, rates.memory), z)  # a fresh buffer (or z)
+        ws = workspace(donate)  # inside run: the samples are drawn into the last generation's buffers
+        old = ws.pop("cma.samples", None) if ws is not None else None
+        z = _every_member_noise(coll, state.m, seed, old) if self.exact else coll.noise(state.m, seed, out=old)
+        scratch = scratch_tensor(ws, "cma.rows", z.shape, z.dtype, z.device) if ws is not None else None
+        d = lm_transform(state.M, rates.c_d, min(state.generation, rates.memory), z, scratch=scratch)
         x = d.mul_(float(state.sigma)).add_(state.m)
-        return unravel(coll.block(x) if self.exact else x, state.mean), {}
+        return _samples(ws, coll.block(x) if self.exact else x, state.mean, keep=x), {}
 
     def _tell(self, state: LMMAESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
-        X = ravel(population).detach().to(state.m.dtype)
+        ws = workspace(donate)
+        X = _members(ws, population, state.m.dtype)
         rates = self.rates_for(X.shape[1])
         w = coll.block(member_weights(rates, score.to(X.device)))
+        scratch = scratch_tensor(ws, "cma.rows", X.shape, X.dtype, X.device) if ws is not None else None
         u = lm_update(rates, state.m, state.sigma, state.M, state.p_sigma, state.generation, X, w,
-                      lambda v: coll.sum(v, exact=self.exact), donate=donate)
+                      lambda v: coll.sum(v, exact=self.exact), donate=donate, scratch=scratch)
+        _recycle(ws, X)  # sharded with exact=True a block of all members' samples: not recycled
         return {"mean": _centre(u.m, state.mean), "m": u.m, "sigma": u.sigma, "M": u.M, "p_sigma": u.p_sigma}
 
     @classmethod

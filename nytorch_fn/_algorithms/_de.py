@@ -28,7 +28,7 @@ import torch
 from .._checks import check_real
 from .._errors import PopulationSizeError
 from .._particle import Particle, assemble, build, lincomb, operational
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example, draw_seed, scratch_like, scratch_tensor, workspace
 from ._common import maximize_field, v_unit
 from ._space import BOUND_HANDLING, check_bounds, enforce_bounds
 
@@ -61,10 +61,17 @@ def check_bounds_species(bounds: Any, template: Particle, where: str) -> None:
         check_bounds(bounds, where, template)
 
 
+_SQRT_HALF = math.sqrt(0.5)  # M_SQRT1_2
+
+
 def uniform(z: torch.Tensor) -> torch.Tensor:
     """Standard-normal draws turned into U(0, 1) draws (``Phi(z)``) in ``z``'s own buffer (a fresh
-    draw the caller owns), kept inside the open interval ``(0, 1)``."""
-    u = torch.special.ndtr(z, out=z)
+    draw the caller owns), kept inside the open interval ``(0, 1)``.
+
+    ``Phi`` is computed as ATen computes ``torch.special.ndtr``, ``(1 + erf(z * M_SQRT1_2)) * 0.5``,
+    step by step in place (``ndtr(z, out=z)`` allocates three temporaries of ``z``'s size): the
+    same kernels, so the same bits."""
+    u = z.mul_(_SQRT_HALF).erf_().add_(1.0).mul_(0.5)
     return u.clamp_(torch.finfo(u.dtype).tiny, 1.0 - torch.finfo(u.dtype).eps / 2)
 
 
@@ -100,11 +107,20 @@ def distinct_others(n: int, k: int, generator: Any, device: Any) -> torch.Tensor
     return torch.stack(picks, dim=1)
 
 
-def replace_rows(old: list[torch.Tensor], new: list[torch.Tensor], rows: torch.Tensor, in_place: bool) -> list[torch.Tensor]:
+def replace_rows(old: list[torch.Tensor], new: list[torch.Tensor], rows: torch.Tensor, in_place: bool,
+                 buffers: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Per tensor, ``old`` with the members where ``rows`` (``[n]`` bool) is True taken from
-    ``new``: only those rows are copied (``index_copy``), into ``old`` when ``in_place``."""
+    ``new``: only those rows are copied (``index_copy``), into ``old`` when ``in_place``.
+
+    ``buffers``: per tensor, a contiguous scratch tensor of ``new``'s shape (sharing storage
+    with neither ``old`` nor ``new``) that the selected rows are gathered into first, instead
+    of a fresh tensor (the same values)."""
     idx = torch.nonzero(rows.to(old[0].device) if old else rows).squeeze(1)
     if in_place:
+        if buffers is not None:
+            k = idx.shape[0]
+            return [o.index_copy_(0, idx, torch.index_select(t, 0, idx, out=b[:k]))
+                    for o, t, b in zip(old, new, buffers)]
         return [o.index_copy_(0, idx, t.index_select(0, idx)) for o, t in zip(old, new)]
     return [o.index_copy(0, idx, t.index_select(0, idx)) for o, t in zip(old, new)]
 
@@ -212,27 +228,41 @@ class DE(Algorithm):
             return pop, {}
         n, f = coll.n, self.differential_weight
         device = pop.tensors[0].device
+        ws = workspace(donate)  # inside run: the trials and the temporaries reuse the loop's buffers
         idx = coll.block(distinct_others(n, 3, generator, device))
         if self.strategy == "rand/1/bin":
-            a, b, c = (coll.take(pop, idx[:, j]) for j in range(3))
-            mutant = lincomb([1.0, f, -f], [a, b, c], donate=True)  # a is this call's own copy
+            if ws is None:
+                a, b, c = (coll.take(pop, idx[:, j]) for j in range(3))
+                mutant = lincomb([1.0, f, -f], [a, b, c], donate=True)  # a is this call's own copy
+            else:
+                # lincomb's own steps (acc = a * 1.0, then acc += w_k x_k in place) with one
+                # buffer for the second and third terms in turn: the same kernels, the same bits
+                mutant = coll.take(pop, idx[:, 0], out=ws.pop("de.trials", None))
+                acc = operational(mutant)
+                torch._foreach_mul_(acc, 1.0)
+                for j, w in ((1, f), (2, -f)):
+                    term = coll.take(pop, idx[:, j], out=ws.get("de.term"))
+                    ws["de.term"] = term
+                    torch._foreach_add_(acc, operational(term), alpha=w)
         else:
             best = coll.member(pop, int(torch.argmax(state.score)))
             a, b = (coll.take(pop, idx[:, j]) for j in range(2))
             mutant = lincomb([1.0 - f, f, f, -f], [pop, best, a, b])
         xs, vs = operational(pop), operational(mutant)
-        masks = self._crossover_masks(pop, n, generator, coll)
+        masks = self._crossover_masks(pop, n, generator, coll, ws)
         # the mutant is this call's own buffer: the trial is written into it
         trial = vs if masks is None else [torch.where(m, v, x, out=v) for m, v, x in zip(masks, vs, xs)]
         sp = pop.species
         out = build(sp, assemble(sp, pop.tensors, trial, None))
         return enforce_bounds(out, self.bounds, self.bound_handling, donate=True), {}
 
-    def _crossover_masks(self, pop: Particle, n: int, generator: Any, coll: Any) -> list[torch.Tensor] | None:
+    def _crossover_masks(self, pop: Particle, n: int, generator: Any, coll: Any,
+                         ws: dict | None = None) -> list[torch.Tensor] | None:
         """Per tensor, where the trial takes the mutant's value (None: everywhere, ``CR = 1``).
 
         ``U(0, 1) < CR`` is drawn as ``z < Phi^-1(CR)`` on per-member standard-normal
         streams (``coll.noise``); ``j_rand`` comes from the generator, for all ``N``.
+        ``ws``: the run loop's workspace (the noise and the masks reuse its buffers).
         """
         cr = self.crossover_rate
         if cr >= 1.0:
@@ -244,9 +274,15 @@ class DE(Algorithm):
         gdev = generator.device if generator is not None else device
         j_rand = coll.block(torch.randint(0, sum(sizes), (n,), generator=generator, device=gdev).to(device))
         if cr > 0.0:
-            z = coll.noise(pop[0], draw_seed(generator))
+            z = coll.noise(pop[0], draw_seed(generator), out=ws.get("de.noise") if ws is not None else None)
             threshold = float(torch.special.ndtri(torch.tensor(cr, dtype=torch.float64)))
-            masks = [t < threshold for t in operational(z)]
+            if ws is None:
+                masks = [t < threshold for t in operational(z)]
+            else:
+                ws["de.noise"] = z
+                bufs = [scratch_tensor(ws, f"de.mask{k}", t.shape, torch.bool, t.device)
+                        for k, t in enumerate(operational(z))]
+                masks = [torch.lt(t, threshold, out=m) for t, m in zip(operational(z), bufs)]
         else:
             masks = [torch.zeros_like(x, dtype=torch.bool) for x in xs]
         off = 0
@@ -261,9 +297,13 @@ class DE(Algorithm):
               donate: bool) -> dict:
         if not state.evaluated:
             return {"score": score.clone(), "evaluated": True}
+        ws = workspace(donate)
         better = score >= state.score  # a trial as good as its parent replaces it; NaN (-inf) never beats a number
         xs = operational(state.population)
-        kept = replace_rows(xs, operational(population), coll.block(better), in_place=donate)
+        term = operational(scratch_like(ws, "de.term", population)) if ws is not None else None
+        kept = replace_rows(xs, operational(population), coll.block(better), in_place=donate, buffers=term)
+        if ws is not None and population is not state.population:
+            ws["de.trials"] = population  # donated, and now copied from: the next trials' buffers
         sp = state.population.species
         return {
             "population": build(sp, assemble(sp, state.population.tensors, kept, None)),

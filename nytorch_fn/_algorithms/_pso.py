@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example, draw_seed, scratch_like, workspace
 from ._common import maximize_field, member_view, v_flag, v_nonneg
 from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population, replace_rows, uniform
 from ._space import enforce_bounds
@@ -130,31 +130,45 @@ class PSO(Algorithm):
               donate: bool) -> dict:
         pop = state.population
         sp = pop.species
+        ws = workspace(donate)  # inside run: the differences and the noise reuse the loop's buffers
         xs, vs, ps = operational(pop), operational(state.velocity), operational(state.personal_best)
+        diffs = operational(scratch_like(ws, "pso.diff", pop)) if ws is not None else None
         improved = score >= state.personal_score
         personal_score = torch.where(improved, score, state.personal_score)
-        ps = replace_rows(ps, xs, coll.block(improved), in_place=donate)
+        ps = replace_rows(ps, xs, coll.block(improved), in_place=donate, buffers=diffs)
         personal = build(sp, assemble(sp, state.personal_best.tensors, ps, None))
         g = coll.member(personal, int(torch.argmax(personal_score)))
         gs = operational(g)
         w, c1, c2 = self.inertia, self.cognitive, self.social
         if self.per_dimension:
-            r1 = [uniform(t).mul_(c1) for t in operational(coll.noise(g, draw_seed(generator)))]
-            r2 = [uniform(t).mul_(c2) for t in operational(coll.noise(g, draw_seed(generator)))]
+            seeds = (draw_seed(generator), draw_seed(generator))
+
+            def coefficients(k: int, c: float) -> list[torch.Tensor]:  # c_k r_k, in the loop's noise buffer
+                z = coll.noise(g, seeds[k], out=ws.get("pso.noise") if ws is not None else None)
+                if ws is not None:
+                    ws["pso.noise"] = z
+                return [uniform(t).mul_(c) for t in operational(z)]
         else:
             n, device = coll.n, xs[0].device
             gdev = generator.device if generator is not None else device
             r = coll.block(torch.rand(n, 2, generator=generator, dtype=torch.float64, device=gdev).to(device))
-            r1 = [member_view(c1 * r[:, 0], x) for x in xs]
-            r2 = [member_view(c2 * r[:, 1], x) for x in xs]
-        new_v = []
-        for x, v, p, gb, a, b in zip(xs, vs, ps, gs, r1, r2):
-            # differences first: a member at its bests is not moved by them (and no cancellation)
-            diff = torch.sub(p, x)
+            per_member = ([member_view(c1 * r[:, 0], x) for x in xs], [member_view(c2 * r[:, 1], x) for x in xs])
+
+            def coefficients(k: int, c: float) -> list[torch.Tensor]:
+                return per_member[k]
+        # differences first: a member at its bests is not moved by them (and no cancellation)
+        a = coefficients(0, c1)
+        new_v, diffs_kept = [], []
+        for k, (x, v, p) in enumerate(zip(xs, vs, ps)):
+            diff = torch.sub(p, x) if diffs is None else torch.sub(p, x, out=diffs[k])
             v = v.mul_(w) if donate else v * w
-            v.addcmul_(a, diff)  # c1 r1 (p - x)
-            v.addcmul_(b, torch.sub(gb, x, out=diff))  # c2 r2 (g - x)
+            v.addcmul_(a[k], diff)  # c1 r1 (p - x)
             new_v.append(v)
+            diffs_kept.append(diff)
+        del a  # per value: its noise buffer now takes r2
+        b = coefficients(1, c2)
+        for v, x, gb, bk, diff in zip(new_v, xs, gs, b, diffs_kept):
+            v.addcmul_(bk, torch.sub(gb, x, out=diff))  # c2 r2 (g - x)
         new_x = [x.add_(v) if donate else x + v for x, v in zip(xs, new_v)]
         moved = enforce_bounds(build(sp, assemble(sp, pop.tensors, new_x, None)), self.bounds, self.bound_handling,
                                donate=True)
