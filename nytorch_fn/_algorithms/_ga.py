@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import attrs
 import torch
 
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example, draw_seed, scratch_tensor, workspace
 from ._common import device_of, draw, maximize_field, member_view, v_choice, v_int, v_nonneg, v_unit
 from ._space import check_bounds, check_handling, enforce_bounds
+
+_SQRT_HALF = math.sqrt(0.5)  # M_SQRT1_2
+
+
+def _ndtr_(z: torch.Tensor) -> torch.Tensor:
+    """``torch.special.ndtr(z)`` written into ``z``: ATen's own steps, ``(1 + erf(z * M_SQRT1_2)) * 0.5``."""
+    return z.mul_(_SQRT_HALF).erf_().add_(1.0).mul_(0.5)
 
 
 class GAState(NamedTuple):
@@ -142,14 +150,31 @@ class GeneticAlgorithm(Algorithm):
         else:
             elite_of_row = elites[rows.clamp(max=e - 1)] if e else rows
             first = torch.where(is_elite, elite_of_row, parents[0][cidx])
-        a = coll.take(population, first)
-        b = coll.take(population, parents[1][cidx]) if self.crossover != "none" and m else None
+        ws = workspace(donate)  # inside run: children, partners, noise and masks reuse the loop's buffers
+        a = coll.take(population, first, out=ws.pop("ga.children", None) if ws is not None else None)
+        b = None
+        if self.crossover != "none" and m:
+            b = coll.take(population, parents[1][cidx], out=ws.get("ga.partners") if ws is not None else None)
+            if ws is not None:
+                ws["ga.partners"] = b
         active = (~is_elite) & (crossed[cidx] if m else torch.zeros_like(is_elite))
         template = state.best
-        z_x = coll.noise(template, seed_x) if element else None
-        z_m = coll.noise(template, seed_m) if seed_m else None
-        z_r = coll.noise(template, seed_r) if seed_r else None
+
+        def noise(key: str, seed: int) -> Particle:
+            z = coll.noise(template, seed, out=ws.get(key) if ws is not None else None)
+            if ws is not None:
+                ws[key] = z
+            return z
+
+        def mask(key: str, like: torch.Tensor) -> torch.Tensor | None:
+            return scratch_tensor(ws, key, like.shape, torch.bool, like.device) if ws is not None else None
+
+        z_x = noise("ga.noise_x", seed_x) if element else None
+        z_m = noise("ga.noise_m", seed_m) if seed_m else None
+        z_r = noise("ga.noise_r", seed_r) if seed_r else None
         mutate = ~is_elite
+        # a, b and the noise are this call's own buffers: every step below writes into them in
+        # place, each the very kernel of the plain expression in the comment beside it
         results = []
         for k, i in enumerate(population.species.layout().op):
             ta = a.tensors[i]
@@ -157,29 +182,40 @@ class GeneticAlgorithm(Algorithm):
                 results.append(ta)
                 continue
             act = member_view(active.to(dev), ta).bool()
-            out = ta
-            if self.crossover == "uniform":
+            if b is None:  # no crossover, or every member an elite (elitism == N): no partners
+                pass
+            elif self.crossover == "uniform":
                 tb = b.tensors[i]
-                take_b = (z_x.tensors[i] < 0) if element else member_view((pieces[cidx, k] < 0.5).to(dev), ta).bool()
-                out = torch.where(take_b & act, tb, ta)
+                if element:
+                    take_b = torch.lt(z_x.tensors[i], 0, out=mask(f"ga.take{k}", ta))  # z_x < 0
+                    take_b.bitwise_and_(act)  # take_b & act
+                else:
+                    take_b = member_view((pieces[cidx, k] < 0.5).to(dev), ta).bool() & act
+                torch.where(take_b, tb, ta, out=ta)  # where(take_b & act, tb, ta)
             elif self.crossover == "blend":
                 tb = b.tensors[i]
                 lo, width = -self.blend_alpha, 1 + 2 * self.blend_alpha
                 if element:
-                    u = torch.special.ndtr(z_x.tensors[i]) * width + lo
+                    u = _ndtr_(z_x.tensors[i]).mul_(width).add_(lo)  # ndtr(z_x) * width + lo
+                    torch.mul(u, tb.sub_(ta), out=u)  # u * (tb - ta)
+                    step = torch.add(ta, u, out=u)  # ta + u * (tb - ta)
                 else:
                     u = member_view((pieces[cidx, k] * width + lo).to(dev), ta)
-                out = torch.where(act, ta + u * (tb - ta), ta)
+                    step = torch.add(ta, torch.mul(u, tb.sub_(ta), out=tb), out=tb)
+                torch.where(act, step, ta, out=ta)  # where(act, ta + u * (tb - ta), ta)
             if z_m is not None:
-                noise = z_m.tensors[i] * self.mutation_std
+                noise_t = z_m.tensors[i].mul_(self.mutation_std)  # z_m * mutation_std
                 if z_r is not None:
-                    noise = noise * (torch.special.ndtr(z_r.tensors[i]) < self.mutation_rate)
-                noise = noise * member_view(mutate.to(dev), ta)
-                out = out + noise
-            results.append(out)
+                    keep = torch.lt(_ndtr_(z_r.tensors[i]), self.mutation_rate, out=mask(f"ga.keep{k}", ta))
+                    noise_t.mul_(keep)  # noise * (ndtr(z_r) < mutation_rate)
+                noise_t.mul_(member_view(mutate.to(dev), ta))  # noise * mutate
+                ta.add_(noise_t)  # out + noise
+            results.append(ta)
         sp = population.species
         children = build(sp, assemble(sp, a.tensors, results, None))
         bounds = check_bounds(self.bounds, "GeneticAlgorithm", template)
+        if ws is not None and population is state.population:
+            ws["ga.children"] = population  # donated, and now copied from: the next children's buffers
         return {"population": enforce_bounds(children, bounds, self.bound_handling, donate=True)}
 
     @classmethod

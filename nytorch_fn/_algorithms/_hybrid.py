@@ -11,7 +11,7 @@ from .._errors import describe
 from .._optim import GradientTransformation, apply_updates, sgd
 from .._particle import Particle, assemble, build, operational
 from ._base import Algorithm, Example
-from ._common import device_of, draw, maximize_field, member_view, v_callable, v_int, v_optional_callable, v_unit
+from ._common import device_of, draw, in_place_ok, maximize_field, v_callable, v_int, v_optional_callable, v_unit
 
 
 class HybridState(NamedTuple):
@@ -157,10 +157,17 @@ class Hybrid(Algorithm):
         sp = population.species
         lay = sp.layout()
         xs = operational(population)
+        # only the chosen rows change: each is alpha * best + (1 - alpha) * row, the same
+        # elementwise expression as on the whole tensor (so the same bits), written into the
+        # population when it is donated (else into one copy)
+        rows = torch.nonzero(local).squeeze(1)
+        in_place = in_place_ok(population, donate)
         results = []
         for i, t in zip(lay.op, xs):
-            m = member_view(local, t).bool()
-            results.append(torch.where(m, alpha * toward[i] + (1 - alpha) * t, t))
+            out = t if in_place else t.clone()
+            if rows.numel():
+                out[rows] = alpha * toward[i] + (1 - alpha) * t[rows]
+            results.append(out)
         return {"population": build(sp, assemble(sp, population.tensors, results, None))}
 
     @classmethod

@@ -11,7 +11,7 @@ import torch
 from .._checks import check_real
 from .._errors import PopulationSizeError, describe
 from .._particle import Particle, operational
-from ._base import Algorithm, Example
+from ._base import Algorithm, Example, workspace
 from ._common import device_of, draw, maximize_field, v_optional_callable
 
 
@@ -186,7 +186,10 @@ class PBT(Algorithm):
         source = torch.arange(n)
         source[bottom] = donors
         mine = coll.block(source)
-        new_pop = coll.take(population, mine)
+        ws = workspace(donate)  # inside run: the new population goes into the buffers of the one before
+        new_pop = coll.take(population, mine, out=ws.pop("pbt.population", None) if ws is not None else None)
+        if ws is not None:
+            ws["pbt.population"] = population  # donated, and now copied from
         factors = torch.tensor(self.perturb_factors, dtype=torch.float64)
         new_hp = {}
         for k in sorted(state.hyperparams):

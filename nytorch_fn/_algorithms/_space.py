@@ -32,6 +32,7 @@ from .._checks import check_generator, check_size, require_floating
 from .._errors import OperandShapeError, PopulationSizeError, SpeciesMismatchError, describe
 from .._particle import Particle, assemble, build, operational, require_single, writable
 from .._species import Species
+from ._base import scratch_tensor, workspace
 
 BOUND_HANDLING = ("clip", "reflect")
 
@@ -225,6 +226,28 @@ def _reflect(t: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
     return torch.where((t < lo_t) | (t > hi_t), flat, t)
 
 
+def _reflect_in_place(t: torch.Tensor, lo: Any, hi: Any, masks: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    """``_reflect(t, lo, hi)`` written into ``t`` (a contiguous buffer the caller owns): the values
+    outside the box are gathered, mirrored by the very same elementwise expression and scattered
+    back, so the bits are ``_reflect``'s and no temporary of ``t``'s size is made but two bool
+    masks (``masks``: two contiguous bool tensors of ``t``'s shape to write them into, or None)."""
+    lo_t = torch.as_tensor(lo, dtype=t.dtype, device=t.device)
+    hi_t = torch.as_tensor(hi, dtype=t.dtype, device=t.device)
+    if masks is None:
+        below, above = torch.lt(t, lo_t), torch.gt(t, hi_t)
+    else:
+        below, above = torch.lt(t, lo_t, out=masks[0]), torch.gt(t, hi_t, out=masks[1])
+    idx = below.logical_or_(above).view(-1).nonzero().squeeze(1)
+    if idx.numel():
+        flat = t.view(-1)
+
+        def pick(b: torch.Tensor) -> torch.Tensor:
+            return b.expand(t.shape).reshape(-1)[idx] if b.dim() else b
+
+        flat[idx] = _reflect(flat[idx], pick(lo_t), pick(hi_t))
+    return t
+
+
 def enforce_bounds(
     population: Particle, bounds: tuple[Any, Any] | None, handling: str = "clip", *, donate: bool = False
 ) -> Particle:
@@ -235,7 +258,8 @@ def enforce_bounds(
         bounds: ``(low, high)`` from ``check_bounds`` (None: returned as it is).
         handling: ``"clip"`` (clamp) or ``"reflect"`` (mirror back into the box;
             needs finite bounds).
-        donate: allow clamping in place (``population`` must not be used afterwards).
+        donate: allow writing the results into ``population``'s buffers (it must not be
+            used afterwards).
 
     Values already inside are kept bit for bit.
 
@@ -249,7 +273,8 @@ def enforce_bounds(
     lay = sp.layout()
     leaves = population.tensors
     xs = [leaves[i] for i in lay.op]
-    in_place = donate and handling == "clip" and writable(xs, [x.shape for x in xs], [])
+    in_place = donate and writable(xs, [x.shape for x in xs], [])
+    ws = workspace(donate)  # inside run: reflect's masks reuse the loop's buffers
     results = []
     for i, t in zip(lay.op, xs):
         if not t.is_floating_point():
@@ -270,7 +295,14 @@ def enforce_bounds(
                 isinstance(hi, torch.Tensor) and not bool(torch.isfinite(hi).all())
             ):
                 raise ValueError("bound_handling='reflect' expects finite bounds; use 'clip'")
-            results.append(_reflect(t, lo, hi))
+            if in_place and t.is_contiguous():
+                masks = None
+                if ws is not None:
+                    masks = (scratch_tensor(ws, f"bounds.below{i}", t.shape, torch.bool, t.device),
+                             scratch_tensor(ws, f"bounds.above{i}", t.shape, torch.bool, t.device))
+                results.append(_reflect_in_place(t, lo, hi, masks))
+            else:
+                results.append(_reflect(t, lo, hi))
     return build(sp, assemble(sp, leaves, results, None))
 
 
