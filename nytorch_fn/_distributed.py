@@ -133,10 +133,10 @@ def world(group: Any = None) -> World:
         NotInitializedError: no process group was initialised (call ``init()``
             or ``torch.distributed.init_process_group`` first).
 
-    Example:
-        >>> w = world()
+    Examples:
+        >>> w = world()            # here a one-process group; under torchrun --nproc-per-node 2: (0, 2) on rank 0
         >>> w.rank, w.size
-        (0, 2)
+        (0, 1)
     """
     _require_initialized("world")
     backend = dist.get_backend(group)
@@ -250,10 +250,12 @@ _logs: list[CommLog] = []
 def count_bytes() -> Iterator[CommLog]:
     """Record every collective this module issues inside the block.
 
-    Example:
+    Examples:
+        >>> sh = shard(nf.random_population(nf.particle(nn.Linear(4, 2)), 8, generator=torch.Generator().manual_seed(0)))
         >>> with count_bytes() as log:
-        ...     best(shard, fitness)
-        >>> log.wire
+        ...     top = best(sh, torch.arange(8.0)[sh.offset:sh.offset + len(sh.local)])   # this rank's fitness
+        >>> [r.op for r in log.records], log.wire                # one rank: nothing leaves the process
+        (['all_gather(fitness)', 'broadcast(member)'], 0.0)
     """
     log = CommLog()
     _logs.append(log)
@@ -423,7 +425,7 @@ def block_sizes(n: int, ranks: int) -> tuple[int, ...]:
     Raises:
         PopulationSizeError: ``n < ranks`` (a rank would hold no member).
 
-    Example:
+    Examples:
         >>> block_sizes(10, 4)
         (3, 3, 2, 2)
     """
@@ -529,9 +531,11 @@ def shard(population: Particle, *, group: Any = None) -> Shard:
         PopulationSizeError: fewer members than ranks, or ranks disagree on ``N``.
         SpeciesMismatchError: the species differs across ranks.
 
-    Example:
+    Examples:
+        >>> p = nf.particle(nn.Linear(4, 2))
         >>> sh = shard(nf.random_population(p, 64, generator=torch.Generator().manual_seed(0)))
-        >>> len(sh.local)          # 32 on each of 2 ranks
+        >>> sh.sizes, len(sh.local)      # one rank here; on 2 ranks: (32, 32) and 32 on each
+        ((64,), 64)
     """
     _require_initialized("shard")
     n = require_population(population, "shard")
@@ -1057,10 +1061,17 @@ def sharded(algorithm: Algorithm, *, group: Any = None) -> Sharded:
         algorithm: the algorithm (its hyperparameters are used as they are).
         group: the process group (None: the default group).
 
-    Example:
-        >>> nfd.init()
-        >>> es = nfd.sharded(OpenAIES(population_size=256, sigma=0.02))
-        >>> state = es.init(p, generator=g)                 # g seeded alike on every rank
-        >>> state, history = es.run(state, local_fitness_fn, 100, generator=g)
+    Examples:
+        >>> import nytorch_fn.distributed as nfd
+        >>> from nytorch_fn.algorithms import OpenAIES
+        >>> w = nfd.init()                                   # under torchrun (here: a one-process group)
+        >>> def local_fitness_fn(block):                     # [n] fitness of this rank's members
+        ...     return -sum((t ** 2).flatten(1).sum(1) for t in block.tensors)
+        >>> g = torch.Generator().manual_seed(0)             # seeded alike on every rank
+        >>> es = nfd.sharded(OpenAIES(population_size=16, sigma=0.02))
+        >>> state = es.init(nf.particle(nn.Linear(4, 2)), generator=g)
+        >>> state, history = es.run(state, local_fitness_fn, 10, generator=g)
+        >>> len(history.best_fitness)
+        10
     """
     return Sharded(algorithm, group)

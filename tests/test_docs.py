@@ -11,14 +11,17 @@
   a one-line summary; functions and methods taking arguments have an
   ``Args:`` section (naming each argument), those returning something a
   ``Returns:`` section.
-- ``test_docstring_examples``: the ``Examples:`` of the core's modules run
-  as doctests. The site's pages run as doctests through pytest's
+- ``test_docstring_examples``: the ``Examples:`` of every module of
+  ``nytorch_fn`` and of the legacy ``nytorch`` run as doctests (the merging
+  examples with the names docs/reference/merge.md lists, the distributed ones
+  in a one-process gloo group). The site's pages run as doctests through pytest's
   ``--doctest-glob=docs/*.md`` (pyproject.toml);
   ``test_page_code_is_doctest`` makes sure no Python block escapes that.
 """
 
 from __future__ import annotations
 
+import contextlib
 import doctest
 import importlib
 import importlib.util
@@ -31,7 +34,7 @@ import sys
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 import torch
@@ -75,28 +78,28 @@ needs_docs_extra = pytest.mark.skipif(
     "pip install -e '.[docs]'",
 )
 
-#: TEMPORARY (issue 16, phase 1): modules being rewritten by others right now.
-#: Their public names must have a docstring; the summary line, the sections
-#: and their classes' members are checked from phase 2 on.
-RELAXED_MODULES = ("nytorch_fn._algorithms", "nytorch_fn._merge", "nytorch_fn._distributed", "nytorch")
+#: TEMPORARY (issue 16): modules whose public names must have a docstring but
+#: whose summary lines, Args/Returns sections and class members are not checked
+#: yet: the algorithms (being rewritten by others right now), merging and
+#: distributed (their docstrings predate the Google sections: to be written).
+RELAXED_MODULES = ("nytorch_fn._algorithms", "nytorch_fn._merge", "nytorch_fn._distributed")
 
-#: The core's modules whose docstring examples run here (the others' examples
-#: are run from phase 2 on, see RELAXED_MODULES).
-EXAMPLE_MODULES = (
-    "nytorch_fn",
-    "nytorch_fn._particle",
-    "nytorch_fn._population",
-    "nytorch_fn._species",
-    "nytorch_fn._module",
-    "nytorch_fn._config",
-    "nytorch_fn._errors",
-    "nytorch_fn._fitness",
-    "nytorch_fn._optim",
-    "nytorch_fn._checkpoint",
-    "nytorch_fn.checkpoint",
-    "nytorch_fn.optim",
-    "nytorch_fn.demo",
+#: The modules whose docstring examples run here: every module of nytorch_fn
+#: (found by walking the package, so a new module is included) and of the
+#: legacy nytorch package.
+EXAMPLE_MODULES = tuple(
+    sorted(
+        (
+            {"nytorch_fn", "nytorch"}
+            | {m.name for m in pkgutil.walk_packages(nf.__path__, "nytorch_fn.")}
+            | {m.name for m in pkgutil.walk_packages(importlib.import_module("nytorch").__path__, "nytorch.")}
+        )
+        - {"nytorch_fn.merge.__main__"}  # importing it runs the command line
+    )
 )
+
+#: Modules without docstring examples of their own (private helpers, entry points).
+NO_EXAMPLES_EXPECTED = frozenset({"nytorch_fn.checkpoint", "nytorch_fn.optim"})
 
 #: TEMPORARY (issue 16, phase 1): pages whose Python blocks are not doctests
 #: (``docs/distributed.md`` shows a torchrun script; it is included unchanged).
@@ -148,7 +151,7 @@ def test_reference_pages_cover_every_public_name() -> None:
     covered: set[str] = set()
     for page in (DOCS / "reference").rglob("*.md"):
         covered |= HOOK.covered_names(page.read_text(encoding="utf-8"))
-    missing = sorted(set(HOOK.public_names()) - covered - HOOK.TEMPORARY_EXCLUSIONS)
+    missing = sorted(set(HOOK.public_names()) - covered)
     assert not missing, f"public names on no page of docs/reference/: {missing}"
     for module in LEGACY_MODULES:
         page = DOCS / "reference" / "legacy" / f"{module}.md"
@@ -323,7 +326,7 @@ def test_docstrings(group: str) -> None:
         names = {n: o for n, o in HOOK.public_names().items() if n.rpartition(".")[0] == group}
         assert names, group
         for name, obj in sorted(names.items()):
-            if name in HOOK.TEMPORARY_EXCLUSIONS or not (callable(obj) or isinstance(obj, type)):
+            if not (callable(obj) or isinstance(obj, type)):
                 continue
             problems += [f"{name}: {p}" for p in _doc_problems(obj)]
             if isinstance(obj, type) and not _relaxed(obj):
@@ -337,20 +340,129 @@ def test_docstrings(group: str) -> None:
 # ---------------------------------------------------------------------------
 
 
+def _merge_namespace(folder: Path) -> dict[str, Any]:
+    """The names the merging examples use (docs/reference/merge.md says what they are).
+
+    ``base`` is a particle of a two-layer net, ``ft_a``, ``ft_b``, ``ft_c`` (and
+    the other names of fine-tuned models) the base plus small noise; ``folder``
+    gets ``base/``, ``ft_a/``, ``ft_b/`` (safetensors checkpoints of them) and
+    ``ties.yml`` (a mergekit configuration over those).
+    """
+    from safetensors.torch import save_file
+
+    from nytorch_fn import merge
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3))
+    base = nf.particle(net)
+    g = torch.Generator().manual_seed(1)
+    ft_a, ft_b, ft_c = (base + 0.1 * base.randn(generator=g) for _ in range(3))
+    for name, p in (("base", base), ("ft_a", ft_a), ("ft_b", ft_b)):
+        (folder / name).mkdir()
+        save_file({k: v.detach().contiguous() for k, v in p.params.items()}, str(folder / name / "model.safetensors"))
+    (folder / "ties.yml").write_text(
+        "merge_method: ties\nbase_model: base\nmodels:\n"
+        "  - model: ft_a\n    parameters: {weight: 1.0, density: 0.5}\n"
+        "  - model: ft_b\n    parameters: {weight: 0.5, density: 0.5}\n"
+    )
+    x_val = torch.randn(64, 4, generator=g)
+    y_val = torch.randint(0, 3, (64,), generator=g)
+
+    def accuracy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """``[N]`` accuracies of ``[N, B, C]`` logits against ``[B]`` labels."""
+        return (logits.argmax(-1) == y).float().mean(-1)
+
+    def fitness_fn(pop: Any) -> torch.Tensor:
+        return accuracy(nf.vmap_apply(pop, x_val), y_val)
+
+    return dict(
+        merge=merge, base=base, ft_a=ft_a, ft_b=ft_b, ft_c=ft_c, experts=[ft_a, ft_b, ft_c],
+        a=ft_a, b=ft_b, c=ft_c, p=ft_a, q=ft_b, other=ft_a, ft_math=ft_a, ft_code=ft_b,
+        ft_1=ft_a, ft_2=ft_b, ft_3=ft_c, agent_a=ft_a, agent_b=ft_b,
+        x_val=x_val, y_val=y_val, accuracy=accuracy, fitness_fn=fitness_fn,
+    )
+
+
+#: TEMPORARY (issue 16): docstring examples that fail (sketches naming
+#: undefined variables), in files others are rewriting right now; they run and
+#: their failures are tolerated until those files are fixed (then delete the
+#: entries: a listed example that passes is only reported, so that fixing one
+#: does not break this test for whoever fixed it).
+KNOWN_FAILING_EXAMPLES: frozenset[str] = frozenset(
+    {
+        "nytorch_fn._algorithms._apso.APSO",
+        "nytorch_fn._algorithms._cma.CMAES",
+        "nytorch_fn._algorithms._cma.cma_population_size",
+        "nytorch_fn._algorithms._es.OpenAIES",
+        "nytorch_fn._algorithms._ga.GeneticAlgorithm",
+        "nytorch_fn._algorithms._hybrid.Hybrid",
+        "nytorch_fn._algorithms._pbt.PBT",
+        # nn.Linear(4, 2) draws its start from torch's global RNG: passes or not depending on the tests before
+        "nytorch_fn._algorithms._pgpe.PGPE",
+        "nytorch_fn._algorithms._restarts.BIPOP",
+        "nytorch_fn._algorithms._restarts.IPOP",
+        "nytorch_fn._algorithms._restarts.IPOP.template",
+        "nytorch_fn._algorithms._space.enforce_bounds",
+        "nytorch_fn._algorithms._space.ravel",
+        "nytorch_fn._algorithms._space.uniform_population",
+        "nytorch_fn._algorithms._space.unravel",
+    }
+)
+
+
 @pytest.mark.parametrize("module_name", EXAMPLE_MODULES)
-def test_docstring_examples(module_name: str) -> None:
+def test_docstring_examples(module_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = importlib.import_module(module_name)
     globs = {**vars(module), "torch": torch, "nn": nn, "nf": nf}
+    if module_name.startswith(("nytorch_fn._merge", "nytorch_fn.merge")):
+        globs.update(_merge_namespace(tmp_path))
+    monkeypatch.chdir(tmp_path)  # examples that write files write them there
+    with contextlib.ExitStack() as stack:
+        if module_name in ("nytorch_fn._distributed", "nytorch_fn.distributed"):
+            stack.enter_context(_one_process_group(monkeypatch))
+        _run_examples(module, module_name, globs)
+
+
+@contextlib.contextmanager
+def _one_process_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A gloo group of this process alone, as ``torchrun --nproc-per-node 1`` would set it up."""
+    import socket
+
+    import nytorch_fn.distributed as nfd
+
+    if not torch.distributed.is_available():
+        pytest.skip("this torch build has no torch.distributed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        monkeypatch.setenv(key, value)
+    nfd.init(backend="gloo", timeout=60)
+    try:
+        yield
+    finally:
+        nfd.shutdown()
+
+
+def _run_examples(module: types.ModuleType, module_name: str, globs: dict[str, Any]) -> None:
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    ran = 0
+    found: set[str] = set()
+    failed: set[str] = set()
+    report: list[str] = []  # doctest swaps sys.stdout while it runs: collect its report instead
     for test in finder.find(module, module_name, globs=globs):
         if not test.examples:
             continue
-        ran += 1
-        runner.run(test, out=lambda text: print(text, end=""))
+        found.add(test.name)
+        lines: list[str] = []
+        if runner.run(test, out=lines.append).failed:
+            failed.add(test.name)
+            if test.name not in KNOWN_FAILING_EXAMPLES:
+                report += lines
     torch._dynamo.reset()
-    results = runner.summarize(verbose=False)
-    assert results.failed == 0, f"{results.failed} of {results.attempted} examples failed (output above)"
-    if module_name != "nytorch_fn.checkpoint" and module_name != "nytorch_fn.optim":
-        assert ran, f"{module_name}: no docstring examples found"
+    unexpected = sorted(failed - KNOWN_FAILING_EXAMPLES)
+    assert not unexpected, f"docstring examples failed: {unexpected}\n" + "".join(report)
+    fixed = sorted((found & KNOWN_FAILING_EXAMPLES) - failed)
+    if fixed:
+        print(f"\nlisted in KNOWN_FAILING_EXAMPLES but passing now (delete the entries): {fixed}")

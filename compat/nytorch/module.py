@@ -176,8 +176,17 @@ class ParamProduct(Product[Tmodule]):
     it, without recording gradients. Products of different species raise
     ``AssertionError``.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.my_param = nn.Parameter(torch.tensor([0., 1., 2.]))
+        >>> net1 = Net(); net2 = net1.clone(); net2.my_param.data = torch.tensor([2., 3., 4.])
         >>> new_net = (0.5 * net1.product() + 0.5 * net2.product()).module()
+        >>> new_net.my_param
+        Parameter containing:
+        tensor([1., 2., 3.], requires_grad=True)
     """
 
     __slots__ = ("kernel", "module_id", "_values", "_grads", "_species", "_params", "_version", "_pin")
@@ -281,8 +290,17 @@ class ParamProduct(Product[Tmodule]):
     def unary_operator(self, fn: Callable[[ParamType, ParamConfig], ParamType]) -> "ParamProduct":
         """A new product with ``fn(param, config)`` for every parameter (no gradient recorded).
 
-        Example:
+        Examples:
+            >>> from nytorch import NytoModule
+            >>> class Net(NytoModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.my_param = nn.Parameter(torch.tensor([0., 1., 2.]))
+            >>> net = Net()
             >>> new_net = net.product().unary_operator(lambda p, conf: nn.Parameter(p + 10.)).module()
+            >>> new_net.my_param
+            Parameter containing:
+            tensor([10., 11., 12.], requires_grad=True)
         """
         params = self.params
         configs = self._configs()
@@ -448,7 +466,7 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
     version of the species; other particles catch up on ``touch()`` and
     automatically before a particle operation or an edit.
 
-    Example:
+    Examples:
         >>> class Net(NytoModule):
         ...     def __init__(self):
         ...         super().__init__()
@@ -535,8 +553,14 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
     def register_buffer(self, name: str, tensor: Optional[torch.Tensor], persistent: bool = True) -> None:
         """Add (or replace) buffer ``name``, shared by every particle of the species; makes a new version.
 
-        Example:
-            >>> self.register_buffer("running_mean", torch.zeros(num_features))
+        Examples:
+            >>> from nytorch import NytoModule
+            >>> class Norm(NytoModule):
+            ...     def __init__(self, num_features):
+            ...         super().__init__()
+            ...         self.register_buffer("running_mean", torch.zeros(num_features))
+            >>> Norm(3).running_mean
+            tensor([0., 0., 0.])
         """
         if "_buffers" not in self.__dict__:
             raise AttributeError("cannot assign buffer before Module.__init__() call")
@@ -624,7 +648,13 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
     def touch(self) -> Self:
         """Bring this particle to the newest version of its species; returns self.
 
-        Example:
+        Examples:
+            >>> from nytorch import NytoModule
+            >>> class Net(NytoModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.weight = nn.Parameter(torch.zeros(2))
+            >>> net1 = Net()
             >>> net2 = net1.clone(); net1.my_param = nn.Parameter(torch.randn(2, 2))
             >>> hasattr(net2, "my_param"), hasattr(net2.touch(), "my_param")
             (False, True)
@@ -647,7 +677,13 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
     def clone_from(self: Tmodule, source: Module) -> Tmodule:
         """A new particle of this species holding a copy of ``source``'s state (another species).
 
-        Example:
+        Examples:
+            >>> from nytorch import NytoModule
+            >>> class Net(NytoModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.my_param = nn.Parameter(torch.zeros(2))
+            >>> net1, net2 = Net(), Net()     # two species
             >>> net3 = net1.clone_from(net2)
             >>> net3._version_kernel is net1._version_kernel, net3.my_param is net1.my_param
             (True, False)
@@ -659,7 +695,13 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
     def detach(self: Tmodule) -> Tmodule:
         """The same parameter objects as a particle of a new species.
 
-        Example:
+        Examples:
+            >>> from nytorch import NytoModule
+            >>> class Net(NytoModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.my_param = nn.Parameter(torch.zeros(2))
+            >>> net1 = Net()
             >>> net2 = net1.detach()
             >>> net2._version_kernel is net1._version_kernel, net2.my_param is net1.my_param
             (False, True)
@@ -699,8 +741,17 @@ class NytoModule(NytoModuleBase, Particle[ParamProduct]):
     ) -> None:
         """Set ``operational`` and/or ``clone`` for this module's parameters (or ``name``'s).
 
-        Example:
+        Examples:
+            >>> from nytorch import NytoModule
+            >>> class Net(NytoModule):
+            ...     def __init__(self):
+            ...         super().__init__()
+            ...         self.my_module = nn.Linear(1, 1)
+            ...         self.my_param = nn.Parameter(torch.ones(1))
+            >>> net = Net()
             >>> net.set_param_config(operational=False, name="my_module")
+            >>> torch.equal((2 * net).my_module.weight, net.my_module.weight), (2 * net).my_param.item()
+            (True, 2.0)
         """
 
         def change(pid: ParamID, conf: ParamConfig) -> None:

@@ -183,9 +183,17 @@ class ParticleModule(nn.Module, Particle[PMProduct], Generic[Tmodule]):
 class GetNytoModule(Generic[Tmodule]):
     """Context manager: the wrapped NytoModule with its kernel references restored.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule, ParticleModule
+        >>> class Embedder(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.zeros(2))
+        >>> model = ParticleModule(Embedder())
         >>> with GetNytoModule(model) as net:
         ...     net.data_embed = nn.Embedding(30, 8)
+        >>> model.root_module.data_embed
+        Embedding(30, 8)
     """
 
     __slots__ = ("_module",)

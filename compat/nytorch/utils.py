@@ -56,9 +56,19 @@ def make_modules_ref(
         KeyError: ``metas`` names an id that ``modules`` or ``params`` lacks.
         AssertionError: ``modules`` and ``metas`` hold different ids.
 
-    Example:
+    Examples:
+        >>> from nytorch.mtype import ModuleMeta
+        >>> net0, net1 = nn.Module(), nn.Module()
+        >>> param0, param1 = nn.Parameter(torch.zeros(1)), nn.Parameter(torch.zeros(2))
+        >>> modules = OrderedDict([(0, net0), (1, net1)])
+        >>> params = OrderedDict([(0, param0), (1, param1)])
+        >>> metas = OrderedDict([
+        ...     (0, ModuleMeta(sub_modules=OrderedDict([("m1", 1)]), sub_params=OrderedDict([("p0", 0)]))),
+        ...     (1, ModuleMeta(sub_modules=OrderedDict(), sub_params=OrderedDict([("p1", 1)]))),
+        ... ])
         >>> make_modules_ref(modules, params, metas)
-        >>> assert net0.m1 is net1 and net0.p0 is param0
+        >>> net0.m1 is net1 and net0.p0 is param0 and net1.p1 is param1
+        True
     """
     if targets is None:
         targets = modules.keys()

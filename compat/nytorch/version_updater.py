@@ -81,7 +81,13 @@ class AddModuleVersionUpdater(VersionUpdater[VersionDataImp, ParticleDataImp]):
     not hold yet get new ids (in ``add_module.modules()`` order, then each
     module's parameter order); ones it already holds keep theirs.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.zeros(2))
+        >>> net0, net1 = Net(), nn.Linear(2, 2)
         >>> net0._particle_kernel.version_update(AddModuleVersionUpdater(net0._module_id, "attar_net1", net1))
         >>> net0.attar_net1 is net1
         True
@@ -154,7 +160,14 @@ class AddParamVersionUpdater(VersionUpdater[VersionDataImp, ParticleDataImp]):
     A parameter the initiating particle already holds keeps its id (it is
     registered under one more name); a new one gets the next id.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.zeros(2))
+        >>> net = Net()
+        >>> add_param = nn.Parameter(torch.ones(3))
         >>> net._particle_kernel.version_update(AddParamVersionUpdater(net._module_id, "attar_add_param", add_param))
         >>> net.attar_add_param is add_param
         True
@@ -202,7 +215,14 @@ class RegisterBufferVersionUpdater(_Simple):
 
     Every particle of the species gets the very same tensor.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.zeros(2))
+        >>> net = Net()
+        >>> add_tensor = torch.ones(3)
         >>> net._particle_kernel.version_update(RegisterBufferVersionUpdater(net._module_id, "attar_add_tensor", add_tensor))
         >>> net.attar_add_tensor is add_tensor
         True
@@ -236,7 +256,13 @@ class RegisterBufferVersionUpdater(_Simple):
 class SetModuleNoneVersionUpdater(_Simple):
     """Sets submodule attribute ``attr_name`` of module ``module_id`` to None.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attar_module = nn.Linear(2, 2)
+        >>> net = Net()
         >>> net._particle_kernel.version_update(SetModuleNoneVersionUpdater(net._module_id, "attar_module"))
         >>> net.attar_module is None
         True
@@ -253,7 +279,13 @@ class SetModuleNoneVersionUpdater(_Simple):
 class SetParamNoneVersionUpdater(_Simple):
     """Sets parameter attribute ``attr_name`` of module ``module_id`` to None.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attar_param = nn.Parameter(torch.zeros(2))
+        >>> net = Net()
         >>> net._particle_kernel.version_update(SetParamNoneVersionUpdater(net._module_id, "attar_param"))
         >>> net.attar_param is None
         True
@@ -273,9 +305,15 @@ class DelModuleVersionUpdater(_Simple):
     Raises:
         KeyError: the module has no submodule attribute of that name.
 
-    Example:
-        >>> net._particle_kernel.version_update(DelModuleVersionUpdater(net._module_id, "attar_moduel"))
-        >>> hasattr(net, "attar_moduel")
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attar_module = nn.Linear(2, 2)
+        >>> net = Net()
+        >>> net._particle_kernel.version_update(DelModuleVersionUpdater(net._module_id, "attar_module"))
+        >>> hasattr(net, "attar_module")
         False
     """
 
@@ -298,7 +336,13 @@ class DelParamVersionUpdater(_Simple):
     Raises:
         KeyError: the module has no parameter attribute of that name.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.attar_param = nn.Parameter(torch.zeros(2))
+        >>> net = Net()
         >>> net._particle_kernel.version_update(DelParamVersionUpdater(net._module_id, "attar_param"))
         >>> hasattr(net, "attar_param")
         False
@@ -320,7 +364,13 @@ class DelParamVersionUpdater(_Simple):
 class DelBufferVersionUpdater(_Simple):
     """Deletes buffer attribute ``attr_name`` of module ``module_id``.
 
-    Example:
+    Examples:
+        >>> from nytorch import NytoModule
+        >>> class Net(NytoModule):
+        ...     def __init__(self):
+        ...         super().__init__()
+        ...         self.weight = nn.Parameter(torch.zeros(2))
+        >>> net = Net()
         >>> net.register_buffer("attar_buffer", torch.randn(3, 3))
         >>> net._particle_kernel.version_update(DelBufferVersionUpdater(net._module_id, "attar_buffer"))
         >>> hasattr(net, "attar_buffer")

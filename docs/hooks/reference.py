@@ -41,27 +41,6 @@ PUBLIC_MODULES = (
     "nytorch_fn.distributed",
 )
 
-#: TEMPORARY (issue 16, phase 1): public names left out of the reference because
-#: their module is being rewritten by someone else and the name has no docstring
-#: yet. Phase 2 empties this set.
-TEMPORARY_EXCLUSIONS: frozenset[str] = frozenset()
-
-#: TEMPORARY (issue 16, phase 1): warnings from docstrings in files being
-#: rewritten by someone else, dropped so that the strict build stands (each
-#: pattern is matched against the start of the warning's message). Phase 2
-#: fixes the docstrings and empties this tuple.
-TEMPORARY_IGNORED_WARNINGS: tuple[str, ...] = (
-    # Google-style entries naming several arguments on one line ("a, b: ..."),
-    # which griffe cannot match to the signature, in the modules others own
-    # right now (the algorithms, merging, distributed and compat packages).
-    r"griffe: (nytorch_fn/_algorithms/|nytorch_fn/_merge/|nytorch_fn/_distributed\.py|compat/nytorch/)"
-    r"[^:]*:\d+: (No type or annotation for parameter|Parameter) '\w+(, \w+)+'",
-    # "Args:" of attrs classes (griffe reads no attrs-generated __init__, so
-    # it finds no such parameter), same modules. Phase 2: a griffe extension
-    # that gives attrs classes their constructor signature.
-    r"griffe: (nytorch_fn/_algorithms/|nytorch_fn/_merge/|nytorch_fn/_distributed\.py|compat/nytorch/)"
-    r"[^:]*:\d+: (No type or annotation for parameter|Parameter) '\w+'( does not appear in the function signature)?$",
-)
 
 _DIRECTIVE = re.compile(r"^::: *(\S+)[ \t]*\n((?:[ \t]+.*\n|[ \t]*\n)*)", re.M)
 _INCLUDE = re.compile(r"<!--\s*include-readme\s+(.*?)-->", re.S)
@@ -124,22 +103,6 @@ def _covered(identifier: str, options: dict[str, Any]) -> set[str]:
 
 
 _rendered: set[str] = set()
-
-
-class _DropTemporary(logging.Filter):
-    """Drops the warnings listed in ``TEMPORARY_IGNORED_WARNINGS`` (and nothing else)."""
-
-    patterns = [re.compile(p) for p in TEMPORARY_IGNORED_WARNINGS]
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        return not any(p.match(message) for p in self.patterns)
-
-
-def on_config(config: Any) -> None:
-    for handler in logging.getLogger("mkdocs").handlers:
-        if not any(isinstance(f, _DropTemporary) for f in handler.filters):
-            handler.addFilter(_DropTemporary())
 
 
 def on_pre_build(config: Any) -> None:
@@ -205,11 +168,9 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
 
 def on_post_build(config: Any) -> None:
     names = public_names()
-    missing = sorted(n for n in names if n not in _rendered and n not in TEMPORARY_EXCLUSIONS)
+    missing = sorted(n for n in names if n not in _rendered)
     for name in missing:
         log.warning("reference: the public name %s is on no page of the API reference", name)
     for name, obj in sorted(names.items()):
-        if name in TEMPORARY_EXCLUSIONS:
-            continue
         if (isinstance(obj, type) or callable(obj)) and own_doc(obj) is None:
             log.warning("reference: the public name %s has no docstring (mkdocstrings would leave it out)", name)

@@ -280,7 +280,7 @@ def evolve(
             fitness of the wrong shape.
         TypeError: a population-based algorithm, a non-callable ``fitness_fn``.
 
-    Example:
+    Examples:
         >>> result = merge.evolve("ties", experts, lambda pop: accuracy(nf.vmap_apply(pop, x_val), y_val),
         ...                       base=base, generations=20, generator=torch.Generator().manual_seed(0))
         >>> result.fitness >= result.start_fitness, result.recipe["density"].shape   # [layers, experts]

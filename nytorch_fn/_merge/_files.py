@@ -639,9 +639,11 @@ def merge_files(
             (the message names the first differing tensor).
         ValueError, TypeError: as the particle functions.
 
-    Example:
-        >>> merge.merge_files("dare_ties", ["ft_a", "ft_b"], "merged", base="base", density=0.5,
-        ...                   weight=0.5, generator=torch.Generator().manual_seed(0))
+    Examples:
+        >>> out = merge.merge_files("dare_ties", ["ft_a", "ft_b"], "merged", base="base", density=0.5,
+        ...                         weight=0.5, generator=torch.Generator().manual_seed(0))
+        >>> sorted(f.name for f in out.iterdir())
+        ['model.safetensors']
     """
     where = f"merge_files({method!r})"
     m = M.get(method, where)

@@ -54,7 +54,7 @@ def layer_groups(species: Species) -> Groups:
     Returns:
         A tuple of groups, each a tuple of parameter names.
 
-    Example:
+    Examples:
         >>> merge.layer_groups(nf.particle(nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))).species)
         (('0.weight', '0.bias'), ('2.weight', '2.bias'))
     """
@@ -203,7 +203,7 @@ def merge_grouped(
             parameter values (as the method itself).
         TypeError: a parameter the method lacks, non-tensor coefficients.
 
-    Example:
+    Examples:
         >>> groups = merge.layer_groups(base.species)
         >>> c = torch.full((len(groups), 3), 1 / 3)
         >>> soup = merge.merge_grouped("linear", experts, c, groups=groups)

@@ -29,7 +29,7 @@ def linear(models: Models, *, weight: PerModel = 1.0, normalize: bool = True) ->
     Raises:
         ValueError: ``normalize`` with weights summing to zero.
 
-    Example:
+    Examples:
         >>> soup = merge.linear([ft_a, ft_b, ft_c], weight=[0.5, 0.25, 0.25])
     """
     return merge_particles("linear", models, weight=weight, normalize=normalize)
@@ -53,7 +53,7 @@ def slerp(base: Particle, other: Particle, t: float, *, compat: Compat = None) -
         ValueError: ``t`` outside [0, 1]; more than two models
             (use ``multislerp`` or ``karcher``).
 
-    Example:
+    Examples:
         >>> mid = merge.slerp(p, q, 0.5)
     """
     return merge_particles("slerp", [other], base=base, t=t, compat=compat)
@@ -69,7 +69,7 @@ def multislerp(models: Models, *, weight: PerModel = 1.0, base: Particle | None 
     ``(cos|v| m + sin|v| v/|v|) * sum_i w_i |x_i|``. Two exactly antipodal
     inputs with cancelling weights are lerped; more are refused.
 
-    Example:
+    Examples:
         >>> m = merge.multislerp([a, b, c], weight=[1, 1, 2])
     """
     return merge_particles("multislerp", models, base=base, weight=weight, normalize=normalize, eps=eps)
@@ -85,7 +85,7 @@ def nuslerp(models: Models, *, weight: PerModel = 1.0, base: Particle | None = N
     (``1 - cos^2 <= 1e-16``) are lerped; so are zero vectors (ours; mergekit
     rotates from them by 90 degrees, ``compat="mergekit"``).
 
-    Example:
+    Examples:
         >>> m = merge.nuslerp([a, b], weight=[0.3, 0.7], base=base)
     """
     return merge_particles("nuslerp", models, base=base, weight=weight, row_wise=row_wise, flatten=flatten,
@@ -101,7 +101,7 @@ def karcher(models: Models, *, weight: PerModel = None, max_iter: int = 10, tol:
     ``u <- cos|T| u + sin|T| T/|T|`` (stop when ``|T| < tol``); the result is
     ``u * sum_i a_i |x_i|`` with ``a`` the weights normalised to sum 1 (uniform by default).
 
-    Example:
+    Examples:
         >>> m = merge.karcher([a, b, c])
     """
     return merge_particles("karcher", models, weight=weight, max_iter=max_iter, tol=tol)
@@ -114,7 +114,7 @@ def task_arithmetic(base: Particle, models: Models, *, weight: PerModel = 1.0, l
     ``b + lambda_ * sum_i w_i tau_i`` (divided by ``sum_i w_i`` with
     ``normalize``). A negative weight forgets a task.
 
-    Example:
+    Examples:
         >>> merged = merge.task_arithmetic(base, [ft_math, ft_code], weight=[0.7, 0.5])
     """
     return merge_particles("task_arithmetic", models, base=base, weight=weight, lambda_=lambda_, normalize=normalize)
@@ -139,7 +139,7 @@ def ties(base: Particle, models: Models, *, weight: PerModel = 1.0, density: Per
     entry of a non-empty tensor (as mergekit), so a positive density never
     silently erases a small tensor's task vector (biases, norms).
 
-    Example:
+    Examples:
         >>> merged = merge.ties(base, [ft_a, ft_b, ft_c], density=0.2, weight=[1, 1, 0.5])
     """
     return merge_particles("ties", models, base=base, weight=weight, density=density, lambda_=lambda_,
@@ -164,7 +164,7 @@ def dare_linear(base: Particle, models: Models, *, weight: PerModel = 1.0, densi
     Masks: per tensor, a generator seeded from one draw of ``generator`` and
     the tensor's name; one draw of ``K`` masks in model order.
 
-    Example:
+    Examples:
         >>> merged = merge.dare_linear(base, [a, b], density=0.3, generator=torch.Generator().manual_seed(0))
     """
     return _random("dare_linear", base, models, weight=weight, density=density, lambda_=lambda_,
@@ -179,7 +179,7 @@ def dare_ties(base: Particle, models: Models, *, weight: PerModel = 1.0, density
     As ``dare_linear`` for the sparsification and ``ties`` for the election
     (``normalize`` off by default, as mergekit).
 
-    Example:
+    Examples:
         >>> merged = merge.dare_ties(base, [a, b], density=0.5, generator=torch.Generator().manual_seed(0))
     """
     return _random("dare_ties", base, models, weight=weight, density=density, lambda_=lambda_,
@@ -198,7 +198,7 @@ def breadcrumbs(base: Particle, models: Models, *, weight: PerModel = 1.0, densi
     election). Ours keeps at least one entry; mergekit may keep none
     (``compat="mergekit"``).
 
-    Example:
+    Examples:
         >>> merged = merge.breadcrumbs(base, [a, b], density=0.9, gamma=0.01)
     """
     return merge_particles("breadcrumbs", models, base=base, weight=weight, density=density, gamma=gamma,
@@ -228,7 +228,7 @@ def della(base: Particle, models: Models, *, weight: PerModel = 1.0, density: Pe
     Raises:
         ValueError: ``density - epsilon <= 0`` or ``density + epsilon >= 1`` (density < 1).
 
-    Example:
+    Examples:
         >>> merged = merge.della(base, [a, b], density=0.5, epsilon=0.1, generator=torch.Generator().manual_seed(0))
     """
     return _random("della", base, models, weight=weight, density=density, epsilon=epsilon, lambda_=lambda_,
@@ -250,7 +250,7 @@ def model_stock(base: Particle, models: Models, *, filter_wise: bool = False) ->
     ``filter_wise``) and ``N`` models: ``t = N c / (1 + (N-1) c)`` (0 where the
     denominator vanishes) and the result ``b + t (mean_i x_i - b)``.
 
-    Example:
+    Examples:
         >>> merged = merge.model_stock(base, [ft_1, ft_2, ft_3])
     """
     return merge_particles("model_stock", models, base=base, filter_wise=filter_wise)
@@ -261,7 +261,7 @@ def nearswap(base: Particle, other: Particle, t: float) -> Particle:
 
     Per entry ``w = clamp(t / max(|b - x|, 1e-6), 0, 1)`` and the result ``w x + (1 - w) b``.
 
-    Example:
+    Examples:
         >>> merged = merge.nearswap(base, other, 1e-4)
     """
     return merge_particles("nearswap", [other], base=base, t=t)
@@ -276,7 +276,7 @@ def sce(base: Particle, models: Models, *, select_topk: float = 1.0, compat: Com
     ``sum_i tau_i``. Result ``b + sum_i c_i tau_i [agree] / max(sum_i c_i [agree], 1e-6)``.
     Sign ties as in ``ties``.
 
-    Example:
+    Examples:
         >>> merged = merge.sce(base, [a, b, c], select_topk=0.5)
     """
     return merge_particles("sce", models, base=base, select_topk=select_topk, compat=compat)
@@ -291,7 +291,7 @@ def arcee_fusion(base: Particle, other: Particle) -> Particle:
     exact order statistics at ``floor(q (n-1))`` (mergekit samples a million
     entries of larger tensors at random).
 
-    Example:
+    Examples:
         >>> merged = merge.arcee_fusion(base, other)
     """
     return merge_particles("arcee_fusion", [other], base=base)
@@ -304,7 +304,7 @@ def ram(base: Particle, models: Models, *, epsilon: float = 1e-5) -> Particle:
     changed by one model take its change; entries changed by several take the
     mean of their changes; the others keep the base.
 
-    Example:
+    Examples:
         >>> merged = merge.ram(base, [agent_a, agent_b])
     """
     return merge_particles("ram", models, base=base, epsilon=epsilon)
@@ -317,7 +317,7 @@ def ramplus_tl(base: Particle, models: Models, *, r: float = 0.1, alpha: float =
     ``rho_i`` is, within the tensor, the number of model ``i``'s shared changed
     entries over its unique ones (arXiv:2601.13572).
 
-    Example:
+    Examples:
         >>> merged = merge.ramplus_tl(base, [agent_a, agent_b], r=0.1)
     """
     return merge_particles("ramplus_tl", models, base=base, r=r, alpha=alpha, epsilon=epsilon)

@@ -466,8 +466,10 @@ def run_config(
         CheckpointError: a model path that does not exist, a missing shard,
             models of different architectures (the first differing tensor is named).
 
-    Example:
-        >>> merge.run_config("ties.yml", "merged", generator=torch.Generator().manual_seed(0))
+    Examples:
+        >>> out = merge.run_config("ties.yml", "merged", generator=torch.Generator().manual_seed(0))
+        >>> sorted(f.name for f in out.iterdir())
+        ['mergekit_config.yml', 'model.safetensors']
     """
     where = "merge config" if isinstance(config, Mapping) else f"merge config {str(config)!r}"
     cfg, folder, text = load(config)

@@ -32,7 +32,7 @@ Methods (mergekit's names): ``linear`` (alias ``weighted_average``),
   evaluated together; ``python -m nytorch_fn.merge.evolve_demo`` runs it on
   digits experts.
 
-Example:
+Examples:
     >>> from nytorch_fn import merge
     >>> soup = merge.linear([ft_a, ft_b, ft_c])
     >>> mid = merge.slerp(ft_a, ft_b, 0.5)
