@@ -101,10 +101,6 @@ EXAMPLE_MODULES = tuple(
 #: Modules without docstring examples of their own (private helpers, entry points).
 NO_EXAMPLES_EXPECTED = frozenset({"nytorch_fn.checkpoint", "nytorch_fn.optim"})
 
-#: TEMPORARY (issue 16, phase 1): pages whose Python blocks are not doctests
-#: (``docs/distributed.md`` shows a torchrun script; it is included unchanged).
-PAGES_NOT_DOCTESTED = frozenset({"distributed.md"})
-
 LEGACY_MODULES = ("base", "kernel", "module", "mtype", "particle_module", "particle_updater", "utils", "version_updater")
 
 _SECTION = re.compile(r"^(\w[\w ]*):\s*$")
@@ -163,8 +159,6 @@ def test_page_code_is_doctest() -> None:
     offenders = []
     for page in sorted(DOCS.rglob("*.md")):
         rel = page.relative_to(DOCS).as_posix()
-        if rel in PAGES_NOT_DOCTESTED:
-            continue
         for block in re.findall(r"^```python[^\n]*\n(.*?)^```", page.read_text(encoding="utf-8"), re.M | re.S):
             if not block.lstrip().startswith(">>>"):
                 offenders.append(f"{rel}: {block.strip().splitlines()[0]!r}")
