@@ -209,9 +209,10 @@ def cma_update(
     """One generation of CMA-ES (Hansen's tutorial, eqs. 39-47).
 
     Args:
-        X: ``[N, P]`` float64, ALL evaluated members (a sharded run gathers
-            them, so every process computes the same bits).
-        w: ``[N]`` float64, their recombination weights (``member_weights``).
+        X: ``[N, P]`` in the state's dtype, ALL evaluated members (a sharded
+            run gathers them, so every process computes the same bits).
+        w: ``[N]`` float64, their recombination weights (``member_weights``;
+            cast to ``X``'s dtype).
         B, D: the eigendecomposition the members were sampled with (``C = B diag(D^2) B^T``).
         donate: write the new covariance into ``C``'s buffer.
 
@@ -221,6 +222,7 @@ def cma_update(
     """
     n = rates.n
     Y = (X - m) / sigma
+    w = w.to(Y.dtype)  # the state's dtype (a no-op for the float64 default)
     wpos = torch.clamp(w, min=0.0)
     y_w = wpos @ Y
     # C^{-1/2} y_w = B diag(1/D) B^T y_w
@@ -591,12 +593,13 @@ class CMAESState(NamedTuple):
     """The search distribution of ``CMAES`` after ``generation`` updates (a pytree).
 
     ``P`` is the number of searched values (``ravel_size``). Every tensor is
-    float64, whatever the parameters' dtypes.
+    in the algorithm's ``dtype`` (float64 by default), whatever the parameters'
+    dtypes; ``sigma`` is 0-d float64.
 
     Attributes:
         best, best_fitness, generation, asked: the protocol's common fields.
         mean: the centre as a single particle (each parameter's dtype): the answer.
-        m: the centre as the ``[P]`` float64 vector the algorithm updates
+        m: the centre as the ``[P]`` vector the algorithm updates
             (``mean`` is it rounded to the parameters' dtypes).
         sigma: the step size, 0-d.
         C: ``[P, P]`` covariance matrix.
@@ -647,6 +650,11 @@ class CMAES(Algorithm):
         active: negative weights for the worse members (active CMA; default True).
         eigen_interval: generations between eigendecompositions (default
             ``max(1, floor(1 / (10 P (c_1 + c_mu))))``, pycma's lazy gap).
+        dtype: the dtype of the state (``m``, ``C``, ``B``, ``D``, the paths),
+            the sampling and the update: ``torch.float64`` (default) or
+            ``torch.float32``, which halves the memory and about halves the
+            time of the eigendecomposition and the ``O(N P**2)`` products (the
+            peers' precision; other values than float64, so another run).
         maximize: higher fitness is better (default) or lower (losses).
 
     Raises:
@@ -666,6 +674,7 @@ class CMAES(Algorithm):
     mu: int | None = attrs.field(default=None, validator=_v_mu)
     active: bool = attrs.field(default=True, validator=v_flag)
     eigen_interval: int | None = attrs.field(default=None, validator=_v_optional_int)
+    dtype: torch.dtype = attrs.field(default=torch.float64, validator=_v_dtype)
     maximize: bool = maximize_field()
 
     State = CMAESState
@@ -680,30 +689,30 @@ class CMAES(Algorithm):
             raise ValueError(f"{type(self).__name__}: population_size expects >= 2, got {n}")
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
-        m = _searched(x, f"{type(self).__name__}.init")
+        m = _searched(x, f"{type(self).__name__}.init").to(self.dtype)
         d = m.numel()
-        eye = torch.eye(d, dtype=torch.float64, device=m.device)
+        eye = torch.eye(d, dtype=m.dtype, device=m.device)
         return {
             "mean": _centre(m, x),
             "m": m,
             "sigma": torch.tensor(float(self.sigma), dtype=torch.float64, device=m.device),
             "C": eye,
             "B": eye.clone(),
-            "D": torch.ones(d, dtype=torch.float64, device=m.device),
-            "p_sigma": torch.zeros(d, dtype=torch.float64, device=m.device),
-            "p_c": torch.zeros(d, dtype=torch.float64, device=m.device),
+            "D": torch.ones(d, dtype=m.dtype, device=m.device),
+            "p_sigma": torch.zeros(d, dtype=m.dtype, device=m.device),
+            "p_c": torch.zeros(d, dtype=m.dtype, device=m.device),
             "eigen_generation": 0,
         }
 
     def _ask(self, state: CMAESState, *, generator: Any, coll: Any, donate: bool) -> tuple[Particle, dict]:
         # every process samples all N (the O(N P^2) product is replicated, as the update is)
-        z = _every_member_noise(coll, state.m, draw_seed(generator))  # [N, P] float64
-        x = cma_sample(state.m, state.sigma, state.B, state.D, z)
+        z = _every_member_noise(coll, state.m, draw_seed(generator))  # [N, P] in the state's dtype
+        x = cma_sample(state.m, state.sigma.to(state.m.dtype), state.B, state.D, z)
         return unravel(coll.block(x), state.mean), {}
 
     def _tell(self, state: CMAESState, population: Particle, score: torch.Tensor, *, generator: Any, coll: Any,
               donate: bool) -> dict:
-        X = coll.gather(ravel(population).detach().to(torch.float64))  # [N, P], every process alike
+        X = coll.gather(ravel(population).detach().to(state.m.dtype))  # [N, P], every process alike
         rates = self.rates_for(X.shape[1])
         w = member_weights(rates, score.to(X.device))
         u = cma_update(rates, state.m, state.sigma, state.C, state.B, state.D, state.p_sigma, state.p_c,

@@ -545,3 +545,24 @@ def test_tiny_dimensions(cls, d):
     algo = cls(population_size=cma_population_size(d), sigma=0.3, maximize=False)
     used, state = evaluations_to(algo, flat([1.0] * d), sphere, 1e-8, 3_000, seed=0)
     assert used is not None, float(state.best_fitness)
+
+
+def test_cmaes_float32_option_keeps_its_state_in_float32_and_converges():
+    from torch import nn
+
+    import nytorch_fn as nf
+    from nytorch_fn.algorithms import CMAES
+
+    p = nf.particle(nn.Linear(5, 2))
+
+    def loss(pop):
+        return sum(((t.double() - 0.3) ** 2).flatten(1).sum(1) for t in pop.tensors)
+
+    a = CMAES(population_size=12, sigma=0.5, dtype=torch.float32, maximize=False)
+    s = a.init(p, generator=torch.Generator().manual_seed(0))
+    s, _ = a.run(s, loss, 150, generator=torch.Generator().manual_seed(0))
+    assert {s.m.dtype, s.C.dtype, s.B.dtype, s.D.dtype, s.p_sigma.dtype, s.p_c.dtype} == {torch.float32}
+    assert s.sigma.dtype == torch.float64
+    assert float(s.best_fitness) < 1e-6
+    with pytest.raises((TypeError, ValueError), match="dtype"):
+        CMAES(population_size=12, sigma=0.5, dtype=torch.int64)
