@@ -203,6 +203,7 @@ def fill_noise(
     if negate_first:
         for b in bufs:
             b[0].neg_()
+    assert pairs is not None  # antithetic
     lo, hi = pairs
     if hi > lo:
         for b in bufs:
@@ -389,7 +390,7 @@ def _quantized_weighted(x: torch.Tensor, qw: torch.Tensor, xscale: float) -> tor
         b = buf[:, :c] if c == buf.shape[1] else torch.empty(n, c, dtype=torch.float64, device=x.device)
         torch.mul(x[:, a:a + c], xscale, out=b)
         b.round_()
-        if full:
+        if qw_chunks is not None:  # full > 0
             part = torch.bmm(qw_chunks, b[:full].view(-1, _CHUNK, c)).view(-1, c)
             acc = part.to(torch.int64).sum(0)
         else:
@@ -552,7 +553,8 @@ class Collective:
             stats = self._all_max(stats)
             mw = float(stats[-1])
             kx, kw = _fixed_bits(self.n)
-            ints, plan = [], []
+            ints: list[torch.Tensor] = []
+            plan: list[float | str | None] = []  # the scale of each total; None: zero; "nan": non-finite
             for f, mx in zip(flats, stats[:-1].tolist()):
                 if not (math.isfinite(mx) and math.isfinite(mw)) or mx == 0.0 or mw == 0.0:
                     ints.append(torch.zeros(f.shape[1], dtype=torch.int64, device=f.device))
@@ -570,6 +572,7 @@ class Collective:
                 elif scale is None:
                     sums.append(torch.zeros(f.shape[1], dtype=f.dtype, device=f.device))
                 else:
+                    assert isinstance(scale, float)
                     sums.append((total.to(torch.float64) * scale).to(f.dtype))
         results = [s.reshape(t.shape[1:]) for s, t in zip(sums, xs)]
         if like is None:

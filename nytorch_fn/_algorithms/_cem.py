@@ -121,6 +121,7 @@ class CEM(Algorithm):
         w[order[:k]] = 1.0 / k
         w_local = coll.block(w)
         z = state.noise
+        assert z is not None  # tell follows an ask
         zbar = coll.weighted_sum(z, w_local, exact=self.exact)
         z2 = square(z, donate)  # kept as the state's noise buffer (the same values donated or not)
         z2bar = coll.weighted_sum(z2, w_local, exact=self.exact)

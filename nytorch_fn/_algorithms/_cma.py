@@ -150,7 +150,7 @@ def eigen_interval(rates: Rates) -> int:
     return max(1, int(1.0 / (10.0 * rates.n * (rates.c_1 + rates.c_mu) + 1e-300)))
 
 
-def member_weights(rates: Rates, score: torch.Tensor) -> torch.Tensor:
+def member_weights(rates: Rates | LMRates, score: torch.Tensor) -> torch.Tensor:
     """``[N]`` float64: each member's recombination weight by its rank in ``score`` (higher is
     better; ties by position, so the order is the same on every rank of a sharded run)."""
     order = torch.sort(score, descending=True, stable=True).indices
@@ -731,7 +731,7 @@ class CMAES(Algorithm):
         return Example(cls(population_size=8, sigma=0.5), exact=True)
 
 
-_RATES_CACHE: dict[tuple, Rates] = {}
+_RATES_CACHE: dict[tuple, Any] = {}  # Rates (CMA-ES, SepCMAES) or LMRates (LMMAES), by key
 
 
 def _rates(d: int, lam: int, mu: int | None, active: bool, separable: bool) -> Rates:

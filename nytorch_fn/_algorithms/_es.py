@@ -160,7 +160,7 @@ class OpenAIES(Algorithm):
         ms = operational(mean)
         old = state.population
         reuse = donate and old is not None and old.population_size == coll.local_n
-        if reuse:
+        if reuse and old is not None:
             outs = operational(old)
             results = [torch.add(m, e, alpha=sigma, out=o) for m, e, o in zip(ms, eps, outs)]
         else:
@@ -172,6 +172,7 @@ class OpenAIES(Algorithm):
     def _tell(self, state: ESState, population: Particle, score: torch.Tensor, *, generator: Any,
               coll: Any, donate: bool) -> dict:
         n, sigma = coll.n, state.sigma
+        assert state.noise is not None  # tell follows an ask
         w = shape_scores(self.shaping, score, "OpenAIES.tell")
         total = coll.weighted_sum(state.noise, coll.block(w), exact=self.exact, like=state.mean)
         grads = total * (-1.0 / (n * sigma))  # the descent direction for the optimiser: -g

@@ -187,19 +187,23 @@ class GeneticAlgorithm(Algorithm):
             elif self.crossover == "uniform":
                 tb = b.tensors[i]
                 if element:
+                    assert z_x is not None
                     take_b = torch.lt(z_x.tensors[i], 0, out=mask(f"ga.take{k}", ta))  # z_x < 0
                     take_b.bitwise_and_(act)  # take_b & act
                 else:
+                    assert pieces is not None
                     take_b = member_view((pieces[cidx, k] < 0.5).to(dev), ta).bool() & act
                 torch.where(take_b, tb, ta, out=ta)  # where(take_b & act, tb, ta)
             elif self.crossover == "blend":
                 tb = b.tensors[i]
                 lo, width = -self.blend_alpha, 1 + 2 * self.blend_alpha
                 if element:
+                    assert z_x is not None
                     u = _ndtr_(z_x.tensors[i]).mul_(width).add_(lo)  # ndtr(z_x) * width + lo
                     torch.mul(u, tb.sub_(ta), out=u)  # u * (tb - ta)
                     step = torch.add(ta, u, out=u)  # ta + u * (tb - ta)
                 else:
+                    assert pieces is not None
                     u = member_view((pieces[cidx, k] * width + lo).to(dev), ta)
                     step = torch.add(ta, torch.mul(u, tb.sub_(ta), out=tb), out=tb)
                 torch.where(act, step, ta, out=ta)  # where(act, ta + u * (tb - ta), ta)

@@ -178,4 +178,4 @@ class Hybrid(Algorithm):
 
 def _example_loss(p: Particle) -> torch.Tensor:
     """``sum (w - 0.5)^2`` over the operational floating parameters of one member (the protocol tests)."""
-    return sum(((t.double() - 0.5) ** 2).sum() for t in operational(p))
+    return torch.stack([((t.double() - 0.5) ** 2).sum() for t in operational(p)]).sum()

@@ -253,6 +253,7 @@ class SNES(Algorithm):
         u = shape_scores(self.shaping, score, where)
         u_local = coll.block(u)
         z = state.noise
+        assert z is not None  # tell follows an ask
         g_mean = coll.weighted_sum(z, u_local, exact=self.exact)  # sum_i u_i z_i
         z2 = square(z, donate)  # kept as the state's noise buffer (the same values donated or not)
         g_sq = coll.weighted_sum(z2, u_local, exact=self.exact)  # sum_i u_i z_i^2

@@ -51,7 +51,7 @@ import torch
 from .._checks import check_int
 from .._fitness import directions
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed
+from ._base import Algorithm, Example, draw_seed, scratch_tensor, workspace
 from ._de import at_least, bounds_field, check_bounds_species, handling_field, member_mask, own_population, uniform
 from ._common import v_nonneg, v_positive, v_unit
 from ._space import enforce_bounds
@@ -318,64 +318,103 @@ class NSGA2(Algorithm):
         parents = torch.where(a_wins, a, b)  # [n, 2]
         crossed = torch.rand(n, generator=generator, dtype=torch.float64, device=gdev).to(device) < self.crossover_prob
         local = coll.block(parents)
-        p1, p2 = coll.take(pop, local[:, 0]), coll.take(pop, local[:, 1])
+        ws = workspace(donate)  # inside run: parents, children and every temporary reuse the loop's buffers
+        p1 = coll.take(pop, local[:, 0], out=ws.pop("nsga2.children", None) if ws is not None else None)
+        p2 = coll.take(pop, local[:, 1], out=ws.get("nsga2.partners") if ws is not None else None)
+        if ws is not None:
+            ws["nsga2.partners"] = p2
         template = pop[0]
         x1, x2 = operational(p1), operational(p2)
-        children = self._sbx(x1, x2, coll.block(crossed), template, generator, coll)
-        self._mutate(children, template, generator, coll)
+        children = self._sbx(x1, x2, coll.block(crossed), template, generator, coll, ws)
+        self._mutate(children, x2, template, generator, coll, ws)
         sp = pop.species
         out = build(sp, assemble(sp, p1.tensors, children, None))
         return enforce_bounds(out, self.bounds, self.bound_handling, donate=True), {}
 
-    def _sbx(self, x1: list, x2: list, crossed: torch.Tensor, template: Particle, generator: Any, coll: Any) -> list:
-        """One SBX child per row (module docstring), in the buffers of ``x1``."""
+    @staticmethod
+    def _noise(coll: Any, template: Particle, seed: int, ws: dict | None, key: str) -> list[torch.Tensor]:
+        z = coll.noise(template, seed, out=ws.get(key) if ws is not None else None)
+        if ws is not None:
+            ws[key] = z
+        return operational(z)
+
+    def _sbx(self, x1: list, x2: list, crossed: torch.Tensor, template: Particle, generator: Any, coll: Any,
+             ws: dict | None = None) -> list:
+        """One SBX child per row (module docstring), in the buffers of ``x1`` (``x2``, the noise
+        and the scratch tensors are overwritten; every step is the kernel of the plain
+        expression in the comment beside it, in place, so the bits are those of fresh tensors)."""
         eta = self.crossover_eta
-        u = [uniform(t) for t in operational(coll.noise(template, draw_seed(generator)))]
-        pick = operational(coll.noise(template, draw_seed(generator)))  # sign and per-value choice
+        u = [uniform(t) for t in self._noise(coll, template, draw_seed(generator), ws, "nsga2.noise1")]
+        pick = self._noise(coll, template, draw_seed(generator), ws, "nsga2.noise2")  # sign and per-value choice
         out = []
-        for a, b, uu, z, rows in zip(x1, x2, u, pick, member_mask(crossed, x1)):
+        for k, (a, b, uu, z, rows) in enumerate(zip(x1, x2, u, pick, member_mask(crossed, x1))):
+            t1 = scratch_tensor(ws, f"nsga2.t1.{k}", a.shape, a.dtype, a.device)
+            t2 = scratch_tensor(ws, f"nsga2.t2.{k}", a.shape, a.dtype, a.device)
+            m1 = scratch_tensor(ws, f"nsga2.m1.{k}", a.shape, torch.bool, a.device)
             # beta = (2u)^(1/(eta+1)) for u <= 1/2, (2 (1 - u))^(-1/(eta+1)) otherwise
-            low = uu <= 0.5
-            beta = torch.where(low, (2 * uu).pow(1.0 / (eta + 1)), (2 * (1 - uu)).pow(-1.0 / (eta + 1)))
-            sign = torch.where(z.abs() < 0.6744897501960817, 1.0, -1.0).to(a.dtype)  # P(|z| < q_.75) = 1/2
-            beta.mul_(sign)
-            child = torch.add(a, b).mul_(0.5).addcmul_(beta, a - b, value=0.5)
-            take = (z > 0) & rows  # each value crossed with probability 1/2, crossed children only
+            low = torch.le(uu, 0.5, out=m1)  # uu <= 0.5
+            torch.mul(uu, 2, out=t1).pow_(1.0 / (eta + 1))  # (2 * uu).pow(1 / (eta + 1))
+            uu.neg_().add_(1.0).mul_(2).pow_(-1.0 / (eta + 1))  # (2 * (1 - uu)).pow(-1 / (eta + 1))
+            beta = torch.where(low, t1, uu, out=t1)
+            # sign = where(|z| < q_.75, 1, -1): P(|z| < q_.75) = 1/2
+            near = torch.lt(torch.abs(z, out=uu), 0.6744897501960817, out=m1)
+            one = torch.ones((), dtype=a.dtype, device=a.device)
+            beta.mul_(torch.where(near, one, -one, out=uu))  # beta * sign
+            child = torch.add(a, b, out=t2).mul_(0.5)  # (a + b) * 0.5
+            child.addcmul_(beta, torch.sub(a, b, out=uu), value=0.5)  # + 0.5 * beta * (a - b)
+            take = torch.gt(z, 0, out=m1).bitwise_and_(rows)  # (z > 0) & rows: each value crossed w.p. 1/2
             out.append(torch.where(take, child, a, out=a))
         return out
 
-    def _mutate(self, xs: list, template: Particle, generator: Any, coll: Any) -> None:
+    def _mutate(self, xs: list, spare: list, template: Particle, generator: Any, coll: Any,
+                ws: dict | None = None) -> None:
+        """Mutation of the children ``xs`` in place; ``spare``: per tensor a buffer of its shape
+        this call may overwrite (the second parents), used with the scratch tensors."""
         lay = template.species.layout()
         d = sum(lay.numel[i] for i in lay.op)
         p = self.mutation_prob if self.mutation_prob is not None else 1.0 / d
         if p <= 0.0:
             return
         threshold = float(torch.special.ndtri(torch.tensor(p, dtype=torch.float64)))
-        site = [t < threshold for t in operational(coll.noise(template, draw_seed(generator)))]
-        z = operational(coll.noise(template, draw_seed(generator)))
+        site = [torch.lt(t, threshold, out=scratch_tensor(ws, f"nsga2.site.{k}", t.shape, torch.bool, t.device))
+                for k, t in enumerate(self._noise(coll, template, draw_seed(generator), ws, "nsga2.noise1"))]
+        z = self._noise(coll, template, draw_seed(generator), ws, "nsga2.noise2")
         if self.mutation_kind == "gaussian":
             for x, s, zz in zip(xs, site, z):
-                x.add_(torch.where(s, zz, torch.zeros_like(zz)), alpha=self.mutation_sigma)
+                zero = torch.zeros((), dtype=zz.dtype, device=zz.device)
+                x.add_(torch.where(s, zz, zero, out=zz), alpha=self.mutation_sigma)  # where(s, zz, 0)
             return
         low, high = self.bounds
         lay = template.species.layout()
         eta = self.mutation_eta
-        for i, x, s, zz in zip(lay.op, xs, site, z):
+        for k, (i, x, s, zz, w) in enumerate(zip(lay.op, xs, site, z, spare)):
             lo = low.tensors[i].to(x.dtype) if isinstance(low, Particle) else low
             hi = high.tensors[i].to(x.dtype) if isinstance(high, Particle) else high
+            y = scratch_tensor(ws, f"nsga2.t1.{k}", x.shape, x.dtype, x.device)
+            d1 = scratch_tensor(ws, f"nsga2.t2.{k}", x.shape, x.dtype, x.device)
+            d2 = operational(ws["nsga2.noise1"])[k] if ws is not None else torch.empty_like(x)
+            left = scratch_tensor(ws, f"nsga2.m1.{k}", x.shape, torch.bool, x.device)
             mu = uniform(zz)
             span = hi - lo
-            y = torch.clamp(x, lo, hi) if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor) else x.clamp(lo, hi)
-            d1 = (y - lo) / span
-            d2 = (hi - y) / span
+            if isinstance(lo, torch.Tensor) or isinstance(hi, torch.Tensor):
+                torch.clamp(x, lo, hi, out=y)
+            else:
+                torch.clamp(x, lo, hi, out=y)  # x.clamp(lo, hi)
+            hi_t = torch.as_tensor(hi, dtype=x.dtype, device=x.device)
+            torch.sub(y, lo, out=d1).div_(span)  # d1 = (y - lo) / span
+            torch.sub(hi_t, y, out=d2).div_(span)  # d2 = (hi - y) / span
             e = 1.0 / (eta + 1)
-            left = mu <= 0.5
+            torch.le(mu, 0.5, out=left)  # mu <= 0.5
             # deltaq = (2 mu + (1 - 2 mu)(1 - d1)^(eta+1))^(1/(eta+1)) - 1              (mu <= 1/2)
             #          1 - (2 (1 - mu) + 2 (mu - 1/2)(1 - d2)^(eta+1))^(1/(eta+1))      (mu > 1/2)
-            q_low = (2 * mu + (1 - 2 * mu) * (1 - d1).pow(eta + 1)).pow(e) - 1
-            q_high = 1 - (2 * (1 - mu) + 2 * (mu - 0.5) * (1 - d2).pow(eta + 1)).pow(e)
-            step = (torch.where(left, q_low, q_high) * span).nan_to_num_(nan=0.0)  # a zero-width box: no move
-            torch.where(s, y + step, x, out=x)
+            d1.neg_().add_(1.0).pow_(eta + 1)  # (1 - d1).pow(eta + 1)
+            torch.mul(mu, 2, out=w).neg_().add_(1.0).mul_(d1)  # (1 - 2 * mu) * (1 - d1)^(eta+1)
+            q_low = torch.mul(mu, 2, out=d1).add_(w).pow_(e).sub_(1.0)  # (2 * mu + ...).pow(e) - 1
+            d2.neg_().add_(1.0).pow_(eta + 1)  # (1 - d2).pow(eta + 1)
+            torch.sub(mu, 0.5, out=w).mul_(2).mul_(d2)  # 2 * (mu - 0.5) * (1 - d2)^(eta+1)
+            q_high = mu.neg_().add_(1.0).mul_(2).add_(w).pow_(e).neg_().add_(1.0)  # 1 - (2 * (1 - mu) + ...).pow(e)
+            step = torch.where(left, q_low, q_high, out=d1).mul_(span).nan_to_num_(nan=0.0)  # zero-width box: no move
+            torch.where(s, torch.add(y, step, out=step), x, out=x)  # where(s, y + step, x)
 
     # -- selection -------------------------------------------------------------------
 
@@ -393,10 +432,24 @@ class NSGA2(Algorithm):
         mine = coll.block(keep)
         from_parents = mine[mine < n]
         from_children = mine[mine >= n] - n
-        a = coll.take(state.population, from_parents)
-        b = coll.take(population, from_children)
         sp = state.population.species
-        joined = [torch.cat([x, y]) for x, y in zip(operational(a), operational(b))]
+        ws = workspace(donate)
+        into = ws.pop("nsga2.next", None) if ws is not None else None
+        k = from_parents.shape[0]
+        if isinstance(into, Particle) and into.population_size == k + from_children.shape[0]:
+            # the survivors taken straight into the rows of the loop's buffer (the same values as the cat)
+            a = coll.take(state.population, from_parents, out=into[:k])
+            b = coll.take(population, from_children, out=into[k:])
+            pairs = list(zip(operational(a), operational(b), operational(into)))
+            joined = [o if x.data_ptr() == o.data_ptr() and y.data_ptr() == o[k:].data_ptr() else torch.cat([x, y])
+                      for x, y, o in pairs]
+        else:
+            a = coll.take(state.population, from_parents)
+            b = coll.take(population, from_children)
+            joined = [torch.cat([x, y]) for x, y in zip(operational(a), operational(b))]
+        if ws is not None:  # donated, and now copied from: the next survivors' and children's buffers
+            ws["nsga2.next"] = state.population
+            ws["nsga2.children"] = population
         return {
             # non-operational parameters: the parents' (the same rows, as their config says)
             "population": build(sp, assemble(sp, state.population.tensors, joined, None)),

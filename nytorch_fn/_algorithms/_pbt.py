@@ -208,7 +208,7 @@ class PBT(Algorithm):
 
 
 def _example_loss(p: Particle) -> torch.Tensor:
-    return sum(((t.double() - 0.5) ** 2).sum() for t in operational(p))
+    return torch.stack([((t.double() - 0.5) ** 2).sum() for t in operational(p)]).sum()
 
 
 def _example_train(pop: Particle, hp: dict, generator: Any) -> Particle:

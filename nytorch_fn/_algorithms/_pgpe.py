@@ -145,6 +145,7 @@ class PGPE(Algorithm):
         u = shape_scores(self.shaping, score, where)
         centred = u - u.mean()
         z = state.noise
+        assert z is not None  # tell follows an ask
         g_z = coll.weighted_sum(z, coll.block(u), exact=self.exact)  # sum_i u_i z_i
         z2 = square(z, donate)  # kept as the state's noise buffer (the same values donated or not)
         g_sq = coll.weighted_sum(z2, coll.block(centred), exact=self.exact)  # sum_i (u_i - b) z_i^2

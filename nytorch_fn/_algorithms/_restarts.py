@@ -386,7 +386,7 @@ class BIPOP(IPOP):
         >>> state, history = bipop.run(bipop.init(x0), rastrigin, 3000, generator=g)
     """
 
-    State = BIPOPState
+    State = BIPOPState  # type: ignore[assignment]  # a State of its own, with BIPOP's extra fields
 
     def _extra_init(self) -> dict:
         return {"large_restarts": 0, "large_evaluations": 0, "small_evaluations": 0, "last_large": 0,

@@ -333,7 +333,9 @@ def uniform_population(
     n = check_size(n, "uniform_population")
     check_generator(generator, "uniform_population")
     require_floating(template.species, "uniform_population")
-    low, high = check_bounds((low, high), "uniform_population", template)
+    checked = check_bounds((low, high), "uniform_population", template)
+    assert checked is not None  # a pair in, a pair out
+    low, high = checked
     sp = template.species
     lay = sp.layout()
     leaves = template.tensors

@@ -31,6 +31,10 @@ def fitness(pop: nf.Particle) -> torch.Tensor:
     return -sum(((t.double() - 0.3) ** 2).flatten(1).sum(1) for t in pop.tensors)
 
 
+def two_objectives(pop: nf.Particle) -> torch.Tensor:
+    return torch.stack([fitness(pop), -sum(((t.double() + 0.2) ** 2).flatten(1).sum(1) for t in pop.tensors)], 1)
+
+
 CASES = {
     "DE reflect CR=0.6": alg.DE(bounds=(-1.0, 1.0), bound_handling="reflect", crossover_rate=0.6),
     "DE rand/1 CR=1": alg.DE(crossover_rate=1.0),
@@ -45,6 +49,9 @@ CASES = {
     "SepCMAES float32 exact": alg.SepCMAES(population_size=10, sigma=0.3, dtype=torch.float32, exact=True),
     "LMMAES float64 over float32": alg.LMMAES(population_size=10, sigma=0.3),
     "LMMAES exact": alg.LMMAES(population_size=10, sigma=0.3, exact=True),
+    "NSGA2 polynomial": alg.NSGA2(bounds=(-1.0, 1.0), mutation="polynomial", mutation_prob=0.4),
+    "NSGA2 gaussian, reflect": alg.NSGA2(bounds=(-1.0, 1.0), bound_handling="reflect", mutation="gaussian",
+                                         mutation_prob=0.3, crossover_prob=0.6),
     "Hybrid": alg.Hybrid(loss=lambda p: sum(((t.double() - 0.5) ** 2).sum() for t in p.tensors), every=2, subset=4),
 }
 
@@ -65,11 +72,12 @@ def test_run_with_its_workspace_equals_plain_steps(name):
     algo = CASES[name]
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
     x = _start(algo)
-    ran, _ = algo.run(algo.init(x, generator=g1), fitness, 8, generator=g1)
+    f = two_objectives if algo.multi_objective else fitness
+    ran, _ = algo.run(algo.init(x, generator=g1), f, 8, generator=g1)
     stepped = algo.init(x, generator=g2)
     for _ in range(8):
-        stepped, _ = algo.step(stepped, fitness, generator=g2)
-    for field in ("best", "population", "mean", "m", "c", "sigma"):
+        stepped, _ = algo.step(stepped, f, generator=g2)
+    for field in ("best", "population", "mean", "m", "c", "sigma", "score"):
         if field not in type(ran)._fields:
             continue
         a, b = getattr(ran, field), getattr(stepped, field)
