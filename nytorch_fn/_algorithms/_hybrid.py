@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, cast
 
 import attrs
 import torch
@@ -178,4 +178,4 @@ class Hybrid(Algorithm):
 
 def _example_loss(p: Particle) -> torch.Tensor:
     """``sum (w - 0.5)^2`` over the operational floating parameters of one member (the protocol tests)."""
-    return torch.stack([((t.double() - 0.5) ** 2).sum() for t in operational(p)]).sum()
+    return cast(torch.Tensor, sum(((t.double() - 0.5) ** 2).sum() for t in operational(p)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable, Mapping, NamedTuple, cast
 
 import attrs
 import torch
@@ -208,7 +208,7 @@ class PBT(Algorithm):
 
 
 def _example_loss(p: Particle) -> torch.Tensor:
-    return torch.stack([((t.double() - 0.5) ** 2).sum() for t in operational(p)]).sum()
+    return cast(torch.Tensor, sum(((t.double() - 0.5) ** 2).sum() for t in operational(p)))
 
 
 def _example_train(pop: Particle, hp: dict, generator: Any) -> Particle:
