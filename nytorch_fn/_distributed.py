@@ -97,7 +97,14 @@ class World:
     device: torch.device = torch.device("cpu")
 
     def global_rank(self, rank: int) -> int:
-        """The global rank of ``rank`` in this group (what collectives' ``src``/``dst`` take)."""
+        """The global rank of ``rank`` in this group (what collectives' ``src``/``dst`` take).
+
+        Args:
+            rank: a rank of this group.
+
+        Returns:
+            Its rank in the default (global) group.
+        """
         if self.group is None:
             return rank
         return dist.get_global_rank(self.group, rank)
@@ -107,7 +114,11 @@ _timeouts: dict[Any, float] = {}
 
 
 def is_initialized() -> bool:
-    """True when ``torch.distributed`` is available and a default process group exists."""
+    """True when ``torch.distributed`` is available and a default process group exists.
+
+    Returns:
+        Whether collectives can run now.
+    """
     return dist.is_available() and dist.is_initialized()
 
 
@@ -117,6 +128,9 @@ def launched() -> bool:
     Reads ``WORLD_SIZE`` (and ``RANK``) from the environment; starts nothing.
     A program can branch on it to run sharded under ``torchrun`` and as
     usual otherwise.
+
+    Returns:
+        Whether ``RANK`` is set and ``WORLD_SIZE`` > 1.
     """
     import os
 
@@ -128,6 +142,12 @@ def launched() -> bool:
 
 def world(group: Any = None) -> World:
     """This process's ``World`` in ``group`` (None: the default group).
+
+    Args:
+        group: the process group (None: the default group).
+
+    Returns:
+        The ``World`` (rank, size, group, device).
 
     Raises:
         NotInitializedError: no process group was initialised (call ``init()``
@@ -224,18 +244,25 @@ class CommLog:
 
     @property
     def payload(self) -> int:
+        """Bytes this rank handed in, over every recorded collective."""
         return sum(r.payload for r in self.records)
 
     @property
     def wire(self) -> float:
+        """Bytes this rank transmits, over every recorded collective (see ``Record.wire``)."""
         return sum(r.wire for r in self.records)
 
     @property
     def calls(self) -> int:
+        """The number of recorded collectives."""
         return len(self.records)
 
     def by_op(self) -> dict[str, tuple[int, float]]:
-        """op -> (calls, wire bytes)."""
+        """Calls and wire bytes per collective.
+
+        Returns:
+            A dict from each collective's name to ``(calls, wire bytes)``.
+        """
         out: dict[str, tuple[int, float]] = {}
         for r in self.records:
             c, w = out.get(r.op, (0, 0.0))
@@ -249,6 +276,9 @@ _logs: list[CommLog] = []
 @contextlib.contextmanager
 def count_bytes() -> Iterator[CommLog]:
     """Record every collective this module issues inside the block.
+
+    Returns:
+        A context manager giving the ``CommLog`` that fills while the block runs.
 
     Examples:
         >>> sh = shard(nf.random_population(nf.particle(nn.Linear(4, 2)), 8, generator=torch.Generator().manual_seed(0)))
@@ -310,6 +340,10 @@ def check_alive(*, timeout: float = 30.0, group: Any = None) -> None:
     """A barrier that names the ranks that did not arrive within ``timeout`` seconds.
 
     Gloo only (``monitored_barrier``); with another backend a plain barrier.
+
+    Args:
+        timeout: seconds to wait for every rank, > 0.
+        group: the process group (None: the default group).
 
     Raises:
         DistributedError: a rank died or did not reach the barrier in time.
@@ -373,6 +407,12 @@ def fingerprint(species: Species) -> bytes:
 
     Covers parameter names in order, shapes, dtypes, operational/clone
     flags, and buffer names, shapes and dtypes; not tags or values.
+
+    Args:
+        species: the species.
+
+    Returns:
+        A 32-byte SHA-256 digest.
     """
     parts = []
     for n in species.names:
@@ -403,6 +443,10 @@ def _exchange_header(w: World, species: Species, local_size: int, where: str) ->
 def check_species(species: Species, *, group: Any = None) -> None:
     """Refuse, on every rank alike, species that differ in structure across ranks.
 
+    Args:
+        species: this rank's species.
+        group: the process group (None: the default group).
+
     Raises:
         SpeciesMismatchError: some rank's species differs from rank 0's (names
             the ranks).
@@ -419,8 +463,14 @@ def check_species(species: Species, *, group: Any = None) -> None:
 
 
 def block_sizes(n: int, ranks: int) -> tuple[int, ...]:
-    """Members per rank for ``n`` members over ``ranks`` ranks: contiguous blocks, the
-    first ``n % ranks`` one larger.
+    """Members per rank for ``n`` members over ``ranks`` ranks, in contiguous blocks.
+
+    Args:
+        n: the population size, >= 1.
+        ranks: the number of ranks, >= 1.
+
+    Returns:
+        A tuple of ``ranks`` sizes summing to ``n``; the first ``n % ranks`` are one larger.
 
     Raises:
         PopulationSizeError: ``n < ranks`` (a rank would hold no member).
@@ -462,6 +512,7 @@ class Shard:
 
     @property
     def species(self) -> Species:
+        """The species of the members."""
         return self.local.species
 
     @property
@@ -471,6 +522,7 @@ class Shard:
 
     @property
     def offsets(self) -> tuple[int, ...]:
+        """Global index of each rank's first member."""
         out, acc = [], 0
         for s in self.sizes:
             out.append(acc)
@@ -492,6 +544,12 @@ class Shard:
 
         Use it with noise drawn for all ``N`` members from a generator seeded
         identically on every rank (the randomness policy).
+
+        Args:
+            x: a ``[N, ...]`` tensor or an ``N``-member population, the same on every rank.
+
+        Returns:
+            Its rows ``[offset, offset + n_local)``.
         """
         n = self.size
         if isinstance(x, Particle):
@@ -505,7 +563,14 @@ class Shard:
         return x[self.offset:self.offset + self.sizes[self.world.rank]]
 
     def replace(self, local: Particle) -> "Shard":
-        """The same layout with new local members (e.g. after an optimiser step)."""
+        """The same layout with new local members (e.g. after an optimiser step).
+
+        Args:
+            local: ``n_local`` members of this species (or a newer version of it).
+
+        Returns:
+            A new ``Shard`` with those members and the same sizes.
+        """
         n = require_population(local, "Shard.replace")
         if n != self.sizes[self.world.rank]:
             raise PopulationSizeError(
@@ -525,6 +590,13 @@ def shard(population: Particle, *, group: Any = None) -> Shard:
     Build the full population identically on every rank (same seed), then
     shard it; the other blocks are dropped (the local block is a copy, so
     the full population can be freed). Sizes follow ``block_sizes``.
+
+    Args:
+        population: the whole population, built identically on every rank.
+        group: the process group (None: the default group).
+
+    Returns:
+        The ``Shard`` holding this rank's block (a copy).
 
     Raises:
         NotInitializedError: no process group.
@@ -554,6 +626,13 @@ def from_local(local: Particle, *, group: Any = None) -> Shard:
     """A sharded population from the block each rank already holds (sizes exchanged).
 
     Global order is rank order: rank 0's members first.
+
+    Args:
+        local: this rank's members (a population of >= 1).
+        group: the process group (None: the default group).
+
+    Returns:
+        The ``Shard`` over every rank's block.
 
     Raises:
         SpeciesMismatchError: the species differs across ranks.
@@ -588,6 +667,13 @@ def gather_fitness(sh: Shard, local_fitness: Any) -> torch.Tensor:
 
     Every rank must pass the same dtype. Communication: one ``all_gather``
     of ``max(sizes)`` values per rank.
+
+    Args:
+        sh: the sharded population.
+        local_fitness: this rank's ``[n_local]`` fitness (every rank the same dtype).
+
+    Returns:
+        The ``[N]`` global fitness, the same on every rank.
     """
     f = _local_vector(sh, local_fitness, "gather_fitness: local_fitness").detach()
     w, m = sh.world, max(sh.sizes)
@@ -608,6 +694,13 @@ def member(sh: Shard, index: int) -> Particle:
     """Global member ``index`` as a single particle on every rank (broadcast from its owner).
 
     Communication: one ``broadcast`` of one member (``P`` values).
+
+    Args:
+        sh: the sharded population.
+        index: a global member index in ``[0, N)``.
+
+    Returns:
+        The member, a single particle.
     """
     if isinstance(index, bool) or not isinstance(index, int):
         raise TypeError(f"member: expected an int index, got {describe(index)}")
@@ -625,7 +718,13 @@ def member(sh: Shard, index: int) -> Particle:
 
 
 class Best(NamedTuple):
-    """The best member of a sharded population (the same on every rank)."""
+    """The best member of a sharded population (the same on every rank).
+
+    Attributes:
+        member: the best member, a single particle.
+        index: its global index.
+        fitness: its fitness, a 0-d tensor.
+    """
 
     member: Particle
     index: int  # type: ignore[assignment]  # shadows tuple.index on purpose (the member's index)
@@ -638,13 +737,30 @@ def best(sh: Shard, local_fitness: Any, *, maximize: bool = True) -> Best:
     Same rule as ``nytorch_fn.best``: NaN is the worst, ties go to the lowest
     global index. Communication: ``gather_fitness`` plus one member broadcast
     from the rank that owns it.
+
+    Args:
+        sh: the sharded population.
+        local_fitness: this rank's ``[n_local]`` fitness (every rank the same dtype).
+        maximize: higher fitness is better (default) or lower.
+
+    Returns:
+        ``Best(member, index, fitness)``, the same on every rank.
     """
     f = gather_fitness(sh, local_fitness)
     return best_of(sh, f, maximize=maximize)
 
 
 def best_of(sh: Shard, fitness: torch.Tensor, *, maximize: bool = True) -> Best:
-    """``best`` when the ``[N]`` global fitness is already known on every rank (one broadcast)."""
+    """``best`` when the ``[N]`` global fitness is already known on every rank (one broadcast).
+
+    Args:
+        sh: the sharded population.
+        fitness: the ``[N]`` global fitness, the same on every rank.
+        maximize: higher fitness is better (default) or lower.
+
+    Returns:
+        ``Best(member, index, fitness)``, the same on every rank.
+    """
     if not isinstance(fitness, torch.Tensor) or fitness.shape != (sh.size,):
         raise PopulationSizeError(f"best_of: expected a [{sh.size}] global fitness, got {describe(fitness)}")
     f = fitness_order(fitness, maximize=maximize)
@@ -657,6 +773,13 @@ def fetch(sh: Shard, index: Any) -> Particle:
 
     Duplicates are sent once. Communication: one ``all_gather`` per dtype of
     ``max_r (distinct members of index owned by rank r)`` members per rank.
+
+    Args:
+        sh: the sharded population.
+        index: a ``[M]`` integer tensor of global indices, the same on every rank.
+
+    Returns:
+        An ``M``-member population, the same on every rank.
     """
     idx = _global_index(sh, index, "fetch")
     w, sp = sh.world, sh.species
@@ -699,6 +822,13 @@ def take(sh: Shard, index: Any) -> Shard:
     cross ranks: parents for a GA, crossover partners, exploit targets for
     PBT. Communication: one ``all_to_all`` per dtype moving each needed member
     once per destination rank (members already local are not sent).
+
+    Args:
+        sh: the sharded population.
+        index: a ``[M]`` integer tensor of global indices, the same on every rank.
+
+    Returns:
+        A ``Shard`` of the ``M`` members ``population[index]``.
     """
     idx = _global_index(sh, index, "take")
     w, sp = sh.world, sh.species
@@ -732,7 +862,14 @@ def take(sh: Shard, index: Any) -> Shard:
 
 
 def all_gather(sh: Shard) -> Particle:
-    """The whole population on every rank (``[N, ...]``)."""
+    """The whole population on every rank (``[N, ...]``).
+
+    Args:
+        sh: the sharded population.
+
+    Returns:
+        The whole population (``[N, ...]``), on every rank.
+    """
     return fetch(sh, torch.arange(sh.size))
 
 
@@ -740,6 +877,13 @@ def gather(sh: Shard, *, dst: int = 0) -> Particle | None:
     """The whole population on rank ``dst`` (for a checkpoint); None on the other ranks.
 
     Communication: one ``gather`` per dtype of ``max(sizes)`` members per rank.
+
+    Args:
+        sh: the sharded population.
+        dst: the rank that receives it.
+
+    Returns:
+        The whole population on ``dst``; None elsewhere.
     """
     w, sp = sh.world, sh.species
     if isinstance(dst, bool) or not isinstance(dst, int) or not 0 <= dst < w.size:
@@ -762,10 +906,18 @@ def gather(sh: Shard, *, dst: int = 0) -> Particle | None:
 
 
 def broadcast(value: Particle, *, src: int = 0, group: Any = None) -> Particle:
-    """``value`` from rank ``src`` on every rank (a particle or population of the same species and size everywhere).
+    """``value`` from rank ``src`` on every rank.
 
     Other ranks' values only give the structure (and are checked against
     ``src``'s by fingerprint and size).
+
+    Args:
+        value: a particle or population of the same species and size on every rank.
+        src: the rank whose values are sent.
+        group: the process group (None: the default group).
+
+    Returns:
+        ``src``'s value, on every rank.
     """
     _require_initialized("broadcast")
     if not isinstance(value, Particle):
@@ -783,14 +935,32 @@ def broadcast(value: Particle, *, src: int = 0, group: Any = None) -> Particle:
 
 
 def shaped_fitness(sh: Shard, local_fitness: Any, *, maximize: bool = True) -> torch.Tensor:
-    """The local block of the global centred ranks (``[n_local]``, float64, as
-    ``nytorch_fn.algorithms.centered_ranks``); one fitness ``all_gather``."""
+    """The local block of the global centred ranks (as ``nytorch_fn.algorithms.centered_ranks``).
+
+    Args:
+        sh: the sharded population.
+        local_fitness: this rank's ``[n_local]`` fitness (every rank the same dtype).
+        maximize: higher fitness is better (default) or lower.
+
+    Returns:
+        This rank's ``[n_local]`` float64 ranks in ``[-0.5, 0.5]`` (one fitness ``all_gather``).
+    """
 
     return sh.block(centered_ranks(gather_fitness(sh, local_fitness), maximize=maximize))
 
 
 def global_top_k(sh: Shard, local_fitness: Any, k: int, *, maximize: bool = True) -> Particle:
-    """The ``k`` best members over all ranks, best first, on every rank (as ``nytorch_fn.top_k``)."""
+    """The ``k`` best members over all ranks, best first, on every rank (as ``nytorch_fn.top_k``).
+
+    Args:
+        sh: the sharded population.
+        local_fitness: this rank's ``[n_local]`` fitness (every rank the same dtype).
+        k: how many, 1 <= k <= N.
+        maximize: higher fitness is better (default) or lower.
+
+    Returns:
+        A ``k``-member population, best first, on every rank.
+    """
     f = gather_fitness(sh, local_fitness)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= sh.size:
         raise ValueError(f"global_top_k: expected 1 <= k <= {sh.size} (the population size), got {k!r}")
@@ -805,12 +975,26 @@ def mean(sh: Shard) -> Particle:
     The sum is reduced across ranks in the backend's order, so the result
     matches a single-process ``nytorch_fn.mean`` to float rounding, not bit for bit.
     Non-operational parameters come from global member 0, as in ``nytorch_fn.mean``.
+
+    Args:
+        sh: the sharded population.
+
+    Returns:
+        The mean member, a single particle, on every rank.
     """
     return _weighted(sh, None, "mean")
 
 
 def weighted_mean(sh: Shard, local_weights: Any) -> Particle:
-    """``sum_i w_i p_i / sum_i w_i`` over all members, on every rank (``all_reduce``; see ``mean``)."""
+    """``sum_i w_i p_i / sum_i w_i`` over all members, on every rank (``all_reduce``; see ``mean``).
+
+    Args:
+        sh: the sharded population.
+        local_weights: this rank's ``[n_local]`` weights.
+
+    Returns:
+        The weighted mean member, a single particle, on every rank.
+    """
     return _weighted(sh, _local_vector(sh, local_weights, "weighted_mean: local_weights"), "weighted_mean")
 
 
@@ -855,6 +1039,10 @@ class DistributedCollective(Collective):
 
     Every method is a collective: each rank calls it in the same order. Bytes
     are counted by ``count_bytes``; a dead or hung peer raises ``DistributedError``.
+
+    Args:
+        n: the global population size.
+        w: this process's ``World``.
     """
 
     def __init__(self, n: int, w: World) -> None:
@@ -896,6 +1084,14 @@ class DistributedCollective(Collective):
         return buf.to(t.device)
 
     def gather(self, v_local: torch.Tensor) -> torch.Tensor:
+        """The ``[N, ...]`` concatenation of every rank's ``[n_local, ...]`` values, on every rank.
+
+        Args:
+            v_local: this rank's rows.
+
+        Returns:
+            The global tensor.
+        """
         w, m = self.world, max(self.sizes)
         if v_local.dim() == 0 or v_local.shape[0] != self.local_n:
             raise PopulationSizeError(f"gather: expected {self.local_n} local rows, got {describe(v_local)}")
@@ -911,6 +1107,15 @@ class DistributedCollective(Collective):
         raise IndexError(f"member index {i} is out of range for a population of {self.n}")
 
     def member(self, pop_local: Particle, i: int) -> Particle:
+        """Global member ``i`` on every rank (broadcast from its owner).
+
+        Args:
+            pop_local: this rank's members.
+            i: a global index.
+
+        Returns:
+            The member, a single particle.
+        """
         i = int(i)
         if i < 0:
             i += self.n
@@ -926,6 +1131,16 @@ class DistributedCollective(Collective):
         return build(sp, _unpack(sp, bufs, None))
 
     def take(self, pop_local: Particle, idx: torch.Tensor, *, out: Particle | None = None) -> Particle:
+        """The global members ``idx`` this rank's rows need (``all_to_all``).
+
+        Args:
+            pop_local: this rank's members.
+            idx: ``[M]`` global indices, the same on every rank.
+            out: a population to write the result into (None: a fresh one).
+
+        Returns:
+            This rank's block of ``population[idx]``.
+        """
         w, sp = self.world, pop_local.species
         if not isinstance(idx, torch.Tensor) or idx.dim() != 1 or idx.is_floating_point() or idx.dtype == torch.bool:
             raise TypeError(f"take: expected a 1-d integer tensor of global member indices, got {describe(idx)}")
@@ -982,6 +1197,10 @@ class Sharded:
     - ``run``/``step`` evaluate ``fitness_fn`` on the local members.
 
     Hyperparameters are read through (``sharded(algo).sigma``).
+
+    Args:
+        algorithm: any algorithm of ``nytorch_fn.algorithms``.
+        group: the process group (None: the default group).
     """
 
     def __init__(self, algorithm: Algorithm, group: Any = None) -> None:
@@ -1005,10 +1224,12 @@ class Sharded:
 
     @property
     def State(self) -> type:  # noqa: N802 - the algorithms' class attribute
+        """The algorithm's state class (a sharded state is a per-rank state of that type)."""
         return type(self.algorithm).State
 
     @property
     def kind(self) -> str:
+        """The algorithm's kind: ``"distribution"`` (``init`` takes a centre) or ``"population"``."""
         return type(self.algorithm).kind
 
     def _factory(self, n: int) -> DistributedCollective:
@@ -1018,6 +1239,13 @@ class Sharded:
     def init(self, x: Particle, *, generator: torch.Generator | None = None) -> Any:
         """As ``algorithm.init``; a population ``x`` is the whole one (every rank keeps its block).
 
+        Args:
+            x: the centre, or the whole initial population (built identically on every rank).
+            generator: seeded alike on every rank.
+
+        Returns:
+            This rank's state.
+
         Raises:
             NotInitializedError: no process group.
             PopulationSizeError: fewer members than ranks.
@@ -1025,24 +1253,65 @@ class Sharded:
         return protocol_init(self.algorithm, x, generator, self._factory)
 
     def ask(self, state: Any, *, generator: torch.Generator | None = None, donate: bool = False) -> tuple[Particle, Any]:
-        """As ``algorithm.ask``; returns this rank's members."""
+        """As ``algorithm.ask``; returns this rank's members.
+
+        Args:
+            state: this rank's state.
+            generator: seeded alike on every rank.
+            donate: as ``algorithm.ask``.
+
+        Returns:
+            ``(local members, state)``.
+        """
         return protocol_ask(self.algorithm, state, generator, donate, self._factory)
 
     def tell(self, state: Any, population: Particle, fitness: Any, *, generator: torch.Generator | None = None,
              donate: bool = False) -> Any:
-        """As ``algorithm.tell`` with this rank's members and their ``[n_local]`` fitness."""
+        """As ``algorithm.tell`` with this rank's members and their ``[n_local]`` fitness.
+
+        Args:
+            state: this rank's state.
+            population: the local members ``ask`` returned.
+            fitness: their ``[n_local]`` fitness.
+            generator: seeded alike on every rank.
+            donate: as ``algorithm.tell``.
+
+        Returns:
+            The next state (global ``best``, ``best_fitness`` and ``generation``).
+        """
         return protocol_tell(self.algorithm, state, population, fitness, generator, donate, self._factory)[0]
 
     def step(self, state: Any, fitness_fn: Callable[[Particle], Any], *, generator: torch.Generator | None = None,
              donate: bool = False) -> tuple[Any, torch.Tensor]:
-        """``ask``, ``fitness_fn(local members)``, ``tell``; returns the local fitness."""
+        """``ask``, ``fitness_fn(local members)``, ``tell``; returns the local fitness.
+
+        Args:
+            state: this rank's state.
+            fitness_fn: local members -> ``[n_local]`` fitness.
+            generator: seeded alike on every rank.
+            donate: as ``algorithm.step``.
+
+        Returns:
+            ``(state, local fitness)``.
+        """
         pop, state = self.ask(state, generator=generator, donate=donate)
         fitness = fitness_fn(pop)
         return self.tell(state, pop, fitness, generator=generator, donate=donate), fitness
 
     def run(self, state: Any, fitness_fn: Callable[[Particle], Any], generations: int, *,
             generator: torch.Generator | None = None, progress: bool = False) -> tuple[Any, History]:
-        """As ``algorithm.run``; the history holds global best and mean fitness."""
+        """As ``algorithm.run``; the history holds global best and mean fitness.
+
+        Args:
+            state: this rank's state.
+            fitness_fn: local members -> ``[n_local]`` fitness.
+            generations: how many, >= 0.
+            generator: seeded alike on every rank.
+            progress: a tqdm bar (rank 0's).
+
+        Returns:
+            ``(state, History)``; the history holds global best and mean fitness.
+        """
         return protocol_run(self.algorithm, state, fitness_fn, generations, generator, progress, self._factory)
 
 
@@ -1060,6 +1329,9 @@ def sharded(algorithm: Algorithm, *, group: Any = None) -> Sharded:
     Args:
         algorithm: the algorithm (its hyperparameters are used as they are).
         group: the process group (None: the default group).
+
+    Returns:
+        The ``Sharded`` algorithm (same protocol, same ``State`` type).
 
     Examples:
         >>> import nytorch_fn.distributed as nfd
