@@ -1166,9 +1166,13 @@ class Algorithm:
         """``generations`` steps in a loop the library owns, with a history for plotting.
 
         The loop copies ``state`` once and then writes in place into the
-        buffers it owns (``ask``/``tell`` with ``donate=True``), so a
-        generation's cost does not depend on the allocator's history. The
-        values are those of the same ``step`` calls without donation.
+        buffers it owns (``ask``/``tell`` with ``donate=True``), and keeps
+        the kernels' per-generation temporaries (noise, differences, masks,
+        the next population) in scratch buffers of its own that it reuses
+        every generation, so a generation allocates no tensor of the
+        population's size and its cost does not depend on the allocator's
+        history. The values are those of the same ``step`` calls without
+        donation, bit for bit.
         ``fitness_fn`` must not keep the population it is given (its buffers
         are reused by the next generation).
 
