@@ -123,7 +123,8 @@ class EvolvedMerge:
             dtype: the output ``dtype`` to write in the config, if any.
 
         Returns:
-            ``{"merge_method": ..., "base_model": ..., "models": [...], "parameters": {...}}``.
+            A mergekit configuration as a dict (``merge_method``, ``base_model``,
+            ``models``, ``parameters``), ready for ``yaml.safe_dump``.
 
         Raises:
             ValueError: the wrong number of models, or a missing/unexpected base.
@@ -267,11 +268,11 @@ def evolve(
         generator: the search's randomness and the masks' seed (torch's global RNG when None).
         compat: as ``merge_particles``.
         progress: show a progress bar (needs ``tqdm``).
-        parameters: the method's other parameters, fixed for the whole search
+        **parameters: the method's other parameters, fixed for the whole search
             (``normalize``, ``lambda_``, ...).
 
     Returns:
-        An ``EvolvedMerge``: the best recipe met (the start included), its
+        The best recipe met (the start included) as an ``EvolvedMerge``, with its
         merged particle and fitness, the start's, the history and the state.
 
     Raises:

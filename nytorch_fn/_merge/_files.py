@@ -176,7 +176,18 @@ class Checkpoint:
         self._spans[name] = span
 
     def read(self, name: str, device: str | torch.device = "cpu") -> torch.Tensor:
-        """One tensor, as a fresh tensor on ``device`` (read from the file, nothing kept mapped)."""
+        """One tensor, as a fresh tensor on ``device`` (read from the file, nothing kept mapped).
+
+        Args:
+            name: the tensor's name in the checkpoint.
+            device: where the result goes.
+
+        Returns:
+            The tensor, with its dtype and shape.
+
+        Raises:
+            KeyError: the checkpoint has no tensor ``name``.
+        """
         if name not in self.files:
             raise KeyError(f"{str(self.path)!r} has no tensor {name!r}")
         raw = torch.empty(self._spans[name][1], dtype=torch.uint8)
@@ -191,10 +202,19 @@ class Checkpoint:
         *,
         handles: dict | None = None,
     ) -> torch.Tensor:
-        """Read tensor ``name`` into the front of ``raw`` (a contiguous CPU ``uint8`` buffer at
-        least that large) and return it as a view of ``raw`` with the tensor's dtype and shape;
-        with ``start``/``stop``: only entries ``[start, stop)`` of the flattened tensor, as a flat
-        view. ``handles``: a dict of open files to reuse (the caller closes them)."""
+        """Read tensor ``name`` into the front of a buffer the caller owns (positioned reads, nothing mapped).
+
+        Args:
+            name: the tensor's name in the checkpoint.
+            raw: a contiguous CPU ``uint8`` buffer at least as large as what is read.
+            start: the first entry of the flattened tensor to read.
+            stop: the entry to stop before (None: the end; with ``start`` 0, the whole tensor).
+            handles: a dict of open files to reuse (the caller closes them), or None.
+
+        Returns:
+            The tensor as a view of ``raw`` with its dtype and shape, or with
+            ``start``/``stop`` the entries ``[start, stop)`` as a flat view.
+        """
         offset, nbytes = self._spans[name]
         dtype, shape = self.dtypes[name], self.shapes[name]
         whole = start == 0 and stop is None
@@ -627,9 +647,13 @@ def merge_files(
             exist or be empty unless ``overwrite``.
         base: the base checkpoint, for the methods that take one.
         dtype: output dtype of the floating-point tensors.
-        generator, compat: as ``merge_particles``.
+        shard_size: the largest output shard, in bytes.
+        generator: as ``merge_particles`` (the random methods' seed; the same
+            generator state gives the masks of the in-memory merge).
+        compat: as ``merge_particles``.
         device: where tensors are merged (read there, written from CPU).
-        parameters: the method's parameters (a number, or one per model).
+        overwrite: replace an existing non-empty ``out_dir``.
+        **parameters: the method's parameters (a number, or one per model).
 
     Returns:
         The output folder.

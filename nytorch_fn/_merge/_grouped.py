@@ -186,11 +186,13 @@ def merge_grouped(
             or ``"layers"``, ``"tensors"`` (one group per tensor) or ``"all"``;
             a tensor in no group takes ``parameters`` (or the defaults).
         parameter: which parameter a tensor ``coefficients`` sets.
-        base, generator, compat: as ``merge_particles``. One seed is drawn from
-            ``generator`` per call and shared by every member of a population
-            (common random numbers: the members' random masks are drawn alike,
-            so they differ by their coefficients only).
-        parameters: the method's other parameters, the same for every group.
+        base: as ``merge_particles``.
+        generator: as ``merge_particles``. One seed is drawn from it per call
+            and shared by every member of a population (common random numbers:
+            the members' random masks are drawn alike, so they differ by their
+            coefficients only).
+        compat: as ``merge_particles``.
+        **parameters: the method's other parameters, the same for every group.
 
     Returns:
         A single particle, or a population of ``N`` whose member ``i`` equals

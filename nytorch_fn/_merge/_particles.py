@@ -214,6 +214,13 @@ def merge_particles(
             tensor's name, so an out-of-core merge with the same generator
             state draws the same masks.
         compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's rules where they differ).
+        _per_tensor: internal (``merge_grouped``): per-tensor parameters; leave it unset.
+        _seed: internal (``merge_grouped``): the masks' seed; leave it unset.
+        _skip: internal (``merge_grouped``): tensors the caller merges; leave it unset.
+        **parameters: the method's parameters (a number, or one per model).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
 
     Raises:
         ValueError: unknown method, wrong number of models, bad parameter values.

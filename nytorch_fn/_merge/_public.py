@@ -26,6 +26,14 @@ def linear(models: Models, *, weight: PerModel = 1.0, normalize: bool = True) ->
     ``sum_i w_i x_i / sum_i w_i`` (without the division when ``normalize`` is
     False). Weights are normalised first and the sum is accumulated in float32.
 
+    Args:
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        normalize: divide by the sum of the weights.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Raises:
         ValueError: ``normalize`` with weights summing to zero.
 
@@ -49,6 +57,15 @@ def slerp(base: Particle, other: Particle, t: float, *, compat: Compat = None) -
     mergekit (``compat="mergekit"``) treats its norm as 1, i.e. rotates from a
     zero vector by 90 degrees (``sin(t pi/2) b`` for ``a = 0``).
 
+    Args:
+        base: the base model, a single particle.
+        other: the other model, a single particle.
+        t: the interpolation weight in [0, 1] (0: the base, 1: ``other``).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Raises:
         ValueError: ``t`` outside [0, 1]; more than two models
             (use ``multislerp`` or ``karcher``).
@@ -69,6 +86,16 @@ def multislerp(models: Models, *, weight: PerModel = 1.0, base: Particle | None 
     ``(cos|v| m + sin|v| v/|v|) * sum_i w_i |x_i|``. Two exactly antipodal
     inputs with cancelling weights are lerped; more are refused.
 
+    Args:
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        base: interpolate the task vectors relative to it (None: the models themselves).
+        normalize: normalise the weights to sum 1.
+        eps: added to the norms before dividing.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> m = merge.multislerp([a, b, c], weight=[1, 1, 2])
     """
@@ -84,6 +111,17 @@ def nuslerp(models: Models, *, weight: PerModel = 1.0, base: Particle | None = N
     first) is interpolated on its own. Colinear vectors
     (``1 - cos^2 <= 1e-16``) are lerped; so are zero vectors (ours; mergekit
     rotates from them by 90 degrees, ``compat="mergekit"``).
+
+    Args:
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        base: interpolate the task vectors relative to it (None: the models themselves).
+        row_wise: with ``flatten`` False, interpolate along the first dimension instead of the last.
+        flatten: interpolate whole flattened tensors (False: every vector on its own).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
 
     Examples:
         >>> m = merge.nuslerp([a, b], weight=[0.3, 0.7], base=base)
@@ -101,6 +139,15 @@ def karcher(models: Models, *, weight: PerModel = None, max_iter: int = 10, tol:
     ``u <- cos|T| u + sin|T| T/|T|`` (stop when ``|T| < tol``); the result is
     ``u * sum_i a_i |x_i|`` with ``a`` the weights normalised to sum 1 (uniform by default).
 
+    Args:
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model (None: uniform).
+        max_iter: iterations, >= 1.
+        tol: stop when ``|T| < tol``.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> m = merge.karcher([a, b, c])
     """
@@ -113,6 +160,16 @@ def task_arithmetic(base: Particle, models: Models, *, weight: PerModel = 1.0, l
 
     ``b + lambda_ * sum_i w_i tau_i`` (divided by ``sum_i w_i`` with
     ``normalize``). A negative weight forgets a task.
+
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        lambda_: the scale of the merged task vector.
+        normalize: divide by ``sum_i w_i``.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
 
     Examples:
         >>> merged = merge.task_arithmetic(base, [ft_math, ft_code], weight=[0.7, 0.5])
@@ -139,6 +196,19 @@ def ties(base: Particle, models: Models, *, weight: PerModel = 1.0, density: Per
     entry of a non-empty tensor (as mergekit), so a positive density never
     silently erases a small tensor's task vector (biases, norms).
 
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        density: per model, the fraction of entries kept, in (0, 1].
+        lambda_: the scale of the merged task vector.
+        normalize: divide by the sum of the (agreeing) weights.
+        rescale: rescale the kept entries (see above).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> merged = merge.ties(base, [ft_a, ft_b, ft_c], density=0.2, weight=[1, 1, 0.5])
     """
@@ -164,6 +234,20 @@ def dare_linear(base: Particle, models: Models, *, weight: PerModel = 1.0, densi
     Masks: per tensor, a generator seeded from one draw of ``generator`` and
     the tensor's name; one draw of ``K`` masks in model order.
 
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        density: per model, the fraction of entries kept, in (0, 1].
+        lambda_: the scale of the merged task vector.
+        normalize: divide by the sum of the (agreeing) weights.
+        rescale: rescale the kept entries (see above).
+        generator: draws the random masks' seed (torch's global RNG when None).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> merged = merge.dare_linear(base, [a, b], density=0.3, generator=torch.Generator().manual_seed(0))
     """
@@ -178,6 +262,20 @@ def dare_ties(base: Particle, models: Models, *, weight: PerModel = 1.0, density
 
     As ``dare_linear`` for the sparsification and ``ties`` for the election
     (``normalize`` off by default, as mergekit).
+
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        density: per model, the fraction of entries kept, in (0, 1].
+        lambda_: the scale of the merged task vector.
+        normalize: divide by the sum of the (agreeing) weights.
+        rescale: rescale the kept entries (see above).
+        generator: draws the random masks' seed (torch's global RNG when None).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
 
     Examples:
         >>> merged = merge.dare_ties(base, [a, b], density=0.5, generator=torch.Generator().manual_seed(0))
@@ -198,6 +296,20 @@ def breadcrumbs(base: Particle, models: Models, *, weight: PerModel = 1.0, densi
     election). Ours keeps at least one entry; mergekit may keep none
     (``compat="mergekit"``).
 
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        density: per model, the fraction of entries kept, in (0, 1].
+        gamma: per model, the fraction of largest magnitudes dropped as outliers.
+        lambda_: the scale of the merged task vector.
+        normalize: divide by the sum of the (agreeing) weights.
+        rescale: rescale the kept entries (see above).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> merged = merge.breadcrumbs(base, [a, b], density=0.9, gamma=0.01)
     """
@@ -208,7 +320,22 @@ def breadcrumbs(base: Particle, models: Models, *, weight: PerModel = 1.0, densi
 def breadcrumbs_ties(base: Particle, models: Models, *, weight: PerModel = 1.0, density: PerModel = 1.0,
                      gamma: PerModel = 0.01, lambda_: float = 1.0, normalize: bool = False, rescale: bool = False,
                      compat: Compat = None) -> Particle:
-    """Model Breadcrumbs' sparsification with TIES' sign election (arXiv:2312.06795). See ``breadcrumbs``."""
+    """Model Breadcrumbs' sparsification with TIES' sign election (arXiv:2312.06795). See ``breadcrumbs``.
+
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        density: per model, the fraction of entries kept, in (0, 1].
+        gamma: per model, the fraction of largest magnitudes dropped as outliers.
+        lambda_: the scale of the merged task vector.
+        normalize: divide by the sum of the (agreeing) weights.
+        rescale: rescale the kept entries (see above).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+    """
     return merge_particles("breadcrumbs_ties", models, base=base, weight=weight, density=density, gamma=gamma,
                            lambda_=lambda_, normalize=normalize, rescale=rescale, compat=compat)
 
@@ -225,6 +352,21 @@ def della(base: Particle, models: Models, *, weight: PerModel = 1.0, density: Pe
     unbiased rule; mergekit matches the L1 norm instead, ``compat="mergekit"``).
     Then TIES' election (``della_linear``: task arithmetic).
 
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        density: per model, the fraction of entries kept, in (0, 1].
+        epsilon: per model, the spread of the keep probabilities around ``density``.
+        lambda_: the scale of the merged task vector.
+        normalize: divide by the sum of the (agreeing) weights.
+        rescale: rescale the kept entries (see above).
+        generator: draws the random masks' seed (torch's global RNG when None).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Raises:
         ValueError: ``density - epsilon <= 0`` or ``density + epsilon >= 1`` (density < 1).
 
@@ -238,7 +380,23 @@ def della(base: Particle, models: Models, *, weight: PerModel = 1.0, density: Pe
 def della_linear(base: Particle, models: Models, *, weight: PerModel = 1.0, density: PerModel = 1.0,
                  epsilon: PerModel = 0.15, lambda_: float = 1.0, normalize: bool = False, rescale: bool = True,
                  generator: torch.Generator | None = None, compat: Compat = None) -> Particle:
-    """DELLA's MAGPRUNE drop, then task arithmetic (arXiv:2406.11617). See ``della``."""
+    """DELLA's MAGPRUNE drop, then task arithmetic (arXiv:2406.11617). See ``della``.
+
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        weight: per model: a number, ``K`` numbers or a ``[K]`` tensor.
+        density: per model, the fraction of entries kept, in (0, 1].
+        epsilon: per model, the spread of the keep probabilities around ``density``.
+        lambda_: the scale of the merged task vector.
+        normalize: divide by the sum of the (agreeing) weights.
+        rescale: rescale the kept entries (see above).
+        generator: draws the random masks' seed (torch's global RNG when None).
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+    """
     return _random("della_linear", base, models, weight=weight, density=density, epsilon=epsilon, lambda_=lambda_,
                    normalize=normalize, rescale=rescale, generator=generator, compat=compat)
 
@@ -250,6 +408,14 @@ def model_stock(base: Particle, models: Models, *, filter_wise: bool = False) ->
     ``filter_wise``) and ``N`` models: ``t = N c / (1 + (N-1) c)`` (0 where the
     denominator vanishes) and the result ``b + t (mean_i x_i - b)``.
 
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        filter_wise: the cosine per row instead of per tensor.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> merged = merge.model_stock(base, [ft_1, ft_2, ft_3])
     """
@@ -260,6 +426,14 @@ def nearswap(base: Particle, other: Particle, t: float) -> Particle:
     """NearSwap: take the other model's values where they are near the base's (alchemonaut, QuartetAnemoi).
 
     Per entry ``w = clamp(t / max(|b - x|, 1e-6), 0, 1)`` and the result ``w x + (1 - w) b``.
+
+    Args:
+        base: the base model, a single particle.
+        other: the other model, a single particle.
+        t: the similarity threshold, >= 0.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
 
     Examples:
         >>> merged = merge.nearswap(base, other, 1e-4)
@@ -276,6 +450,15 @@ def sce(base: Particle, models: Models, *, select_topk: float = 1.0, compat: Com
     ``sum_i tau_i``. Result ``b + sum_i c_i tau_i [agree] / max(sum_i c_i [agree], 1e-6)``.
     Sign ties as in ``ties``.
 
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        select_topk: the fraction of highest-variance entries kept, in (0, 1].
+        compat: None (our rules) or ``"mergekit"`` (mergekit 0.1.5's where they differ).
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> merged = merge.sce(base, [a, b, c], select_topk=0.5)
     """
@@ -291,6 +474,13 @@ def arcee_fusion(base: Particle, other: Particle) -> Particle:
     exact order statistics at ``floor(q (n-1))`` (mergekit samples a million
     entries of larger tensors at random).
 
+    Args:
+        base: the base model, a single particle.
+        other: the other model, a single particle.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> merged = merge.arcee_fusion(base, other)
     """
@@ -304,6 +494,14 @@ def ram(base: Particle, models: Models, *, epsilon: float = 1e-5) -> Particle:
     changed by one model take its change; entries changed by several take the
     mean of their changes; the others keep the base.
 
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        epsilon: the change threshold, >= 0.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
+
     Examples:
         >>> merged = merge.ram(base, [agent_a, agent_b])
     """
@@ -316,6 +514,16 @@ def ramplus_tl(base: Particle, models: Models, *, r: float = 0.1, alpha: float =
 
     ``rho_i`` is, within the tensor, the number of model ``i``'s shared changed
     entries over its unique ones (arXiv:2601.13572).
+
+    Args:
+        base: the base model, a single particle.
+        models: the (non-base) models: a sequence of single particles of one species, or a population.
+        r: the scale of the shared-change ratio, >= 0.
+        alpha: the clamp of ``rho_i``, >= 0.
+        epsilon: the change threshold, >= 0.
+
+    Returns:
+        The merged model, a single particle of the inputs' species.
 
     Examples:
         >>> merged = merge.ramplus_tl(base, [agent_a, agent_b], r=0.1)
@@ -331,6 +539,13 @@ def passthrough(model: Particle, *, scale: float | None = None) -> Particle:
     architecture, so no particle of the inputs' species can hold it. On
     particles it is therefore the identity (a copy, times ``scale``); stack
     layers with ``merge_files`` / ``nytorch-fn-merge`` on checkpoints.
+
+    Args:
+        model: the model, a single particle.
+        scale: a factor for every tensor (None: 1).
+
+    Returns:
+        A copy of ``model`` (times ``scale``).
 
     Raises:
         TypeError: more than one model (layer stacking needs checkpoints on disk).

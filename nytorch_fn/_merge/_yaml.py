@@ -452,7 +452,11 @@ def run_config(
     Args:
         config: a path to a YAML file, or the parsed mapping.
         out_dir: the output folder (written atomically: a temporary folder renamed at the end).
-        generator, compat, device, shard_size, overwrite: as ``merge_files``.
+        generator: as ``merge_files``.
+        compat: as ``merge_files``.
+        device: as ``merge_files``.
+        shard_size: as ``merge_files``.
+        overwrite: as ``merge_files``.
         copy_tokenizer: copy the tokenizer files of ``tokenizer_source`` (default:
             the base model, else the first model), as ``mergekit-yaml`` does.
 
@@ -460,6 +464,9 @@ def run_config(
     ``config.json`` / ``generation_config.json`` of the base (else first)
     model (``num_hidden_layers`` updated after layer stacking), tokenizer
     files, and the configuration as ``mergekit_config.yml``.
+
+    Returns:
+        The output folder, a ``Path``.
 
     Raises:
         ConfigError: an unknown method, key or parameter; a missing required one.
