@@ -273,6 +273,28 @@ def decompose(C: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
 # ---------------------------------------------------------------------------
 
 
+_ROWS64 = 1 << 21  # float64 values per block of _row_sums64 (16 MiB)
+
+
+def _row_sums64(S: torch.Tensor) -> torch.Tensor:
+    """``S.sum(dim=1, dtype=torch.float64)`` for ``[n, P]`` ``S`` in blocks of rows: the float64
+    copy the reduction makes stays a few MiB instead of ``n P`` values. Each row is reduced by
+    the same kernel as in the whole tensor (the same bits) as long as a block holds at least two
+    rows (a single row is reduced as a flat vector, in another order), so the last block takes
+    a lone last row along."""
+    n, p = S.shape[0], S[0].numel() if S.shape[0] else 0
+    step = max(2, _ROWS64 // max(p, 1))
+    if S.dtype == torch.float64 or n <= step + 1:
+        return S.sum(dim=1, dtype=torch.float64)
+    out = torch.empty(n, dtype=torch.float64, device=S.device)
+    a = 0
+    while a < n:
+        b = n if n - (a + step) < 2 else a + step  # never a block of one row
+        torch.sum(S[a:b], dim=1, dtype=torch.float64, out=out[a:b])
+        a = b
+    return out
+
+
 def sep_sample(m: torch.Tensor, sigma: torch.Tensor, c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     """``[N, P]`` samples ``z_i * (sigma * sqrt(c)) + m``, written into ``z`` (a buffer the caller owns)."""
     return z.mul_(sigma * torch.sqrt(c)).add_(m)
@@ -324,7 +346,7 @@ def sep_update(
     h = hsig(rates, norm_ps, generation)
     pc = (1.0 - rates.c_c) * p_c + (h * math.sqrt(rates.c_c * (2.0 - rates.c_c) * rates.mueff)).to(dt) * y_w
     if bool((w < 0).any()):
-        zn2 = into(torch.div, Y, d).pow_(2).sum(dim=1, dtype=torch.float64)  # ((Y / d) ** 2).sum(1)
+        zn2 = _row_sums64(into(torch.div, Y, d).pow_(2))  # ((Y / d) ** 2).sum(dim=1, dtype=torch.float64)
         W = torch.where(w < 0, w * n / torch.clamp(zn2, min=1e-300), w).to(dt)
     YY = into(torch.mul, Y, Y)
     rank_mu = total(torch.mul(W[:, None], YY, out=YY) if scratch is not None else W[:, None] * YY)
