@@ -567,13 +567,21 @@ def _version(dist: str) -> str:
 WORKERS = {"ours": worker_ours, "evosax": worker_evosax, "evotorch": worker_evotorch, "evox": worker_evox}
 
 
+# sources no single-process algorithm run imports (edited by others without changing our figures)
+NOT_HASHED = ("demo.py", "_demo_legacy.py", "_distributed.py", "distributed.py", "merge/", "_merge/")
+
+
 def code_version() -> str:
-    """A hash of nytorch_fn's sources as they are now (the tables compare only our runs of the
-    newest code: the algorithms change while the peers' runs are kept)."""
+    """A hash of nytorch_fn's sources as they are now, but ``NOT_HASHED`` (the tables compare only
+    our runs of the newest code: the algorithms change while the peers' runs are kept)."""
     import hashlib
 
     h = hashlib.sha1()
-    for f in sorted((HERE.parent / "nytorch_fn").rglob("*.py")):
+    root = HERE.parent / "nytorch_fn"
+    for f in sorted(root.rglob("*.py")):
+        rel = f.relative_to(root).as_posix()
+        if rel in NOT_HASHED or rel.startswith(tuple(x for x in NOT_HASHED if x.endswith("/"))):
+            continue
         h.update(f.relative_to(HERE.parent).as_posix().encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:12]
