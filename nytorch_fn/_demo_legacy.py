@@ -24,9 +24,9 @@ from torch.nn import functional as F
 
 
 def _legacy_net(hidden: int) -> Any:
-    import nytorch as nyto
+    import nytorch as nyto  # type: ignore[import-untyped]  # the compat package ships no py.typed
 
-    class MLP(nyto.NytoModule):  # type: ignore[misc]
+    class MLP(nyto.NytoModule):
         def __init__(self) -> None:
             super().__init__()
             self.net = nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, 10))
