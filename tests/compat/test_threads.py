@@ -1,5 +1,5 @@
 """What the compat layer promises under threads: particle operations that only read their
-operands may run concurrently (README, "Migrating from nytorch"); edits are not covered."""
+operands may run concurrently (docs/guides/migrating.md); edits are not covered."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bad input across the public API, as one table (mirrored in README "Reference: bad input").
+"""Bad input across the public API, as one table (the site's page docs/reference/bad-input.md is generated from it).
 
 Every row calls one public function with one kind of bad input and expects
 either a clear exception (type and message) or the documented result; in
@@ -323,7 +323,7 @@ def test_the_table_covers_every_public_function() -> None:
 
 
 def readme_table() -> str:
-    """The README section's table, from ROWS (``python -m tests.fn.test_bad_input``)."""
+    """The bad-input page's table (docs/reference/bad-input.md), from ROWS (``python -m tests.fn.test_bad_input``)."""
     lines = ["| function | bad input | result |", "| --- | --- | --- |"]
     for r in ROWS:
         if isinstance(r.expect, type):

@@ -1,4 +1,4 @@
-"""The checks every architecture in tests/models goes through (one function per row of the README table).
+"""The checks every architecture in tests/models goes through (one function per row of the table in docs/guides/architectures.md).
 
 Expected values come from the module itself, plain autograd and plain torch
 expressions on the tensors, never from the code under test.

@@ -2,7 +2,7 @@
 padding_idx, a ResNet-18-shaped conv net with BatchNorm, weight_norm and spectral_norm parametrisations.
 
 Each test runs the checks that apply and asserts what does not work (with torch's own error), as the
-README's "Real architectures" table reports.
+table in docs/guides/architectures.md reports.
 """
 
 from __future__ import annotations
