@@ -376,33 +376,6 @@ def _merge_namespace(folder: Path) -> dict[str, Any]:
     )
 
 
-#: TEMPORARY (issue 16): docstring examples that fail (sketches naming
-#: undefined variables), in files others are rewriting right now; they run and
-#: their failures are tolerated until those files are fixed (then delete the
-#: entries: a listed example that passes is only reported, so that fixing one
-#: does not break this test for whoever fixed it).
-KNOWN_FAILING_EXAMPLES: frozenset[str] = frozenset(
-    {
-        "nytorch_fn._algorithms._apso.APSO",
-        "nytorch_fn._algorithms._cma.CMAES",
-        "nytorch_fn._algorithms._cma.cma_population_size",
-        "nytorch_fn._algorithms._es.OpenAIES",
-        "nytorch_fn._algorithms._ga.GeneticAlgorithm",
-        "nytorch_fn._algorithms._hybrid.Hybrid",
-        "nytorch_fn._algorithms._pbt.PBT",
-        # nn.Linear(4, 2) draws its start from torch's global RNG: passes or not depending on the tests before
-        "nytorch_fn._algorithms._pgpe.PGPE",
-        "nytorch_fn._algorithms._restarts.BIPOP",
-        "nytorch_fn._algorithms._restarts.IPOP",
-        "nytorch_fn._algorithms._restarts.IPOP.template",
-        "nytorch_fn._algorithms._space.enforce_bounds",
-        "nytorch_fn._algorithms._space.ravel",
-        "nytorch_fn._algorithms._space.uniform_population",
-        "nytorch_fn._algorithms._space.unravel",
-    }
-)
-
-
 @pytest.mark.parametrize("module_name", EXAMPLE_MODULES)
 def test_docstring_examples(module_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     module = importlib.import_module(module_name)
@@ -441,21 +414,12 @@ def _one_process_group(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def _run_examples(module: types.ModuleType, module_name: str, globs: dict[str, Any]) -> None:
     finder = doctest.DocTestFinder(exclude_empty=True)
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    found: set[str] = set()
-    failed: set[str] = set()
+    failed: list[str] = []
     report: list[str] = []  # doctest swaps sys.stdout while it runs: collect its report instead
     for test in finder.find(module, module_name, globs=globs):
         if not test.examples:
             continue
-        found.add(test.name)
-        lines: list[str] = []
-        if runner.run(test, out=lines.append).failed:
-            failed.add(test.name)
-            if test.name not in KNOWN_FAILING_EXAMPLES:
-                report += lines
+        if runner.run(test, out=report.append).failed:
+            failed.append(test.name)
     torch._dynamo.reset()
-    unexpected = sorted(failed - KNOWN_FAILING_EXAMPLES)
-    assert not unexpected, f"docstring examples failed: {unexpected}\n" + "".join(report)
-    fixed = sorted((found & KNOWN_FAILING_EXAMPLES) - failed)
-    if fixed:
-        print(f"\nlisted in KNOWN_FAILING_EXAMPLES but passing now (delete the entries): {fixed}")
+    assert not failed, f"docstring examples failed: {sorted(failed)}\n" + "".join(report)

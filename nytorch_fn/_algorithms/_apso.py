@@ -51,7 +51,7 @@ class APSO(Algorithm):
     generator) and ``alpha_t = alpha * alpha_decay ** t`` at generation ``t``;
     then ``bounds`` are enforced. Only operational parameters move.
 
-    Args (keyword-only):
+    Args:
         alpha: noise scale, >= 0.
         beta: attraction to the global best, in [0, 1].
         alpha_decay: per-generation factor on ``alpha``, in (0, 1].
@@ -59,11 +59,17 @@ class APSO(Algorithm):
         bound_handling: ``"clip"`` or ``"reflect"``.
         maximize: higher fitness is better (default) or lower.
 
-    Example:
-        >>> apso = APSO(alpha=0.3, beta=0.5, alpha_decay=0.95, maximize=False)
-        >>> state = apso.init(nf.random_population(p, 32, generator=g))
-        >>> state, history = apso.run(state, loss_fn, 100, generator=g)   # loss_fn: pop -> [N]
-        >>> state.best, state.best_fitness
+    All arguments are keyword-only.
+
+    Examples:
+        >>> def loss(pop):                              # [N]: the squared distance to 1
+        ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> apso = APSO(alpha=0.3, beta=0.5, alpha_decay=0.9, maximize=False)
+        >>> state = apso.init(nf.random_population(nf.particle(nn.Linear(2, 1)), 16, generator=g))
+        >>> state, history = apso.run(state, loss, 60, generator=g)
+        >>> state.generation, state.best.population_size, bool(state.best_fitness < 1e-3)
+        (60, None, True)
     """
 
     State = APSOState

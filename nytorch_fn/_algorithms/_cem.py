@@ -82,6 +82,7 @@ class CEM(Algorithm):
         >>> def loss(pop):                              # [N]: the squared distance to 1
         ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
         >>> cem = CEM(population_size=60, sigma=1.0, elite_ratio=0.2, lr_sigma=0.7, maximize=False)
+        >>> _ = torch.manual_seed(0)                    # nn.Linear draws its start from torch's global RNG
         >>> state = cem.init(nf.particle(nn.Linear(4, 2)))
         >>> state, _ = cem.run(state, loss, 150, generator=torch.Generator().manual_seed(0))
         >>> cem.elites, bool(state.best_fitness < 1e-6)

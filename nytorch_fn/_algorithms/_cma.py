@@ -503,8 +503,14 @@ def cma_population_size(x: Particle | Species | int) -> int:
     Args:
         x: a particle or species (``d = ravel_size(species)``), or ``d`` itself.
 
-    Example:
-        >>> CMAES(population_size=cma_population_size(p), sigma=0.3)
+    Returns:
+        The population size, an int >= 5.
+
+    Examples:
+        >>> cma_population_size(nf.particle(nn.Linear(10, 10)))   # d = 110 searched values
+        18
+        >>> cma_population_size(1000)
+        24
     """
     if isinstance(x, Particle):
         x = x.species
@@ -662,7 +668,7 @@ class CMAES(Algorithm):
     computes the update identically on every process (bit for bit the
     single-process one; every process also samples all ``N``, for the same reason).
 
-    Args (keyword-only):
+    Args:
         population_size: ``N >= 2`` samples per generation; Hansen's default is
             ``cma_population_size(x) = 4 + floor(3 ln P)``. Larger ``N`` is
             more robust on multimodal functions (see ``IPOP``).
@@ -684,11 +690,19 @@ class CMAES(Algorithm):
             ``[1, N]``; at ``init``, a centre with nothing to search.
         TypeError: at ``init``, a species with a non-float operational parameter (named).
 
-    Example:
+    All arguments are keyword-only.
+
+    Examples:
+        >>> def loss(pop):                              # [N]: the squared distance to 1
+        ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x0 = nf.particle(nn.Linear(2, 1)).randn(generator=g)   # the centre: 3 searched values
         >>> cma = CMAES(population_size=cma_population_size(x0), sigma=0.3, maximize=False)
-        >>> state = cma.init(x0)
-        >>> state, history = cma.run(state, loss_fn, 200, generator=torch.Generator().manual_seed(0))
-        >>> state.mean, state.best
+        >>> cma.population_size
+        7
+        >>> state, history = cma.run(cma.init(x0), loss, 100, generator=g)
+        >>> state.generation, state.m.shape, bool(state.best_fitness < 1e-8)
+        (100, torch.Size([3]), True)
     """
 
     population_size: int = attrs.field(validator=v_int(2))
@@ -703,7 +717,14 @@ class CMAES(Algorithm):
     kind = "distribution"
 
     def rates_for(self, d: int) -> Rates:
-        """The strategy parameters for ``d`` searched values (``cma_rates``)."""
+        """The strategy parameters for ``d`` searched values (``cma_rates``).
+
+        Args:
+            d: the number of searched values, >= 1.
+
+        Returns:
+            The learning rates, weights and damping of this configuration.
+        """
         return _rates(d, self.population_size, self.mu, self.active, False)
 
     def _check_population(self, n: int) -> None:
@@ -767,8 +788,9 @@ def _rates(d: int, lam: int, mu: int | None, active: bool, separable: bool) -> R
 
 
 class SepCMAESState(NamedTuple):
-    """The search distribution of ``SepCMAES`` (a pytree). Vectors ``[P]`` in the algorithm's
-    ``dtype``; ``sigma`` 0-d float64.
+    """The search distribution of ``SepCMAES`` (a pytree).
+
+    Vectors ``[P]`` in the algorithm's ``dtype``; ``sigma`` 0-d float64.
 
     Attributes:
         best, best_fitness, generation, asked: the protocol's common fields.
@@ -802,7 +824,7 @@ class SepCMAES(Algorithm):
     Per generation ``O(N P)`` work and memory; sums over members go through
     the collective (``exact=True``: the same bits for any split).
 
-    Args (keyword-only):
+    Args:
         population_size: ``N >= 2`` (Hansen's default: ``cma_population_size(x)``).
         sigma: the initial step size, > 0.
         mu, active: as ``CMAES``.
@@ -810,6 +832,8 @@ class SepCMAES(Algorithm):
             (``torch.float64`` default; ``torch.float32`` halves the memory for very large ``P``).
         exact: sums over members bit-identical under any sharding (slower).
         maximize: higher fitness is better (default) or lower.
+
+    All arguments are keyword-only.
     """
 
     population_size: int = attrs.field(validator=v_int(2))
@@ -824,7 +848,14 @@ class SepCMAES(Algorithm):
     kind = "distribution"
 
     def rates_for(self, d: int) -> Rates:
-        """The strategy parameters for ``d`` searched values (``cma_rates(..., separable=True)``)."""
+        """The strategy parameters for ``d`` searched values (``cma_rates(..., separable=True)``).
+
+        Args:
+            d: the number of searched values, >= 1.
+
+        Returns:
+            The learning rates, weights and damping of this configuration.
+        """
         return _rates(d, self.population_size, self.mu, self.active, True)
 
     def _init(self, x: Particle, *, generator: Any, coll: Any) -> dict:
@@ -902,7 +933,7 @@ class LMMAES(Algorithm):
     transformation, so nothing but the distribution is stored between
     ``ask`` and ``tell``.
 
-    Args (keyword-only):
+    Args:
         population_size: ``N >= 2`` (the paper's default: ``cma_population_size(x)``).
         sigma: the initial step size, > 0.
         mu: parents (default ``N // 2``, positive log weights).
@@ -914,6 +945,8 @@ class LMMAES(Algorithm):
             False: each process samples only its members, sums in floating
             point (the same to rounding).
         maximize: higher fitness is better (default) or lower.
+
+    All arguments are keyword-only.
     """
 
     population_size: int = attrs.field(validator=v_int(2))
@@ -928,7 +961,14 @@ class LMMAES(Algorithm):
     kind = "distribution"
 
     def rates_for(self, d: int) -> LMRates:
-        """The strategy parameters for ``d`` searched values (``lm_rates``)."""
+        """The strategy parameters for ``d`` searched values (``lm_rates``).
+
+        Args:
+            d: the number of searched values, >= 1.
+
+        Returns:
+            The learning rates and weights of this configuration.
+        """
         key = ("lm", d, self.population_size, self.mu, self.memory)
         r = _RATES_CACHE.get(key)
         if r is None:

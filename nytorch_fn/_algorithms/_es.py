@@ -95,7 +95,7 @@ class OpenAIES(Algorithm):
     or ``sigma * sigma_schedule(t + 1)`` when a schedule callable is given.
     Only operational parameters are perturbed and moved.
 
-    Args (keyword-only):
+    Args:
         population_size: ``N`` samples per generation, >= 2 (even when antithetic).
         sigma: initial perturbation scale, > 0.
         optimizer: applied to the mean (default ``adam(0.05)``).
@@ -109,11 +109,17 @@ class OpenAIES(Algorithm):
         exact: sum the gradient exactly (same bits under any sharding), see the module.
         maximize: higher fitness is better (default) or lower.
 
-    Example:
+    All arguments are keyword-only.
+
+    Examples:
+        >>> def loss(pop):                              # [N]: the squared distance to 1
+        ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+        >>> g = torch.Generator().manual_seed(0)
         >>> es = OpenAIES(population_size=32, sigma=0.1, sigma_decay=0.99, maximize=False)
-        >>> state = es.init(p)                       # p: a single particle, the initial mean
-        >>> state, history = es.run(state, loss_fn, 200, generator=g)   # loss_fn: pop -> [N]
-        >>> state.mean, history.sigma[-1]
+        >>> state = es.init(nf.particle(nn.Linear(2, 1)).randn(generator=g))   # the initial mean
+        >>> state, history = es.run(state, loss, 200, generator=g)
+        >>> state.generation, history.sigma.shape, bool(loss(nf.stack([state.mean]))[0] < 0.01)
+        (200, torch.Size([200]), True)
     """
 
     State = ESState

@@ -77,7 +77,7 @@ class GeneticAlgorithm(Algorithm):
     a uniform ``u`` is ``Phi(z)`` of a stream's normal ``z``), so under
     ``sharded`` each rank draws only its own children's elements.
 
-    Args (keyword-only):
+    Args:
         tournament_size: >= 1 (1: parents drawn uniformly at random).
         crossover: ``"uniform"``, ``"blend"`` or ``"none"``.
         granularity: ``"element"`` or ``"tensor"``.
@@ -90,10 +90,18 @@ class GeneticAlgorithm(Algorithm):
         bound_handling: ``"clip"`` or ``"reflect"``.
         maximize: higher fitness is better (default) or lower.
 
-    Example:
+    All arguments are keyword-only.
+
+    Examples:
+        >>> from nytorch_fn.algorithms import uniform_population
+        >>> def fitness(pop):                           # [N]: minus the squared distance to 1
+        ...     return -sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+        >>> g = torch.Generator().manual_seed(0)
         >>> ga = GeneticAlgorithm(tournament_size=3, crossover="blend", mutation_std=0.05, bounds=(-5, 5))
-        >>> state = ga.init(nf.uniform_population(p, 64, -5.0, 5.0, generator=g))
-        >>> state, history = ga.run(state, fitness_fn, 50, generator=g)   # fitness_fn: pop -> [N]
+        >>> pop = uniform_population(nf.particle(nn.Linear(2, 1)), 32, -5.0, 5.0, generator=g)
+        >>> state, history = ga.run(ga.init(pop), fitness, 50, generator=g)
+        >>> state.generation, bool(state.best_fitness > -0.01)
+        (50, True)
     """
 
     State = GAState

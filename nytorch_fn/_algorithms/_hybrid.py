@@ -70,7 +70,7 @@ class Hybrid(Algorithm):
     non-operational parameter and the optimiser state are kept). NaN fitness
     (a diverged member) is the worst.
 
-    Args (keyword-only):
+    Args:
         loss: ``loss(member, *batch) -> 0-d tensor``, written for ONE member.
         optimizer: a ``GradientTransformation`` (default ``sgd(0.1)``).
         batches: ``batches(generator) -> tuple`` of batch arguments for one
@@ -85,16 +85,26 @@ class Hybrid(Algorithm):
         alpha: weight of the best member in the blend, in [0, 1].
         maximize: higher fitness is better (default) or lower.
 
-    Example:
-        >>> def loss(p, x, y):                       # one member, one batch -> 0-d loss
-        ...     return F.cross_entropy(nf.apply(p, x), y)
-        >>> def batches(g):                          # one minibatch per member
-        ...     idx = torch.randint(0, len(x_train), (16, 64), generator=g)
-        ...     return x_train[idx], y_train[idx]
-        >>> hybrid = Hybrid(loss=loss, optimizer=optim.adam(1e-3), batches=batches, in_dims=(0, 0),
-        ...                 every=10, subset=4, alpha=0.5)
-        >>> state = hybrid.init(nf.init_population(net, 16, generator=g))
-        >>> state, history = hybrid.run(state, val_accuracy, 60, generator=g)   # 600 gradient steps
+    All arguments are keyword-only.
+
+    Examples:
+        >>> from nytorch_fn import optim
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x = torch.randn(256, 2, generator=g)
+        >>> y = x @ torch.tensor([[2.0], [-1.0]]) + 0.5     # a linear target
+        >>> def loss(member, xb, yb):                   # ONE member, one batch -> 0-d loss
+        ...     return ((nf.apply(member, xb) - yb) ** 2).mean()
+        >>> def batches(g):                             # a minibatch of 32 for each of the 8 members
+        ...     idx = torch.randint(0, 256, (8, 32), generator=g)
+        ...     return x[idx], y[idx]
+        >>> def val_loss(pop):                          # [N]: every member on all the data
+        ...     return ((nf.vmap_apply(pop, x) - y) ** 2).mean((1, 2))
+        >>> hybrid = Hybrid(loss=loss, optimizer=optim.adam(0.05), batches=batches, in_dims=(0, 0),
+        ...                 every=10, subset=4, alpha=0.5, maximize=False)
+        >>> state = hybrid.init(nf.init_population(nn.Linear(2, 1), 8, generator=g))
+        >>> state, history = hybrid.run(state, val_loss, 20, generator=g)   # 200 gradient steps
+        >>> state.steps, bool(val_loss(state.population).max() < 0.01)
+        (200, True)
     """
 
     State = HybridState

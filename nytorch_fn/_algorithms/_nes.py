@@ -210,6 +210,7 @@ class SNES(Algorithm):
         >>> def loss(pop):                              # [N]: the squared distance to 1
         ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
         >>> snes = SNES(population_size=16, sigma=0.5, maximize=False)
+        >>> _ = torch.manual_seed(0)                    # nn.Linear draws its start from torch's global RNG
         >>> state = snes.init(nf.particle(nn.Linear(4, 2)))
         >>> state, history = snes.run(state, loss, 150, generator=torch.Generator().manual_seed(0))
         >>> bool(state.best_fitness < 1e-6), history.sigma.shape
@@ -334,6 +335,7 @@ class XNES(Algorithm):
         ...     x = ravel(pop)
         ...     return (x[:, 0] ** 2 + 100 * x[:, 1] ** 2).double()
         >>> xnes = XNES(population_size=10, sigma=1.0, maximize=False)
+        >>> _ = torch.manual_seed(0)                    # nn.Linear draws its start from torch's global RNG
         >>> state = xnes.init(nf.particle(nn.Linear(2, 1, bias=False)))
         >>> state, _ = xnes.run(state, ellipse, 200, generator=torch.Generator().manual_seed(0))
         >>> bool(state.best_fitness < 1e-8)

@@ -109,7 +109,7 @@ class PBT(Algorithm):
     factor index per replaced member (``randint([m])``) per hyperparameter in
     sorted name order.
 
-    Args (keyword-only):
+    Args:
         hyperparams: ``name -> (low, high)`` or ``(low, high, "log")``.
         train: ``train(population, hyperparams, generator) -> population``, one
             round of training with per-member hyperparameters, or None (``ask``
@@ -119,14 +119,24 @@ class PBT(Algorithm):
         perturb_factors: positive factors to choose from (default ``(0.8, 1.25)``).
         maximize: higher fitness is better (default) or lower.
 
-    Example:
-        >>> def train(pop, hp, g):                   # one SGD step per member with its own lr
-        ...     grads = torch.func.vmap(torch.func.grad(member_loss))(pop)
-        ...     return pop - grads * hp["lr"].float()
-        >>> pbt = PBT(hyperparams={"lr": (1e-4, 1.0, "log")}, train=train, fraction=0.25)
-        >>> state = pbt.init(pop, generator=g)
-        >>> state, history = pbt.run(state, evaluate, 20, generator=g)
-        >>> state.hyperparams["lr"]
+    All arguments are keyword-only.
+
+    Examples:
+        >>> def member_loss(p):                         # ONE member -> 0-d: the squared distance to 1
+        ...     return sum(((t - 1) ** 2).sum() for t in p.tensors)
+        >>> def train(pop, hp, g):                      # five SGD steps per member with its own lr
+        ...     for _ in range(5):
+        ...         pop = pop - torch.func.vmap(torch.func.grad(member_loss))(pop) * hp["lr"]
+        ...     return pop
+        >>> def fitness(pop):                           # [N], higher is better
+        ...     return -torch.func.vmap(member_loss)(pop)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> pbt = PBT(hyperparams={"lr": (1e-4, 0.4, "log")}, train=train, fraction=0.25)
+        >>> state = pbt.init(nf.random_population(nf.particle(nn.Linear(2, 1)), 8, generator=g), generator=g)
+        >>> lr0 = state.hyperparams["lr"]
+        >>> state, history = pbt.run(state, fitness, 10, generator=g)
+        >>> state.hyperparams["lr"].shape, bool(state.hyperparams["lr"].min() > lr0.min())   # the small rates are gone
+        (torch.Size([8]), True)
     """
 
     State = PBTState

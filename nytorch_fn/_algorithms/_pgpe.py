@@ -105,6 +105,7 @@ class PGPE(Algorithm):
         >>> def loss(pop):                              # [N]: the squared distance to 1
         ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
         >>> pgpe = PGPE(population_size=20, sigma=0.5, optimizer=clipup(0.05), maximize=False)
+        >>> _ = torch.manual_seed(0)                    # nn.Linear draws its start from torch's global RNG
         >>> state = pgpe.init(nf.particle(nn.Linear(4, 2)))
         >>> state, history = pgpe.run(state, loss, 150, generator=torch.Generator().manual_seed(0))
         >>> bool(loss(nf.stack([state.mean]))[0] < 0.05)   # within a few ClipUp steps of the optimum

@@ -226,7 +226,7 @@ def _maximize_default(self: Any) -> bool:
 class IPOP(Algorithm):
     """Restarts with an increasing population (Auger and Hansen 2005) around a CMA-family algorithm.
 
-    Args (keyword-only):
+    Args:
         algorithm: a ``CMAES``, ``SepCMAES`` or ``LMMAES``: the first run's
             population size and ``sigma`` (and every other hyperparameter of every run).
         increase: the population factor per restart (> 1, default 2).
@@ -237,12 +237,22 @@ class IPOP(Algorithm):
             starts (default: the initial centre).
         maximize: default: the inner algorithm's (this one is used; the inner's is ignored).
 
-    Example:
-        >>> ipop = IPOP(algorithm=CMAES(population_size=10, sigma=2.0), maximize=False)
+    All arguments are keyword-only.
+
+    Examples:
+        >>> import math
+        >>> from nytorch_fn.algorithms import ravel
+        >>> def rastrigin(pop):                         # [N], many local minima, the global one at 0
+        ...     x = ravel(pop).double()
+        ...     return 10 * x.shape[1] + (x**2 - 10 * torch.cos(2 * math.pi * x)).sum(1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x0 = nf.particle(nn.Linear(2, 1, bias=False)).randn(generator=g) * 3
+        >>> ipop = IPOP(algorithm=CMAES(population_size=6, sigma=2.0), maximize=False)
         >>> state = ipop.init(x0)
-        >>> for _ in range(2000):
+        >>> for _ in range(300):
         ...     state, loss = ipop.step(state, rastrigin, generator=g)
-        >>> state.best_fitness, state.restarts, state.population_size
+        >>> state.restarts >= 1, state.population_size == 6 * 2 ** state.restarts
+        (True, True)
     """
 
     algorithm: CMAES | SepCMAES | LMMAES = attrs.field(validator=_v_inner)
@@ -263,15 +273,39 @@ class IPOP(Algorithm):
         return self.algorithm.population_size
 
     def template(self, x: Particle, *, population_size: int) -> Any:
-        """A state shaped like one whose current run has ``population_size`` members: the
-        ``like=`` for ``nytorch_fn.checkpoint.load`` of a state saved after a restart (its
-        ``asked`` bookkeeping has one row per member; everything else has the shapes of
-        ``init(x)``'s).
+        """A state shaped like one whose current run has ``population_size`` members.
 
-        Example:
-            >>> checkpoint.save(path, {"state": state, "n": state.population_size})
-            >>> n = checkpoint.load(path, like={"n": 0}, at="n")  # or keep n elsewhere
-            >>> state = checkpoint.load(path, like={"state": ipop.template(x0, population_size=n), "n": 0})["state"]
+        It is the ``like=`` for ``nytorch_fn.checkpoint.load`` of a state saved
+        after a restart (its ``asked`` bookkeeping has one row per member;
+        everything else has the shapes of ``init(x)``'s).
+
+        Args:
+            x: the centre the saved run was started from (a single particle of its species).
+            population_size: the current run's population size, an int >= 2
+                (the saved state's ``population_size``).
+
+        Returns:
+            A state of this algorithm with those shapes (its values are ``init(x)``'s).
+
+        Raises:
+            ValueError: ``population_size`` is not an int >= 2.
+
+        Examples:
+            >>> from nytorch_fn import checkpoint
+            >>> def loss(pop):                          # [N]: the squared distance to 1
+            ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+            >>> g = torch.Generator().manual_seed(0)
+            >>> x0 = nf.particle(nn.Linear(2, 1)).randn(generator=g)
+            >>> ipop = IPOP(algorithm=CMAES(population_size=6, sigma=0.5), tolfun=1e-3, maximize=False)
+            >>> state, _ = ipop.run(ipop.init(x0), loss, 60, generator=g)
+            >>> state.restarts >= 1
+            True
+            >>> checkpoint.save("ipop.ckpt", {"state": state, "n": state.population_size})
+            >>> n = checkpoint.load("ipop.ckpt", like=0, at="n")   # or keep n elsewhere
+            >>> like = {"state": ipop.template(x0, population_size=n), "n": 0}
+            >>> loaded = checkpoint.load("ipop.ckpt", like=like)["state"]
+            >>> loaded.population_size == state.population_size, bool(torch.equal(loaded.sigma, state.sigma))
+            (True, True)
         """
         state = self.init(x)
         if isinstance(population_size, bool) or not isinstance(population_size, int) or population_size < 2:
@@ -279,7 +313,14 @@ class IPOP(Algorithm):
         return _resized(state._replace(population_size=population_size))  # one process: n rows
 
     def inner_for(self, state: Any) -> Algorithm:
-        """The inner algorithm running now (its population size and initial sigma)."""
+        """The inner algorithm running now (its population size and initial sigma).
+
+        Args:
+            state: a state of this algorithm.
+
+        Returns:
+            ``algorithm`` with the current run's ``population_size`` and ``sigma``.
+        """
         a = self.algorithm
         if state.population_size == a.population_size and state.sigma0 == a.sigma:
             return a
@@ -376,14 +417,32 @@ class IPOP(Algorithm):
 class BIPOP(IPOP):
     """Restarts in two interlaced regimes, large and small populations (Hansen 2009).
 
-    The same fields as ``IPOP`` (module docstring: the regimes). ``increase``
-    is the large regime's population factor; ``max_restarts`` counts the
-    large regime's restarts only (small runs are interlaced for free, within
-    the budget rule).
+    The same fields as ``IPOP`` (module docstring: the regimes).
 
-    Example:
-        >>> bipop = BIPOP(algorithm=CMAES(population_size=10, sigma=2.0), maximize=False)
-        >>> state, history = bipop.run(bipop.init(x0), rastrigin, 3000, generator=g)
+    Args:
+        algorithm: as ``IPOP``'s: the first run's population size and ``sigma``.
+        increase: the large regime's population factor per restart (> 1, default 2).
+        max_restarts: the large regime's restarts allowed (default 9); small runs
+            are interlaced for free, within the budget rule.
+        tolfun: as ``IPOP``'s.
+        tolx: as ``IPOP``'s.
+        restart_centre: as ``IPOP``'s.
+        maximize: as ``IPOP``'s.
+
+    All arguments are keyword-only.
+
+    Examples:
+        >>> import math
+        >>> from nytorch_fn.algorithms import ravel
+        >>> def rastrigin(pop):                         # [N], many local minima, the global one at 0
+        ...     x = ravel(pop).double()
+        ...     return 10 * x.shape[1] + (x**2 - 10 * torch.cos(2 * math.pi * x)).sum(1)
+        >>> g = torch.Generator().manual_seed(0)
+        >>> x0 = nf.particle(nn.Linear(2, 1, bias=False)).randn(generator=g) * 3
+        >>> bipop = BIPOP(algorithm=CMAES(population_size=6, sigma=2.0), maximize=False)
+        >>> state, history = bipop.run(bipop.init(x0), rastrigin, 300, generator=g)
+        >>> state.generation, state.restarts >= 1, state.regime in ("large", "small")
+        (300, True, True)
     """
 
     State = BIPOPState  # type: ignore[assignment]  # a State of its own, with BIPOP's extra fields

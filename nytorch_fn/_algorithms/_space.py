@@ -43,7 +43,18 @@ def _op_tensors(p: Particle, where: str) -> list[torch.Tensor]:
 
 
 def ravel_size(species: Species) -> int:
-    """``P``: the number of searched values (operational floating parameters) of ``species``."""
+    """``P``: the number of searched values (operational floating parameters) of ``species``.
+
+    Args:
+        species: the species (``particle.species``).
+
+    Returns:
+        The total number of elements of its operational floating-point parameters.
+
+    Examples:
+        >>> ravel_size(nf.particle(nn.Linear(3, 2)).species)   # 3 * 2 weights + 2 biases
+        8
+    """
     lay = species.layout()
     return sum(lay.numel[i] for i in lay.op)
 
@@ -63,9 +74,16 @@ def ravel(p: Particle) -> torch.Tensor:
         TypeError: ``p`` is not a particle, or an operational parameter is not
             floating point (named).
 
-    Example:
-        >>> flat = ravel(p)                 # [P]
-        >>> q = unravel(flat * 2, like=p)   # == 2 * p
+    Examples:
+        >>> p = nf.particle(nn.Linear(3, 2))            # 3 * 2 weights + 2 biases
+        >>> flat = ravel(p)
+        >>> flat.shape
+        torch.Size([8])
+        >>> q = unravel(flat * 2, like=p)               # 2 * p
+        >>> bool(torch.equal(q.params["weight"], 2 * p.params["weight"]))
+        True
+        >>> ravel(nf.random_population(p, 16)).shape    # a population: [N, P]
+        torch.Size([16, 8])
     """
     if not isinstance(p, Particle):
         raise TypeError(f"ravel: expected a Particle, got {describe(p)}")
@@ -103,8 +121,14 @@ def unravel(flat: Any, like: Particle) -> Particle:
         OperandShapeError: the last dimension is not ``P``.
         PopulationSizeError: ``flat`` has ``N`` rows but ``like`` is a population of another size.
 
-    Example:
+    Returns:
+        A single particle for ``[P]``, a population of ``N`` for ``[N, P]``.
+
+    Examples:
+        >>> p = nf.particle(nn.Linear(3, 2))
         >>> pop = unravel(torch.randn(16, ravel_size(p.species)), like=p)
+        >>> pop.population_size, pop.params["weight"].shape
+        (16, torch.Size([16, 2, 3]))
     """
     if not isinstance(like, Particle):
         raise TypeError(f"unravel: like expects a Particle, got {describe(like)}")
@@ -263,8 +287,16 @@ def enforce_bounds(
 
     Values already inside are kept bit for bit.
 
-    Example:
-        >>> pop = enforce_bounds(pop, (-5.0, 5.0), "reflect")
+    Returns:
+        A particle or population of the same species and size (``population``
+        itself when ``bounds`` is None).
+
+    Examples:
+        >>> from nytorch_fn.algorithms import ravel
+        >>> pop = nf.random_population(nf.particle(nn.Linear(3, 2)), 16, generator=torch.Generator().manual_seed(0))
+        >>> inside = enforce_bounds(pop * 10, (-5.0, 5.0), "reflect")
+        >>> bool(ravel(inside).abs().max() <= 5.0)
+        True
     """
     if bounds is None:
         return population
@@ -315,8 +347,9 @@ def uniform_population(
         template: a single particle of the species (its values are not used;
             non-operational parameters follow their config).
         n: members, >= 1.
-        low, high: finite bounds: numbers, 0-d tensors or single particles of
-            the species (elementwise).
+        low: the finite lower bound: a number, a 0-d tensor or a single
+            particle of the species (elementwise).
+        high: the finite upper bound, as ``low``.
         generator: for reproducible draws (drawn on its device, moved to the
             parameters'); None uses torch's global RNG.
 
@@ -326,8 +359,16 @@ def uniform_population(
     Raises:
         ValueError: infinite bounds, ``low > high``, ``n < 1``.
 
-    Example:
-        >>> pop = uniform_population(p, 64, -5.0, 5.0, generator=g)
+    Returns:
+        A population of ``n`` members (``[n, ...]`` per tensor).
+
+    Examples:
+        >>> from nytorch_fn.algorithms import ravel
+        >>> pop = uniform_population(nf.particle(nn.Linear(3, 2)), 64, -5.0, 5.0,
+        ...                          generator=torch.Generator().manual_seed(0))
+        >>> x = ravel(pop)
+        >>> x.shape, bool(x.min() >= -5.0), bool(x.max() < 5.0)
+        (torch.Size([64, 8]), True, True)
     """
     require_single(template, "uniform_population")
     n = check_size(n, "uniform_population")
