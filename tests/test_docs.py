@@ -78,11 +78,6 @@ needs_docs_extra = pytest.mark.skipif(
     "pip install -e '.[docs]'",
 )
 
-#: TEMPORARY (issue 16): modules whose public names must have a docstring but
-#: whose summary lines, Args/Returns sections and class members are not checked
-#: yet: the algorithms, which others are rewriting right now.
-RELAXED_MODULES = ("nytorch_fn._algorithms",)
-
 #: The modules whose docstring examples run here: every module of nytorch_fn
 #: (found by walking the package, so a new module is included) and of the
 #: legacy nytorch package.
@@ -190,11 +185,6 @@ def _sections(doc: str) -> dict[str, str]:
     return out
 
 
-def _relaxed(obj: Any) -> bool:
-    module = getattr(obj, "__module__", "") or ""
-    return any(module == m or module.startswith(m + ".") for m in RELAXED_MODULES)
-
-
 def _callable_problems(fn: Any, doc: str, *, method: bool) -> list[str]:
     try:
         sig = inspect.signature(fn)
@@ -225,15 +215,33 @@ def _callable_problems(fn: Any, doc: str, *, method: bool) -> list[str]:
     return problems
 
 
+_MULTI_NAME_ENTRY = re.compile(r"^(\*{0,2}\w+(?:\s*,\s*\*{0,2}\w+)+)\s*(?:\([^)]*\))?:")
+
+
+def _multi_name_entries(doc: str) -> list[str]:
+    """The ``a, b: text`` entries of the Args-like sections (one entry per name is the rule)."""
+    found = []
+    for title, text in _sections(doc).items():
+        if title not in _ARGS_TITLES:
+            continue
+        body = [line for line in text.splitlines() if line.strip()]
+        indent = min((len(line) - len(line.lstrip()) for line in body), default=0)
+        for line in body:
+            if len(line) - len(line.lstrip()) == indent:
+                match = _MULTI_NAME_ENTRY.match(line.strip())
+                if match:
+                    found.append(match.group(1))
+    return found
+
+
 def _doc_problems(obj: Any, *, method: bool = False) -> list[str]:
     doc = HOOK.own_doc(obj)
     if doc is None:
         return ["no docstring"]
-    if _relaxed(obj):
-        return []
     doc = inspect.cleandoc(doc)
     lines = doc.splitlines()
-    problems = []
+    problems = [f"Args: {names!r} is one entry for several names (one entry per name)"
+                for names in _multi_name_entries(doc)]
     if len(lines) > 1 and lines[1].strip():
         problems.append("the summary is more than one line")
     if re.search(r"^Example:\s*$", doc, re.M):
@@ -322,7 +330,7 @@ def test_docstrings(group: str) -> None:
             if not (callable(obj) or isinstance(obj, type)):
                 continue
             problems += [f"{name}: {p}" for p in _doc_problems(obj)]
-            if isinstance(obj, type) and not _relaxed(obj):
+            if isinstance(obj, type):
                 for member, value in _members(obj).items():
                     problems += [f"{name}.{member}: {p}" for p in _doc_problems(value, method=True)]
     assert not problems, f"{len(problems)} docstring problems:\n" + "\n".join(problems)

@@ -431,32 +431,65 @@ class Collective:
         return t
 
     def gather(self, v_local: torch.Tensor) -> torch.Tensor:
-        """The global ``[N, ...]`` tensor from each process's local rows (small per-member values)."""
+        """The global ``[N, ...]`` tensor from each process's local rows (small per-member values).
+
+        Args:
+            v_local: this process's rows, ``[n_local, ...]``.
+
+        Returns:
+            All ``N`` rows in global member order (the same on every process).
+        """
         raise NotImplementedError
 
     def member(self, pop_local: Particle, i: int) -> Particle:
-        """Global member ``i`` as a single particle (a copy), from its owner."""
+        """Global member ``i`` as a single particle (a copy), from its owner.
+
+        Args:
+            pop_local: this process's members (a population of ``n_local``).
+            i: the member's global index, in ``[0, N)``.
+
+        Returns:
+            A single particle of the species, on every process.
+        """
         raise NotImplementedError
 
     def take(self, pop_local: Particle, idx: torch.Tensor, *, out: Particle | None = None) -> Particle:
-        """The members at global indices ``idx`` (a ``[k]`` tensor, this process's share of a
-        selection) as a local population of ``k`` (copies).
+        """The members at global indices ``idx`` as a local population of ``k`` (copies).
 
-        ``out``: a population of ``k`` of the same species that the caller owns
-        and no longer needs (not ``pop_local`` nor a view of it): the operational
-        tensors are written into its buffers (``index_select(..., out=)``), the
-        same bits as a fresh take; None (or a population that does not fit)
-        allocates."""
+        Args:
+            pop_local: this process's members (a population of ``n_local``).
+            idx: a ``[k]`` tensor of global indices, this process's share of a selection.
+            out: a population of ``k`` of the same species that the caller owns
+                and no longer needs (not ``pop_local`` nor a view of it): the
+                operational tensors are written into its buffers
+                (``index_select(..., out=)``), the same bits as a fresh take;
+                None (or a population that does not fit) allocates.
+
+        Returns:
+            A population of ``k`` members, in the order of ``idx``.
+        """
         raise NotImplementedError
 
     # -- derived, the same for every implementation -------------------------------
 
     @property
     def local_n(self) -> int:
+        """How many members this process holds (``len(rows)``)."""
         return len(self.rows)
 
     def block(self, v: Any) -> Any:
-        """The local rows of a global ``[N, ...]`` tensor or ``N``-member population."""
+        """The local rows of a global ``[N, ...]`` tensor or ``N``-member population.
+
+        Args:
+            v: a ``[N, ...]`` tensor or a population of ``N``.
+
+        Returns:
+            Its rows ``rows`` (``v`` itself when this process holds every member).
+
+        Raises:
+            PopulationSizeError: ``v`` does not have ``N`` rows.
+            TypeError: ``v`` is neither a tensor nor a population.
+        """
         if isinstance(v, Particle):
             if v.population_size != self.n:
                 raise PopulationSizeError(f"block: expected a population of {self.n}, got {describe(v)}")
@@ -479,6 +512,16 @@ class Collective:
         ``N = 256``: below float64 resolution for values near the largest)
         and the integers are summed in int64, so the result has the same bits
         for any split of the members. Non-finite values make the exact sum NaN.
+
+        Args:
+            v_local: this process's rows, ``[n_local, ...]``.
+            exact: the fixed-point sum above (the same bits for any split).
+
+        Returns:
+            The ``[...]`` sum, in ``v_local``'s dtype, the same on every process.
+
+        Raises:
+            PopulationSizeError: ``v_local`` does not have ``n_local`` rows.
         """
         if not isinstance(v_local, torch.Tensor) or v_local.dim() == 0 or v_local.shape[0] != self.local_n:
             raise PopulationSizeError(f"sum: expected a [{self.local_n}, ...] tensor of local rows, got {describe(v_local)}")
@@ -521,6 +564,9 @@ class Collective:
             exact: see below.
             like: a single particle giving the non-operational parameters of the
                 result (default: the first local member's).
+
+        Returns:
+            A single particle of the species, the same on every process.
 
         Numerics. ``exact=False`` (fast): per operational tensor one matrix
         product ``w @ X`` in the parameter's dtype (the weights cast to it),
@@ -597,6 +643,10 @@ class Collective:
                 (a buffer the caller owns and no longer needs): drawn into in
                 place, the same bits as a fresh call; when it does not fit (another
                 size or layout) a fresh result is made.
+
+        Returns:
+            A population of ``n_local`` (for a particle template) or a
+            ``[n_local, *template.shape]`` tensor (for a tensor template).
         """
         if isinstance(template, Particle):
             require_single(template, "noise")
@@ -653,7 +703,11 @@ def take_targets(pop_local: Particle, out: Any, k: int) -> list[torch.Tensor | N
 
 
 class LocalCollective(Collective):
-    """One process holding all ``n`` members: every method is the plain local computation."""
+    """One process holding all ``n`` members: every method is the plain local computation.
+
+    Args:
+        n: the population size ``N`` (``rows`` is ``range(n)``).
+    """
 
     __slots__ = ("n", "rows")
 
@@ -662,12 +716,39 @@ class LocalCollective(Collective):
         self.rows = range(n)
 
     def gather(self, v_local: torch.Tensor) -> torch.Tensor:
+        """The global ``[N, ...]`` tensor: here ``v_local`` itself.
+
+        Args:
+            v_local: all ``N`` rows.
+
+        Returns:
+            ``v_local``.
+        """
         return v_local
 
     def member(self, pop_local: Particle, i: int) -> Particle:
+        """Member ``i`` as a single particle (a copy).
+
+        Args:
+            pop_local: the population of all ``N`` members.
+            i: the member's index.
+
+        Returns:
+            A copy of ``pop_local[i]``.
+        """
         return pop_local[int(i)].clone()
 
     def take(self, pop_local: Particle, idx: torch.Tensor, *, out: Particle | None = None) -> Particle:
+        """The members at indices ``idx`` as a population of ``k`` (copies; ``Collective.take``).
+
+        Args:
+            pop_local: the population of all ``N`` members.
+            idx: a ``[k]`` tensor of indices.
+            out: a population of ``k`` to write into, as ``Collective.take``'s.
+
+        Returns:
+            A population of ``k`` members, in the order of ``idx``.
+        """
         # index_select: the same copies as advanced indexing, at a fraction of its dispatch cost
         ts = pop_local.tensors
         if not ts:
@@ -1094,8 +1175,8 @@ class Algorithm:
                 everything sharing storage with it, must not be used afterwards).
 
         Returns:
-            ``(population, state)``: ``N`` members (a particle with a leading
-            ``N``) and the state that remembers them for ``tell``.
+            The pair ``(population, state)``, ``N`` members (a particle with a
+            leading ``N``) and the state that remembers them for ``tell``.
 
         Raises:
             TypeError: ``state`` is not this algorithm's ``State``.
@@ -1143,9 +1224,17 @@ class Algorithm:
     ) -> tuple[Any, torch.Tensor]:
         """``ask``, ``fitness_fn(population)``, ``tell``: one generation.
 
+        Args:
+            state: from ``init`` or an earlier ``step``/``tell``.
+            fitness_fn: ``population -> [N]`` (``[N, M]`` multi-objective)
+                fitness, higher is better unless ``maximize=False``.
+            generator: draws the generation's randomness (torch's global RNG when None).
+            donate: allow writing into ``state``'s own buffers (``state`` must not be
+                used afterwards).
+
         Returns:
-            ``(state, fitness)``: the new state and the fitness of the members
-            just evaluated.
+            The pair ``(state, fitness)``, the new state and the fitness of the
+            members just evaluated.
         """
         if not callable(fitness_fn):
             raise TypeError(f"{type(self).__name__}.step: fitness_fn expects a callable population -> fitness, "

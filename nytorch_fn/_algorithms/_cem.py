@@ -70,9 +70,11 @@ class CEM(Algorithm):
         sigma: the initial standard deviation of every value, > 0.
         elite_ratio: the fraction of members refitted to, in (0, 1]
             (``k = max(1, floor(elite_ratio * N))``; default 0.1).
-        lr_mean, lr_sigma: smoothing of the refit, in (0, 1] (default 1: none).
-        sigma_decay, sigma_limit: ``s <- max(s * sigma_decay, sigma_limit)``
-            after each update (defaults 1 and 0: off).
+        lr_mean: smoothing of the mean's refit, in (0, 1] (default 1: none).
+        lr_sigma: smoothing of the standard deviations' refit, in (0, 1] (default 1: none).
+        sigma_decay: ``s <- max(s * sigma_decay, sigma_limit)`` after each
+            update (default 1: off).
+        sigma_limit: the lower bound of that decay (default 0).
         exact: exact collective sums (sharded runs give the single-process bits).
         maximize: higher fitness is better (default) or lower.
 

@@ -827,7 +827,8 @@ class SepCMAES(Algorithm):
     Args:
         population_size: ``N >= 2`` (Hansen's default: ``cma_population_size(x)``).
         sigma: the initial step size, > 0.
-        mu, active: as ``CMAES``.
+        mu: as ``CMAES``.
+        active: as ``CMAES``.
         dtype: the dtype of the ``[P]`` state vectors and of the sampling
             (``torch.float64`` default; ``torch.float32`` halves the memory for very large ``P``).
         exact: sums over members bit-identical under any sharding (slower).

@@ -197,8 +197,9 @@ class SNES(Algorithm):
         lr_sigma: step on ``log sigma``, > 0; None: ``(3 + ln d) / (5 sqrt d)``.
         shaping: ``score [N] -> utilities [N]`` (default ``nes_utilities``;
             any shaping of ``nytorch_fn.algorithms``, e.g. ``centered_ranks``).
-        sigma_decay, sigma_limit: after each update ``sigma <- max(sigma *
-            sigma_decay, sigma_limit)`` (defaults 1 and 0: off).
+        sigma_decay: after each update ``sigma <- max(sigma * sigma_decay,
+            sigma_limit)`` (default 1: off).
+        sigma_limit: the lower bound of that decay (default 0).
         exact: exact collective sums (``Collective.weighted_sum``): a sharded
             run then gives the single-process bits; off by default (~10x the
             cost of the two sums).
@@ -322,10 +323,12 @@ class XNES(Algorithm):
         population_size: ``N >= 2`` (default 16; the paper's is ``nes_population(d)``).
         sigma: the initial scale, > 0 (``B`` starts as the identity).
         lr_mean: > 0 (paper: 1).
-        lr_sigma, lr_B: > 0; None: ``(9 + 3 ln d) / (5 d sqrt d)``.
+        lr_sigma: step on ``log sigma``, > 0; None: ``(9 + 3 ln d) / (5 d sqrt d)``.
+        lr_B: step on ``B``, > 0; None: ``(9 + 3 ln d) / (5 d sqrt d)``.
         shaping: ``score [N] -> utilities [N]`` (default ``nes_utilities``).
-        sigma_decay, sigma_limit: ``sigma <- max(sigma * sigma_decay, sigma_limit)``
-            after each update (off by default).
+        sigma_decay: ``sigma <- max(sigma * sigma_decay, sigma_limit)`` after
+            each update (off by default).
+        sigma_limit: the lower bound of that decay (default 0).
         maximize: higher fitness is better (default) or lower.
 
     All arguments are keyword-only.

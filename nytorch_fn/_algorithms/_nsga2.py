@@ -470,8 +470,8 @@ class NSGA2(Algorithm):
                 under ``sharded`` each process holds only its rows).
 
         Returns:
-            ``(members, score)``: a population of the ``k`` first-front parents
-            and their ``[k, M]`` float64 score (higher is better per objective:
+            The pair ``(members, score)``, a population of the ``k`` first-front
+            parents and their ``[k, M]`` float64 score (higher is better per objective:
             the fitness with the sign of ``maximize`` applied, NaN as ``-inf``).
         """
         keep = torch.nonzero(state.rank == 0).squeeze(1)

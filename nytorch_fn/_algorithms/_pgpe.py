@@ -94,8 +94,9 @@ class PGPE(Algorithm):
         sigma_max_change: the largest relative change of a deviation per
             generation, in [0, 1] (default 0.2, as Ha's and EvoTorch's PGPE).
         shaping: ``score [N] -> [N]`` (default ``centered_ranks``).
-        sigma_decay, sigma_limit: ``s <- max(s * sigma_decay, sigma_limit)``
-            after each update (off by default).
+        sigma_decay: ``s <- max(s * sigma_decay, sigma_limit)`` after each
+            update (off by default).
+        sigma_limit: the lower bound of that decay (default 0).
         exact: exact collective sums (sharded runs give the single-process bits).
         maximize: higher fitness is better (default) or lower.
 
