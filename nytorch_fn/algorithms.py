@@ -3,15 +3,22 @@
 Every algorithm is an immutable object of hyperparameters (``attrs``
 frozen, keyword-only, validated at construction) with pure methods over an
 immutable ``NamedTuple`` state (a pytree that ``nytorch_fn.checkpoint``
-saves), so switching algorithms changes one line::
+saves), so switching algorithms changes one line (here minimising a loss):
 
-    algo = OpenAIES(population_size=64, sigma=0.1)
-    state = algo.init(x, generator=g)                     # x: the centre, or the initial population
-    pop, state = algo.ask(state, generator=g)             # N members
-    state = algo.tell(state, pop, fitness, generator=g)   # fitness [N]
-    state, fitness = algo.step(state, fitness_fn, generator=g)
-    state, history = algo.run(state, fitness_fn, 100, generator=g, progress=True)
-    state.best, state.best_fitness, state.generation
+    >>> def loss(pop):                                    # [N]: the squared distance to 1
+    ...     return sum(((t - 1) ** 2).flatten(1).sum(1) for t in pop.tensors)
+    >>> g = torch.Generator().manual_seed(0)
+    >>> x = nf.particle(nn.Linear(2, 1)).randn(generator=g)   # a centre (3 searched values)
+    >>> algo = OpenAIES(population_size=64, sigma=0.1, maximize=False)
+    >>> state = algo.init(x, generator=g)                 # x: the centre, or the initial population
+    >>> pop, state = algo.ask(state, generator=g)         # N members
+    >>> state = algo.tell(state, pop, loss(pop), generator=g)   # fitness [N]
+    >>> state, fitness = algo.step(state, loss, generator=g)
+    >>> state, history = algo.run(state, loss, 100, generator=g)   # progress=True: a progress bar
+    >>> state.generation, pop.population_size, fitness.shape, history.best_fitness.shape
+    (102, 64, torch.Size([64]), torch.Size([100]))
+    >>> bool(state.best_fitness < 0.01)                   # state.best: the best member so far
+    True
 
 Conventions shared by all of them:
 
