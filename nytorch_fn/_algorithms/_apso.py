@@ -17,8 +17,10 @@ class APSOState(NamedTuple):
     """The swarm after ``generation`` moves (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields
-            (``best`` is the global best ``W_g``).
+        best: the global best ``W_g`` so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         population: the ``N`` members to evaluate next (``[N, ...]`` per tensor).
         noise: the ``W_r`` of the last move (a population), or None before the
             first; kept so that a donated ``tell`` draws the next one into it.

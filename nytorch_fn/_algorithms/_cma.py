@@ -625,7 +625,10 @@ class CMAESState(NamedTuple):
     dtypes; ``sigma`` is 0-d float64.
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         mean: the centre as a single particle (each parameter's dtype): the answer.
         m: the centre as the ``[P]`` vector the algorithm updates
             (``mean`` is it rounded to the parameters' dtypes).
@@ -633,7 +636,8 @@ class CMAESState(NamedTuple):
         C: ``[P, P]`` covariance matrix.
         B, D: its eigendecomposition as sampled from (``C = B diag(D**2) B^T``,
             ``[P, P]`` and ``[P]``), renewed every ``eigen_interval`` generations.
-        p_sigma, p_c: ``[P]`` evolution paths (step size, rank-one update).
+        p_sigma: the ``[P]`` evolution path of the step size.
+        p_c: the ``[P]`` evolution path of the rank-one update.
         eigen_generation: the generation at which ``B``, ``D`` were computed.
     """
 
@@ -793,12 +797,16 @@ class SepCMAESState(NamedTuple):
     Vectors ``[P]`` in the algorithm's ``dtype``; ``sigma`` 0-d float64.
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         mean: the centre as a single particle (each parameter's dtype).
         m: the centre as a ``[P]`` vector.
         sigma: the step size.
         c: the diagonal of the covariance matrix.
-        p_sigma, p_c: evolution paths.
+        p_sigma: the evolution path of the step size.
+        p_c: the evolution path of the covariance.
     """
 
     best: Particle
@@ -897,7 +905,10 @@ class LMMAESState(NamedTuple):
     """The search distribution of ``LMMAES`` (a pytree). Vectors in the algorithm's ``dtype``.
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         mean: the centre as a single particle (each parameter's dtype).
         m: the centre as a ``[P]`` vector.
         sigma: the step size (0-d float64).

@@ -139,7 +139,10 @@ class DEState(NamedTuple):
     """The parents of DE (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         population: the parents (this process's members; before the first
             ``tell``, the initial population, not yet evaluated).
         score: ``[N]`` float64, the parents' fitness with higher better and

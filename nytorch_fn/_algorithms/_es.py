@@ -36,8 +36,10 @@ class ESState(NamedTuple):
     """The search distribution after ``generation`` updates (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields
-            (``best`` is the best sampled member so far).
+        best: the best sampled member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         mean: the centre of the search distribution (a single particle).
         opt_state: the optimiser's state for ``mean``.
         noise: the standard-normal perturbations of the last ``ask`` (a

@@ -25,7 +25,10 @@ class GAState(NamedTuple):
     """The population of generation ``generation`` (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         population: the ``N`` members to evaluate next.
     """
 

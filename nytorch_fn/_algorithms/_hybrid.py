@@ -18,7 +18,10 @@ class HybridState(NamedTuple):
     """The population after ``steps`` gradient steps (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         population: ``N`` members (``[N, ...]`` per tensor): after ``tell``, the
             blended members (the next ``ask`` trains them).
         opt_state: the optimiser's state for the whole population.

@@ -161,7 +161,10 @@ class SNESState(NamedTuple):
     """The search distribution of SNES (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         mean: the centre ``m`` (a single particle of the centre's species).
         sigma: the per-value standard deviations ``s`` (a particle like ``mean``).
         noise: the standard-normal ``z`` of the last ``ask`` (this process's
@@ -290,7 +293,10 @@ class XNESState(NamedTuple):
     """The search distribution of XNES (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         mean: the centre (a single particle).
         sigma: the global scale, a 0-d float64 tensor.
         B: the ``[d, d]`` float64 shape matrix (``det B = 1``; the covariance

@@ -178,9 +178,10 @@ class NSGA2State(NamedTuple):
     """The parents of NSGA-II (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields
-            (``best``: the first front's compromise member, module docstring;
-            ``best_fitness``: its ``[M]`` fitness).
+        best: the first front's compromise member (module docstring; a single particle).
+        best_fitness: its ``[M]`` fitness.
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         population: the parents (this process's members; before the first
             ``tell``, the initial population, not yet evaluated).
         score: ``[N, M]`` float64, the parents' objectives with higher better

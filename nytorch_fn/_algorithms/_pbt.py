@@ -19,7 +19,10 @@ class PBTState(NamedTuple):
     """A population and its per-member hyperparameters (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         population: ``N`` members; after ``tell``, the exploited ones (the next
             ``ask`` trains them).
         hyperparams: ``name -> [N]`` float64 tensor, each member's values (drawn

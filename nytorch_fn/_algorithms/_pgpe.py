@@ -39,7 +39,10 @@ class PGPEState(NamedTuple):
     """The search distribution of PGPE (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         mean: the centre ``m`` (a single particle).
         sigma: per-value standard deviations ``s`` (a particle like ``mean``).
         opt_state: the optimiser's state for ``mean``.

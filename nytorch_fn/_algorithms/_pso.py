@@ -37,7 +37,10 @@ class PSOState(NamedTuple):
     """The swarm of PSO (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields.
+        best: the best member so far (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: the number of ``tell`` calls so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         population: the positions to evaluate next (this process's members).
         velocity: their velocities (a population like ``population``).
         personal_best: each member's best position so far (before the first

@@ -146,8 +146,10 @@ class IPOPState(NamedTuple):
     """The state of ``IPOP`` (a pytree).
 
     Attributes:
-        best, best_fitness, generation, asked: the protocol's common fields
-            (``best`` over every run; ``generation`` counts every generation).
+        best: the best member over every run (a single particle).
+        best_fitness: its fitness (0-d float64).
+        generation: every generation of every run so far.
+        asked: the bookkeeping of the last ``ask`` (an int64 tensor, checked by ``tell``).
         inner: the running search's state (a ``CMAESState``, ``SepCMAESState``
             or ``LMMAESState``; its ``generation`` counts this run's generations;
             its own ``best`` is the run's centre and its ``best_fitness`` NaN: the
@@ -184,7 +186,8 @@ class BIPOPState(NamedTuple):
 
     Attributes:
         large_restarts: large-regime runs started after the first.
-        large_evaluations, small_evaluations: evaluations used by each regime.
+        large_evaluations: evaluations used by the large regime.
+        small_evaluations: evaluations used by the small regime.
         last_large: evaluations of the last finished large run.
         regime: ``"large"`` or ``"small"`` (the current run).
         run_limit: the current run's evaluation limit (0: none).
