@@ -10,7 +10,8 @@
   methods) and every name of the legacy API reference has a docstring with
   a one-line summary; functions and methods taking arguments have an
   ``Args:`` section (naming each argument), those returning something a
-  ``Returns:`` section.
+  ``Returns:`` section; no ``Args:`` entry names several arguments at once
+  (``a, b: ...``: one entry per name).
 - ``test_docstring_examples``: the ``Examples:`` of every module of
   ``nytorch_fn`` and of the legacy ``nytorch`` run as doctests (the merging
   examples with the names docs/reference/merge.md lists, the distributed ones
