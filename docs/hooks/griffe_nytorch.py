@@ -102,6 +102,9 @@ def _attrs_init(cls: griffe.Class) -> None:
         field = by_alias.get(p.name)
         member = cls.members.get(field.name) if field is not None else None
         annotation = getattr(member, "annotation", None) if member is not None and not member.is_alias else None
+        if annotation is None and field is not None and field.type is not None:
+            # a field inherited from an attrs base class: its annotation as attrs recorded it
+            annotation = field.type if isinstance(field.type, str) else getattr(field.type, "__name__", str(field.type))
         default = _default(p.default)
         if field is not None and isinstance(field.default, attrs.Factory):  # type: ignore[arg-type]
             factory = field.default.factory

@@ -423,15 +423,15 @@ class BIPOP(IPOP):
     The same fields as ``IPOP`` (module docstring: the regimes).
 
     Args:
-        algorithm (CMAES | SepCMAES | LMMAES): as ``IPOP``'s: the first run's
+        algorithm: as ``IPOP``'s: the first run's
             population size and ``sigma``.
-        increase (float): the large regime's population factor per restart (> 1, default 2).
-        max_restarts (int): the large regime's restarts allowed (default 9); small runs
+        increase: the large regime's population factor per restart (> 1, default 2).
+        max_restarts: the large regime's restarts allowed (default 9); small runs
             are interlaced for free, within the budget rule.
-        tolfun (float): as ``IPOP``'s.
-        tolx (float): as ``IPOP``'s.
-        restart_centre (Callable | None): as ``IPOP``'s.
-        maximize (bool): as ``IPOP``'s.
+        tolfun: as ``IPOP``'s.
+        tolx: as ``IPOP``'s.
+        restart_centre: as ``IPOP``'s.
+        maximize: as ``IPOP``'s.
 
     All arguments are keyword-only.
 
