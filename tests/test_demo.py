@@ -82,8 +82,9 @@ def test_compare_legacy_times_the_loop_of_modules(tmp_path, capsys):
     summary = main(["--population", "3", "--steps", "12", "--every", "4", "--out", str(tmp_path), "--no-progress",
                     "--compare-legacy"])
     assert summary["legacy_loop_ms_per_step"] > 0 and summary["nytorch_fn_ms_per_step"] > 0
+    # speedup is rounded to 2 decimals, the times to 3: allow that rounding, not more
     assert summary["speedup"] == pytest.approx(summary["legacy_loop_ms_per_step"] / summary["nytorch_fn_ms_per_step"],
-                                               rel=0.01)
+                                               rel=0.01, abs=0.006)
     assert "nytorch loop of modules" in capsys.readouterr().out
 
 
