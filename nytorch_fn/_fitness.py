@@ -55,7 +55,7 @@ def fitness_order(fitness: torch.Tensor, *, maximize: bool = True) -> torch.Tens
     if torch.isnan(f).all():
         raise ValueError("fitness: every value is NaN; expected at least one number")
     worst = float("-inf") if maximize else float("inf")
-    return torch.where(torch.isnan(f), torch.full_like(f, worst), f)
+    return torch.nan_to_num(f, nan=worst, posinf=float("inf"), neginf=float("-inf"))  # only NaN replaced
 
 
 def fitness_vector(fitness: Any, n: int, where: str) -> torch.Tensor:

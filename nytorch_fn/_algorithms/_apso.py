@@ -48,8 +48,8 @@ class APSO(Algorithm):
 
     ``W_i <- (1 - beta) W_i + beta W_g + alpha_t W_r`` for every member at once
     (``nf.lincomb``, one pass per term), where ``W_g`` is the best member seen
-    so far, ``W_r`` a standard-normal particle from member ``i``'s own noise
-    stream (``Collective.noise``; one base seed per generation from the
+    so far, ``W_r`` member ``i``'s standard-normal particle from the noise
+    blocks (``Collective.noise``; one base seed per generation from the
     generator) and ``alpha_t = alpha * alpha_decay ** t`` at generation ``t``;
     then ``bounds`` are enforced. Only operational parameters move.
 
@@ -101,7 +101,7 @@ class APSO(Algorithm):
             seed = draw_seed(generator)
             fresh = None
             if donate and noise is not None and noise.population_size == coll.local_n:
-                fresh = refill_noise(noise, seed, coll.rows, False)  # into the buffer this state owns
+                fresh = refill_noise(noise, seed, coll.rows, False, n=coll.n)  # into the buffer this state owns
             noise = fresh if fresh is not None else coll.noise(best, seed)
             moved = lincomb([1.0 - self.beta, self.beta, alpha_t], [population, best, noise], donate=donate)
         else:

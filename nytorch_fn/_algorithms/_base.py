@@ -38,7 +38,7 @@ from .._fitness import directions, objective_scores, scores
 from .._particle import Particle, assemble, build, operational, require_population, require_single
 
 # ---------------------------------------------------------------------------
-# per-member noise streams
+# noise streams, one per block of 32 members
 # ---------------------------------------------------------------------------
 
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -59,7 +59,7 @@ def stream_seed(base: int, k: int) -> int:
 
 
 # Seeds are Python ints (``torch.Generator.manual_seed`` takes no tensor): under ``torch.compile``
-# drawing them and seeding the member streams run eagerly (a graph break each), because a seed
+# drawing them and seeding the block streams run eagerly (a graph break each), because a seed
 # traced as a symbolic int makes dynamo reason about its bits (``x >> 63``) and fail
 # ("Invalid NaN comparison"). The same calls, the same values.
 @torch.compiler.disable
@@ -70,144 +70,95 @@ def draw_seed(generator: torch.Generator | None) -> int:
     return int(torch.randint(0, 2**63 - 1, (1,), generator=generator, device=device)[0])
 
 
-def _signed(x: int) -> int:
-    return x - (1 << 64) if x >> 63 else x
+NOISE_BLOCK = 32
+"""Members per noise stream: block ``j`` holds the global members ``[32 j, 32 j + 32)``."""
 
 
-_G64 = _signed(_GOLDEN)
-_M1 = _signed(0xBF58476D1CE4E5B9)
-_M2 = _signed(0x94D049BB133111EB)
-
-
-def stream_seeds(base: int, ks: range) -> list[int]:
-    """``[stream_seed(base, k) for k in ks]`` as signed int64 values (``torch.Generator.manual_seed``
-    takes them as their uint64 bit patterns), computed in one vectorised int64 pass: wrapping
-    multiplication and masked (logical) shifts are the uint64 arithmetic of ``stream_seed``."""
-    if len(ks) == 0:
-        return []
-    k = torch.arange(ks.start, ks.stop, ks.step, dtype=torch.int64)
-    z = k.mul_(_G64).bitwise_xor_(_signed(base & _MASK)).add_(_G64)
-    z = z.bitwise_xor_(z.bitwise_right_shift(30).bitwise_and_((1 << 34) - 1)).mul_(_M1)
-    z = z.bitwise_xor_(z.bitwise_right_shift(27).bitwise_and_((1 << 37) - 1)).mul_(_M2)
-    return z.bitwise_xor_(z.bitwise_right_shift(31).bitwise_and_((1 << 33) - 1)).tolist()
-
-
-_ROWS: dict[tuple, tuple[torch.Tensor, tuple[torch.Tensor, ...]]] = {}
-_ROWS_BYTES = 1 << 22  # only small buffers are cached (where making views is a visible share)
-
-
-def _row_views(b: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """``b.unbind(0)``, cached for the few small buffers a loop keeps refilling (a donated run
-    draws into the same buffers every generation, and making the row views again costs about
-    a microsecond per row, a visible share of drawing a short row). The cache holds at most
-    four buffers of at most 4 MiB each."""
-    nbytes = b.numel() * b.element_size()
-    if nbytes > _ROWS_BYTES:
-        return b.unbind(0)
-    key = (b.untyped_storage().data_ptr(), b.storage_offset(), tuple(b.shape), b.stride(), b.dtype, b.device)
-    hit = _ROWS.get(key)
-    if hit is not None:  # the cache keeps the storage alive: the same address is the same buffer
-        return hit[1]
-    rows = b.unbind(0)
-    if len(_ROWS) >= 4:
-        _ROWS.pop(next(iter(_ROWS)))
-    _ROWS[key] = (b, rows)
-    return rows
+def _noise_tmp(rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
+    """A contiguous ``[rows, width]`` scratch tensor like ``like`` for one block's draw: inside
+    ``run`` the loop's own (reused every generation), else fresh. Its values mean nothing."""
+    ws = _WORKSPACE.get()
+    if ws is None:
+        return torch.empty(rows, width, dtype=like.dtype, device=like.device)
+    key = ("noise.block", like.dtype, like.device)
+    have = ws.get(key)
+    need = rows * width
+    if not isinstance(have, torch.Tensor) or have.numel() < need:
+        have = torch.empty(max(need, 1), dtype=like.dtype, device=like.device)
+        ws[key] = have
+    return have[:need].view(rows, width)
 
 
 @torch.compiler.disable
 def fill_noise(
-    bufs: Sequence[torch.Tensor], base: int, members: range, antithetic: bool, *, uniform: bool = False
+    bufs: Sequence[torch.Tensor], base: int, members: range, antithetic: bool, *, n: int, uniform: bool = False
 ) -> None:
-    """Write the noise of global members ``members`` into ``bufs``.
+    """Write the noise of global members ``members`` (of a population of ``n``) into ``bufs``.
 
-    ``bufs`` are ``[len(members), P_d]`` buffers, one per dtype group (on any
-    device). Member ``i`` uses stream ``k = i // 2`` with sign ``(-1)**i``
-    when antithetic (member ``2k + 1`` is the negation of member ``2k``), else
-    ``k = i`` with sign ``+1``. Stream ``k`` is a ``torch.Generator`` on the
-    buffer's device seeded with ``stream_seed(base, k)``, from which one
-    ``torch.randn(P_d)`` (``torch.rand(P_d)`` when ``uniform``: U[0, 1)) per
-    buffer, in order, is drawn (as ``normal_``/``uniform_`` on the row, the
-    same kernel and bits without an allocation). So any subset of members is
-    drawn alone with the same bits as in the whole population. A pair whose
-    two members are both here is drawn once and negated in one vectorised
-    pass (antithetic uniform draws are refused: ``-u`` is not uniform).
+    ``bufs`` are contiguous ``[len(members), P_d]`` buffers, one per dtype group
+    (on any device). The members are drawn in blocks of ``NOISE_BLOCK = 32``:
+    block ``j`` holds the global members ``[32 j, min(32 j + 32, n))`` (``r_j``
+    of them) and draws from a ``torch.Generator`` on the buffer's device seeded
+    with ``stream_seed(base, j)``: per buffer, in order, one
+    ``torch.randn(h_j, P_d)`` (``torch.rand``, U[0, 1), when ``uniform``),
+    with ``h_j = r_j``, row ``q`` the noise of member ``32 j + q``; when
+    antithetic ``h_j = ceil(r_j / 2)`` and member ``32 j + 2 q`` gets row ``q``,
+    member ``32 j + 2 q + 1`` its negation (``-row q``). So any subset of
+    members (a rank's rows) gets the same bits as in the whole population: a
+    block that the subset covers only in part is drawn whole and the rows
+    needed are kept (at most two such blocks). Antithetic uniform draws are
+    refused (``-u`` is not uniform).
     """
     if uniform and antithetic:
         raise ValueError("noise: antithetic draws expect normal noise, got uniform=True")
-    if not bufs or len(members) == 0:
-        return
     start, stop = members.start, members.stop
+    if not bufs or stop <= start:
+        return
+    if members.step != 1 or start < 0 or stop > n:
+        raise ValueError(f"noise: expected a range of members within [0, {n}), got {members}")
+    B = NOISE_BLOCK
+    blocks = range(start // B, (stop - 1) // B + 1)
     devices = []
     for b in bufs:
         if b.device not in devices:
             devices.append(b.device)
     gens = {d: torch.Generator(device=d) for d in devices}
-    rows = [_row_views(b) for b in bufs]
-    # (row, stream) pairs to draw, in order
-    if not antithetic:
-        plan_rows: Sequence[int] = range(stop - start)
-        streams = range(start, stop)
-        negate_first = False
-        pairs = None
-        last = None
-    else:
-        first = start
-        negate_first = first % 2 == 1  # its partner lives below this block: draw it and negate
-        heads = [0] if negate_first else []
-        if negate_first:
-            first += 1
-        pairs_end = first + 2 * ((stop - first) // 2)
-        heads += list(range(first - start, pairs_end - start, 2))
-        last = pairs_end - start if pairs_end < stop else None  # the last member's partner lives above
-        if last is not None:
-            heads.append(last)
-        plan_rows = heads
-        streams = range(start // 2, start // 2 + len(heads))
-        pairs = (first - start, pairs_end - start)
-    seeds = stream_seeds(base, streams)
-    if len(devices) == 1:
-        g = gens[devices[0]]
-        seed = g.manual_seed
-        if len(rows) == 1:
-            r0 = rows[0]
-            if uniform:
-                for row, s in zip(plan_rows, seeds):
-                    seed(s)
-                    r0[row].uniform_(generator=g)
-            else:
-                for row, s in zip(plan_rows, seeds):
-                    seed(s)
-                    r0[row].normal_(generator=g)  # the very kernel of torch.randn, into the row
-        else:
-            for row, s in zip(plan_rows, seeds):
-                seed(s)
-                for r in rows:
-                    if uniform:
-                        r[row].uniform_(generator=g)
-                    else:
-                        r[row].normal_(generator=g)
-    else:
-        for row, s in zip(plan_rows, seeds):
-            seeded = set()
-            for b, r in zip(bufs, rows):
-                if b.device not in seeded:
-                    gens[b.device].manual_seed(s)
-                    seeded.add(b.device)
+    for j in blocks:
+        seed = stream_seed(base, j)
+        for g in gens.values():
+            g.manual_seed(seed)
+        b0, b1 = j * B, min(j * B + B, n)
+        lo, hi = max(start, b0), min(stop, b1)  # the global members kept from this block
+        whole = lo == b0 and hi == b1
+        heads = (b1 - b0 + 1) // 2 if antithetic else b1 - b0
+        for buf in bufs:
+            g = gens[buf.device]
+            if whole and not antithetic:  # straight into the rows (contiguous: the same bits)
+                dst = buf[b0 - start:b1 - start]
                 if uniform:
-                    r[row].uniform_(generator=gens[b.device])
+                    dst.uniform_(generator=g)
                 else:
-                    r[row].normal_(generator=gens[b.device])
-    if not antithetic:
-        return
-    if negate_first:
-        for b in bufs:
-            b[0].neg_()
-    assert pairs is not None  # antithetic
-    lo, hi = pairs
-    if hi > lo:
-        for b in bufs:
-            torch.neg(b[lo:hi:2], out=b[lo + 1:hi:2])
+                    dst.normal_(generator=g)  # the very kernel of torch.randn
+                continue
+            tmp = _noise_tmp(heads, buf.shape[1], buf)
+            if uniform:
+                tmp.uniform_(generator=g)
+            else:
+                tmp.normal_(generator=g)
+            if not antithetic:
+                buf[lo - start:hi - start].copy_(tmp[lo - b0:hi - b0])
+                continue
+            # member m gets row (m - b0) // 2, negated when (m - b0) is odd
+            first_even = lo + (lo - b0) % 2
+            first_odd = lo + 1 - (lo - b0) % 2
+            if first_even < hi:
+                k = (hi - first_even + 1) // 2
+                q = (first_even - b0) // 2
+                buf[first_even - start:hi - start:2].copy_(tmp[q:q + k])
+            if first_odd < hi:
+                k = (hi - first_odd + 1) // 2
+                q = (first_odd - b0) // 2
+                torch.neg(tmp[q:q + k], out=buf[first_odd - start:hi - start:2])
 
 
 def _noise_buffers(template: Particle, rows: int) -> tuple[list[torch.Tensor], list[list[int]]]:
@@ -222,7 +173,7 @@ def _noise_buffers(template: Particle, rows: int) -> tuple[list[torch.Tensor], l
     return bufs, list(groups.values())
 
 
-def noise_population(template: Particle, base: int, members: range, antithetic: bool, *,
+def noise_population(template: Particle, base: int, members: range, antithetic: bool, *, n: int,
                      uniform: bool = False) -> Particle:
     """``fill_noise`` for the operational parameters of ``template`` (a single particle): a
     population of ``len(members)``; non-operational parameters as their config says.
@@ -234,7 +185,7 @@ def noise_population(template: Particle, base: int, members: range, antithetic: 
     lay = sp.layout()
     rows = len(members)
     bufs, groups = _noise_buffers(template, rows)
-    fill_noise(bufs, base, members, antithetic, uniform=uniform)
+    fill_noise(bufs, base, members, antithetic, n=n, uniform=uniform)
     results: list[Any] = [None] * len(sp.names)
     for ix, buf in zip(groups, bufs):
         off = 0
@@ -276,14 +227,14 @@ def noise_buffers_of(noise: Particle, rows: int) -> list[torch.Tensor] | None:
     return bufs
 
 
-def refill_noise(noise: Particle, base: int, members: range, antithetic: bool, *,
+def refill_noise(noise: Particle, base: int, members: range, antithetic: bool, *, n: int,
                  uniform: bool = False) -> Particle | None:
     """Draw new noise into the buffers of a population made by ``noise_population`` (same rows);
     None when its tensors are not views of such buffers (the caller then allocates)."""
     bufs = noise_buffers_of(noise, len(members))
     if bufs is None:
         return None
-    fill_noise(bufs, base, members, antithetic, uniform=uniform)
+    fill_noise(bufs, base, members, antithetic, n=n, uniform=uniform)
     return noise
 
 
@@ -628,7 +579,7 @@ class Collective:
 
     def noise(self, template: Any, base_seed: int, *, antithetic: bool = False, uniform: bool = False,
               out: Any = None) -> Any:
-        """Noise for the local members, each from its own stream (``fill_noise``).
+        """Noise for the local members, from the noise blocks of ``fill_noise`` (32 members a stream).
 
         Args:
             template: a single particle (-> a population of ``n_local`` like it,
@@ -637,7 +588,7 @@ class Collective:
             base_seed: this generation's seed (``draw_seed(generator)``, the same
                 on every process).
             antithetic: member ``2k + 1`` is the negation of member ``2k``.
-            uniform: U[0, 1) draws (``torch.rand`` on each stream) instead of
+            uniform: U[0, 1) draws (``torch.rand`` on each block) instead of
                 standard normal ones (``torch.randn``).
             out: the result of an earlier ``noise`` call for the same template
                 (a buffer the caller owns and no longer needs): drawn into in
@@ -655,9 +606,9 @@ class Collective:
                 if bufs is not None and all(
                     b.dtype == t.dtype and b.device == t.device for b, t in zip(bufs, _group_firsts(template))
                 ):
-                    fill_noise(bufs, base_seed, self.rows, antithetic, uniform=uniform)
+                    fill_noise(bufs, base_seed, self.rows, antithetic, n=self.n, uniform=uniform)
                     return out
-            return noise_population(template, base_seed, self.rows, antithetic, uniform=uniform)
+            return noise_population(template, base_seed, self.rows, antithetic, n=self.n, uniform=uniform)
         if isinstance(template, torch.Tensor):
             if not template.is_floating_point():
                 raise TypeError(f"noise: expected a floating template, got {describe(template)}")
@@ -668,7 +619,7 @@ class Collective:
             else:
                 buf = torch.empty(self.local_n, max(template.numel(), 0), dtype=template.dtype,
                                   device=template.device)
-            fill_noise([buf], base_seed, self.rows, antithetic, uniform=uniform)
+            fill_noise([buf], base_seed, self.rows, antithetic, n=self.n, uniform=uniform)
             return buf.view(shape)
         raise TypeError(f"noise: expected a particle or a tensor template, got {describe(template)}")
 
@@ -826,18 +777,20 @@ def probe(population: Particle | None, n_global: int, n_local: int, device: Any)
     so ``tell`` recognises the population ``ask`` returned at the cost of
     ``2 n`` reads.
     """
-    out = torch.zeros(n_local + 1, 2, dtype=torch.int64, device=device)
-    out[0, 0] = n_global
     if population is None:
+        out = torch.zeros(n_local + 1, 2, dtype=torch.int64, device=device)
+        out[0, 0] = n_global
         return out
-    out[0, 1] = 1
     xs = operational(population)
-    if xs:
-        a, _ = _first_last(xs[0])
-        _, b = _first_last(xs[-1])
-        out[1:, 0] = a.detach().to(device=device, dtype=torch.float64).view(torch.int64)
-        out[1:, 1] = b.detach().to(device=device, dtype=torch.float64).view(torch.int64)
-    return out
+    head = torch.tensor([[n_global, 1]], dtype=torch.int64, device=device)
+    if not xs:
+        return torch.cat([head, torch.zeros(n_local, 2, dtype=torch.int64, device=device)])
+    a, _ = _first_last(xs[0])
+    _, b = _first_last(xs[-1])
+    if a.dtype != b.dtype or a.device != b.device:
+        a, b = a.to(device=device, dtype=torch.float64), b.to(device=device, dtype=torch.float64)
+    body = torch.stack([a.detach(), b.detach()], 1).to(device=device, dtype=torch.float64).view(torch.int64)
+    return torch.cat([head, body])
 
 
 # ---------------------------------------------------------------------------

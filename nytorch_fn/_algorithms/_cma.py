@@ -536,7 +536,7 @@ def _centre(flat: torch.Tensor, like: Particle) -> Particle:
 
 
 def _every_member_noise(coll: Any, like: torch.Tensor, seed: int, out: torch.Tensor | None = None) -> torch.Tensor:
-    """``[N, P]`` standard normal noise of ALL members (member ``i`` from its own stream, as
+    """``[N, P]`` standard normal noise of ALL members (drawn in the noise blocks, as
     ``Collective.noise`` draws it), for samples computed alike on every process: a matrix
     product's rows can round differently for different row counts, so each process
     computing only its block would not give the single-process bits."""
@@ -546,7 +546,7 @@ def _every_member_noise(coll: Any, like: torch.Tensor, seed: int, out: torch.Ten
         buf = out  # a buffer the caller owns (the run loop's): drawn into, the same bits
     else:
         buf = torch.empty(shape, dtype=like.dtype, device=like.device)
-    fill_noise([buf], seed, range(coll.n), False)
+    fill_noise([buf], seed, range(coll.n), False, n=coll.n)
     return buf
 
 
@@ -661,7 +661,7 @@ class CMAES(Algorithm):
     """CMA-ES with a full covariance matrix (Hansen's tutorial, 2016), for up to ~10^4 searched values.
 
     Samples ``x_i = m + sigma * B diag(D) z_i`` (``z_i`` standard normal, from
-    per-member streams) over the ravelled operational floating parameters,
+    the noise blocks) over the ravelled operational floating parameters,
     returns them as particles, and updates the mean (weighted recombination
     of the best ``mu``), the step size (cumulative step-size adaptation), and
     the covariance (rank-one update with ``h_sigma``, rank-``mu`` update,

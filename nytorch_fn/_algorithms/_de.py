@@ -263,8 +263,8 @@ class DE(Algorithm):
                          ws: dict | None = None) -> list[torch.Tensor] | None:
         """Per tensor, where the trial takes the mutant's value (None: everywhere, ``CR = 1``).
 
-        ``U(0, 1) < CR`` is drawn as ``z < Phi^-1(CR)`` on per-member standard-normal
-        streams (``coll.noise``); ``j_rand`` comes from the generator, for all ``N``.
+        ``u < CR`` with ``u`` uniform in [0, 1) from the members' noise blocks
+        (``coll.noise(..., uniform=True)``); ``j_rand`` comes from the generator, for all ``N``.
         ``ws``: the run loop's workspace (the noise and the masks reuse its buffers).
         """
         cr = self.crossover_rate
@@ -277,8 +277,9 @@ class DE(Algorithm):
         gdev = generator.device if generator is not None else device
         j_rand = coll.block(torch.randint(0, sum(sizes), (n,), generator=generator, device=gdev).to(device))
         if cr > 0.0:
-            z = coll.noise(pop[0], draw_seed(generator), out=ws.get("de.noise") if ws is not None else None)
-            threshold = float(torch.special.ndtri(torch.tensor(cr, dtype=torch.float64)))
+            z = coll.noise(pop[0], draw_seed(generator), uniform=True,
+                           out=ws.get("de.noise") if ws is not None else None)
+            threshold = cr
             if ws is None:
                 masks = [t < threshold for t in operational(z)]
             else:

@@ -1,11 +1,12 @@
 """OpenAI-ES: a Gaussian search distribution around one mean particle, shaped fitness, a sigma schedule.
 
 Noise: each ``ask`` draws ONE base seed ``b`` from the caller's generator
-(``draw_seed``); member ``i``'s noise comes from its own stream
-(``Collective.noise``: stream ``i // 2`` with sign ``(-1)**i`` when
-antithetic, seeded ``splitmix64(b ^ GOLDEN * k)``; the exact rule is in
-``nytorch_fn._algorithms._base.fill_noise``), so a rank of a sharded run
-draws only its own members and any split gives the same numbers.
+(``draw_seed``); the members' noise comes in blocks of 32 members, each
+block from its own stream seeded ``splitmix64(b ^ GOLDEN * j)``, member
+``2k + 1`` the negation of member ``2k`` when antithetic (the exact rule is
+in ``nytorch_fn._algorithms._base.fill_noise``), so a rank of a sharded run
+draws only the blocks of its own members and any split gives the same
+numbers.
 
 Gradient: ``g = sum_i w_i eps_i / (N sigma)`` with ``w = shaping(score)``,
 through ``Collective.weighted_sum``: one matrix product per tensor by default
@@ -161,7 +162,7 @@ class OpenAIES(Algorithm):
         mean, sigma = state.mean, state.sigma
         noise = None
         if donate and state.noise is not None and state.noise.population_size == coll.local_n:
-            noise = refill_noise(state.noise, seed, coll.rows, self.antithetic)
+            noise = refill_noise(state.noise, seed, coll.rows, self.antithetic, n=coll.n)
         if noise is None:
             noise = coll.noise(mean, seed, antithetic=self.antithetic)
         eps = operational(noise)

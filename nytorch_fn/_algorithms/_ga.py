@@ -75,9 +75,9 @@ class GeneticAlgorithm(Algorithm):
     Draws, in order: ``[2, M, tournament_size]`` contestants (``randint``),
     ``[M]`` crossover coins (``rand``), for ``"tensor"`` granularity ``[M, T]``
     pieces (``rand``, ``T`` operational tensors), then base seeds
-    (``draw_seed``) for the per-child element streams of crossover, mutation
-    noise and mutation mask (``Collective.noise``, child ``j``'s stream ``j``;
-    a uniform ``u`` is ``Phi(z)`` of a stream's normal ``z``), so under
+    (``draw_seed``) for the per-child element noise of crossover, mutation
+    noise and mutation mask (``Collective.noise``: child ``j`` is row ``j`` of
+    the noise blocks; a uniform ``u`` is ``Phi(z)`` of a normal ``z``), so under
     ``sharded`` each rank draws only its own children's elements.
 
     Args:

@@ -103,14 +103,14 @@ def sample(mean: Particle, sigma: Particle, noise: Particle, out: list[torch.Ten
 
 
 def ask_gaussian(state: Any, generator: Any, coll: Any, donate: bool, antithetic: bool = False) -> tuple[Particle, dict]:
-    """``ask`` of the diagonal Gaussians: per-member noise streams (``coll.noise``), then
+    """``ask`` of the diagonal Gaussians: the noise blocks (``coll.noise``), then
     ``mean + sigma * noise``. Donated, the noise and the population are drawn into the
     state's buffers of the last ``ask`` (a loop's cost then does not depend on the heap)."""
     seed = draw_seed(generator)
     n = coll.local_n
     noise = None
     if donate and state.noise is not None and state.noise.population_size == n:
-        noise = refill_noise(state.noise, seed, coll.rows, antithetic)
+        noise = refill_noise(state.noise, seed, coll.rows, antithetic, n=coll.n)
     if noise is None:
         noise = coll.noise(state.mean, seed, antithetic=antithetic)
     old = state.population
@@ -405,7 +405,7 @@ class XNES(Algorithm):
         seed = draw_seed(generator)
         if donate and state.noise.shape == (coll.local_n, mu.shape[0]):
             z = state.noise
-            fill_noise([z], seed, coll.rows, False)  # the same draws as coll.noise, into the state's buffer
+            fill_noise([z], seed, coll.rows, False, n=coll.n)  # the same draws as coll.noise, into the state's buffer
         else:
             z = coll.noise(mu, seed)  # [n, d] float64
         x = torch.addmm(mu, z, state.B.T, alpha=float(state.sigma))  # mu + sigma * B z, row by row

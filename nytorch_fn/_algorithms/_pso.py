@@ -29,7 +29,7 @@ import torch
 from .._particle import Particle, assemble, build, operational
 from ._base import Algorithm, Example, draw_seed, scratch_like, workspace
 from ._common import maximize_field, member_view, v_flag, v_nonneg
-from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population, replace_rows, uniform
+from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population, replace_rows
 from ._space import enforce_bounds
 
 
@@ -147,10 +147,10 @@ class PSO(Algorithm):
             seeds = (draw_seed(generator), draw_seed(generator))
 
             def coefficients(k: int, c: float) -> list[torch.Tensor]:  # c_k r_k, in the loop's noise buffer
-                z = coll.noise(g, seeds[k], out=ws.get("pso.noise") if ws is not None else None)
+                z = coll.noise(g, seeds[k], uniform=True, out=ws.get("pso.noise") if ws is not None else None)
                 if ws is not None:
                     ws["pso.noise"] = z
-                return [uniform(t).mul_(c) for t in operational(z)]
+                return [t.mul_(c) for t in operational(z)]
         else:
             n, device = coll.n, xs[0].device
             gdev = generator.device if generator is not None else device

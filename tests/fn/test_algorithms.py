@@ -14,7 +14,7 @@ from torch import nn
 
 import nytorch_fn as nf
 from nytorch_fn import optim
-from nytorch_fn._algorithms._base import LocalCollective, _quantized_weighted, stream_seed, stream_seeds
+from nytorch_fn._algorithms._base import NOISE_BLOCK, LocalCollective, _quantized_weighted, stream_seed
 from nytorch_fn.algorithms import (
     APSO,
     PBT,
@@ -68,14 +68,19 @@ def base_seed(g: torch.Generator) -> int:
     return int(torch.randint(0, 2**63 - 1, (1,), generator=g)[0])
 
 
-def stream_noise(base: int, members, p: int, *, antithetic: bool = False) -> torch.Tensor:
-    """The documented member streams in plain torch: ``[len(members), p]`` float32."""
-    rows = []
-    for i in members:
-        k, sign = (i // 2, -1.0 if i % 2 else 1.0) if antithetic else (i, 1.0)
-        z = torch.randn(p, generator=torch.Generator().manual_seed(stream_seed(base, k)))
-        rows.append(z * sign if sign < 0 else z)
-    return torch.stack(rows)
+def stream_noise(base: int, members, p: int, *, n: int, antithetic: bool = False, draw=torch.randn) -> torch.Tensor:
+    """The documented noise blocks in plain torch: ``[len(members), p]`` float32. Block ``j`` (members
+    ``[32 j, 32 j + 32)`` of ``n``) is one ``draw(h, p)`` from a generator seeded ``stream_seed(base, j)``;
+    antithetic: member ``32 j + 2 q`` is row ``q`` and member ``32 j + 2 q + 1`` its negation."""
+    assert NOISE_BLOCK == 32
+    rows = {}
+    for j in range((n + 31) // 32):
+        b0, b1 = 32 * j, min(32 * j + 32, n)
+        h = (b1 - b0 + 1) // 2 if antithetic else b1 - b0
+        z = draw(h, p, generator=torch.Generator().manual_seed(stream_seed(base, j)))
+        for q in range(b1 - b0):
+            rows[b0 + q] = (-z[q // 2] if q % 2 else z[q // 2]) if antithetic else z[q]
+    return torch.stack([rows[i] for i in members])
 
 
 def flat(pop: nf.Particle) -> torch.Tensor:
@@ -199,7 +204,7 @@ def test_apso_move_matches_the_formula_in_plain_torch():
     s2 = apso.tell(s1, p1, fitness, generator=gen(4))
     assert tree_equal(s2.best, pop[1])  # member 1 is the best; the NaN one never is
     g = gen(4)
-    noise = stream_noise(base_seed(g), range(5), 8)  # W_r: member i from stream i
+    noise = stream_noise(base_seed(g), range(5), 8, n=5)  # W_r: member i is row i of block 0
     for k, (name, new) in enumerate(s2.population.params.items()):
         old = pop.params[name]
         off = sum(TEMPLATE.params[m].numel() for m in TEMPLATE.species.names[:k])
@@ -209,7 +214,7 @@ def test_apso_move_matches_the_formula_in_plain_torch():
     # generation 1: alpha_t = alpha * decay
     p2, s3 = apso.ask(s2)
     s4 = apso.tell(s3, p2, torch.zeros(5), generator=gen(5))
-    noise = stream_noise(base_seed(gen(5)), range(5), 8)
+    noise = stream_noise(base_seed(gen(5)), range(5), 8, n=5)
     w = s4.population.params["weight"]
     want = (p2.params["weight"] * (1 - beta)).add_(s3.best.params["weight"], alpha=beta).add_(
         noise[:, :6].reshape(5, 2, 3), alpha=alpha * decay)
@@ -269,7 +274,7 @@ def test_ga_elites_selection_and_element_crossover_by_hand():
     g = gen(3)
     score = torch.where(fitness.isnan(), torch.tensor(-math.inf), fitness).double()
     elites, a, b, crossed = _parents(ga, score, g)
-    z = stream_noise(base_seed(g), range(8), 5)  # the crossover stream of each row
+    z = stream_noise(base_seed(g), range(8), 5, n=8)  # the crossover noise of each row
     x = pop.tensors[0]
     got = new.population.tensors[0]
     assert torch.equal(got[:2], x[elites]) and elites.tolist() == [7, 1]
@@ -310,7 +315,7 @@ def test_ga_mutation_and_bounds():
     new = ga0.tell(s, p, torch.zeros(12), generator=gen(2))
     g = gen(2)
     _, a, _, _ = _parents(ga0, torch.zeros(12, dtype=torch.float64), g)
-    z = stream_noise(base_seed(g), range(12), 8)  # mutation stream (no crossover stream: "none")
+    z = stream_noise(base_seed(g), range(12), 8, n=12)  # mutation noise (no crossover stream: "none")
     assert torch.allclose(flat(new.population), flat(pop)[a] + 0.3 * z, atol=1e-6)
 
 
@@ -443,7 +448,7 @@ def test_es_minimises_a_quadratic_with_a_sigma_schedule():
 def test_es_noise_follows_the_documented_member_streams(antithetic):
     es = OpenAIES(population_size=6, sigma=0.1, antithetic=antithetic)
     pop, state = es.ask(es.init(TEMPLATE), generator=gen(3))
-    eps = stream_noise(base_seed(gen(3)), range(6), 8, antithetic=antithetic)
+    eps = stream_noise(base_seed(gen(3)), range(6), 8, n=6, antithetic=antithetic)
     assert torch.equal(flat(state.noise), eps)
     mean = torch.cat([t.reshape(-1) for t in TEMPLATE.tensors])
     assert torch.equal(flat(pop), torch.add(mean, eps, alpha=0.1))
@@ -468,15 +473,31 @@ def test_es_update_matches_the_estimator_in_plain_torch(exact):
     assert torch.allclose(got, want, atol=1e-6, rtol=1e-5)
 
 
-@pytest.mark.parametrize("base", [0, 1, 12345, 2**63 - 2, 2**64 - 1, 0x9E3779B97F4A7C15])
-def test_vectorised_stream_seeds_are_the_documented_uint64_seeds(base):
-    ks = range(3, 300)
-    want = [stream_seed(base, k) for k in ks]
-    got = stream_seeds(base, ks)
-    assert [s % 2**64 for s in got] == want
-    # manual_seed takes a signed value as its uint64 bit pattern
-    g1, g2 = torch.Generator().manual_seed(got[-1]), torch.Generator().manual_seed(want[-1])
-    assert torch.equal(g1.get_state(), g2.get_state())
+@pytest.mark.parametrize("antithetic", [False, True])
+@pytest.mark.parametrize("rows", [(0, 70), (5, 37), (31, 33), (32, 64), (33, 34), (64, 70), (1, 69)])
+def test_noise_blocks_give_any_split_of_the_members_the_same_rows(antithetic, rows):
+    # 70 members: blocks [0, 32), [32, 64), [64, 70); a rank's rows cut blocks anywhere
+    n, base = 70, 2**64 - 1
+    want = stream_noise(base, range(n), 8, n=n, antithetic=antithetic)
+    coll = LocalCollective(n)
+    coll.rows = range(*rows)
+    got = flat(coll.noise(TEMPLATE, base, antithetic=antithetic))
+    assert torch.equal(got, want[rows[0]:rows[1]])
+    # inside run (the loop's scratch block buffer) the same bits
+    from nytorch_fn._algorithms import _base
+    token = _base._WORKSPACE.set({})
+    try:
+        again = flat(coll.noise(TEMPLATE, base, antithetic=antithetic))
+    finally:
+        _base._WORKSPACE.reset(token)
+    assert torch.equal(again, want[rows[0]:rows[1]])
+
+
+def test_noise_refuses_members_outside_the_population():
+    coll = LocalCollective(6)
+    coll.rows = range(4, 8)
+    with pytest.raises(ValueError, match=r"within \[0, 6\)"):
+        coll.noise(TEMPLATE, 1)
 
 
 @pytest.mark.parametrize("uniform", [False, True])
@@ -484,7 +505,7 @@ def test_collective_noise_streams_uniform_option_and_out_buffers(uniform):
     coll = LocalCollective(6)
     base = 987654321
     draw = torch.rand if uniform else torch.randn
-    want = torch.stack([draw(8, generator=torch.Generator().manual_seed(stream_seed(base, k))) for k in range(6)])
+    want = stream_noise(base, range(6), 8, n=6, draw=draw)
     z = coll.noise(TEMPLATE, base, uniform=uniform)
     assert torch.equal(flat(z), want)
     if uniform:
