@@ -189,3 +189,23 @@ def test_de_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         algo.tell(asked, trial, torch.full((5,), math.nan))
     assert snap.unchanged()
+
+
+def test_crossover_mask_is_u_below_cr_from_the_uniform_noise_blocks_plus_j_rand():
+    # the documented draws, replayed in plain torch: [n, 3] U(0, 1) for the distinct others, then
+    # j_rand ~ randint(0, P, (n,)), then one base seed; u = row i of the uniform noise blocks
+    from tests.fn.test_algorithms import stream_noise
+
+    n, d, cr = 40, 6, 0.3
+    algo = DE(crossover_rate=cr)
+    state = evaluated(algo, start(n, d=d))
+    trial, _ = algo.ask(state, generator=gen(11))
+    g = gen(11)
+    torch.rand(n, 3, generator=g, dtype=torch.float64)
+    j_rand = torch.randint(0, d + 1, (n,), generator=g)
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=g)[0])
+    u = stream_noise(seed, range(n), d + 1, n=n, draw=torch.rand)
+    want = u < cr
+    want[torch.arange(n), j_rand] = True
+    took = values(trial) != values(state.population)  # a mutant value differs from its parent's
+    assert torch.equal(took, want)

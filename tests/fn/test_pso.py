@@ -162,3 +162,24 @@ def test_initial_positions_are_brought_inside_the_bounds():
         state = PSO(bounds=(-1.0, 1.0), bound_handling=handling).init(pop)
         assert bool((values(state.population).abs() <= 1.0).all())
         assert torch.equal(values(state.personal_best), values(state.population))
+
+
+def test_first_move_uses_the_uniform_noise_blocks_of_the_documented_seeds():
+    # velocity 0 and personal best = position, so v = (c2 r2) * (g - x) with r2 = row i of the
+    # uniform noise blocks of the second base seed drawn from tell's generator
+    from tests.fn.test_algorithms import stream_noise
+
+    c2 = 1.3
+    algo = PSO(inertia=0.5, cognitive=0.8, social=c2, maximize=False)
+    pop = start(40)
+    pop_asked, asked = algo.ask(algo.init(pop), generator=gen(1))
+    new = algo.tell(asked, pop_asked, sphere(pop), generator=gen(2))
+    g = gen(2)
+    seeds = [int(torch.randint(0, 2**63 - 1, (1,), generator=g)[0]) for _ in range(2)]
+    r2 = stream_noise(seeds[1], range(40), 4, n=40, draw=torch.rand)
+    x = torch.cat([t.reshape(40, -1) for t in pop.tensors], 1)
+    best = int(torch.argmin(sphere(pop)))
+    want = (r2 * c2) * (x[best] - x)
+    got = torch.cat([t.reshape(40, -1) for t in new.velocity.tensors], 1)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
+    assert not torch.allclose(got, (stream_noise(seeds[0], range(40), 4, n=40, draw=torch.rand) * c2) * (x[best] - x))
