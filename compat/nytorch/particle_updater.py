@@ -231,7 +231,27 @@ class AddParamParticleUpdater(_Base):
         state["_buffers"].pop(name, None)
         state["_modules"].pop(name, None)
         state["_non_persistent_buffers_set"].discard(name)
-        Module.register_parameter(this, name, pdata.params[self.add_param_id])
+        _put_parameter(this, name, pdata.params[self.add_param_id])
+
+
+_module_getattr = nn.Module.__getattr__
+_module_register = nn.Module.register_parameter
+
+
+def _put_parameter(module: Module, name: str, param: nn.Parameter) -> None:
+    """``Module.register_parameter(module, name, param)`` for a name just cleared from the
+    module's ``__dict__`` and tables, ``param`` a fresh ``nn.Parameter`` of a name the first
+    registration already checked: the one check left that can fail, an attribute of that name
+    on the class, is made on the class (``hasattr(module, name)`` searches the instance's
+    tables first, a microsecond of the whole catch-up). Global parameter registration hooks,
+    a class with its own ``__getattr__``, or a class attribute of that name take torch's own
+    path (its hooks, its error)."""
+    cls = type(module)
+    if (nn.modules.module._global_parameter_registration_hooks or cls.__getattr__ is not _module_getattr
+            or hasattr(cls, name)):
+        _module_register(module, name, param)
+        return
+    module.__dict__["_parameters"][name] = param
 
 
 class _Dropping(_Base):
