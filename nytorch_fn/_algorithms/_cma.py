@@ -406,9 +406,13 @@ def lm_transform(M: torch.Tensor, c_d: torch.Tensor, k: int, z: torch.Tensor, *,
                  scratch: torch.Tensor | None = None) -> torch.Tensor:
     """``d_i = F_k(... F_1(z_i))`` with ``F_j(v) = (1 - c_d[j]) v + c_d[j] (M_j . v) M_j``, for all rows.
 
-    Computed in coefficient form: every intermediate ``d`` is ``a z + sum_l b_l M_l``,
+    Computed in coefficient form: ``d = a z + sum_j b_j M_j`` with ``a = prod_j (1 - c_j)``
+    and ``b_j = c_j r_j prod_{i > j} (1 - c_i)``, where ``r_j = M_j . (F_{j-1}(...F_1(z)))``
+    is the dot product step ``j`` sees. Those solve the unit triangular system
+    ``r_j = P_j q_j + sum_{i < j} r_i c_i (P_j / P_{i+1}) G_ij`` (``q = z M^T``,
+    ``G = M M^T``, ``P_j = prod_{i < j} (1 - c_i)``): one triangular solve for all rows,
     so the k sequential rank-one steps cost two ``[N, P] x [P, k]`` products and
-    O(N k^2) small work instead of k passes over ``[N, P]``.
+    O(N k^2) work in a few calls instead of k passes over ``[N, P]``.
 
     ``scratch``: a contiguous tensor of ``z``'s shape and dtype: then the result is written
     into ``z`` (which the caller owns) with ``scratch`` holding ``b @ M_k``, the same values
@@ -417,17 +421,16 @@ def lm_transform(M: torch.Tensor, c_d: torch.Tensor, k: int, z: torch.Tensor, *,
     if k == 0:
         return z
     Mk = M[:k]
-    q = z @ Mk.T  # [N, k]: M_l . d for the current d
+    q = z @ Mk.T  # [N, k]: M_j . z
     G = Mk @ Mk.T  # [k, k]
-    a = 1.0
-    b = torch.zeros_like(q)
-    cd = [float(v) for v in c_d[:k]]
-    for j in range(k):
-        s = cd[j] * q[:, j]
-        a *= 1.0 - cd[j]
-        b = (1.0 - cd[j]) * b
-        b[:, j] += s
-        q = (1.0 - cd[j]) * q + s[:, None] * G[j][None, :]
+    c = c_d[:k].to(device=z.device, dtype=z.dtype)
+    P = torch.cat([torch.ones(1, dtype=z.dtype, device=z.device), torch.cumprod(1.0 - c, 0)])  # [k + 1]
+    # L[i, j] = c_i (P_j / P_{i+1}) G_ij for i < j: r = (P * q) + r L  <=>  r (I - L) = P * q
+    L = torch.triu(c[:, None] * (P[None, :k] / P[1:, None]) * G, diagonal=1)
+    eye = torch.eye(k, dtype=z.dtype, device=z.device)
+    r = torch.linalg.solve_triangular(eye - L, q * P[:k], upper=True, left=False, unitriangular=True)
+    b = r * (c * (P[k] / P[1:]))
+    a = float(P[k])
     if scratch is not None and scratch.shape == z.shape and scratch.dtype == z.dtype and scratch.is_contiguous():
         return z.mul_(a).add_(torch.matmul(b, Mk, out=scratch))
     return a * z + b @ Mk
@@ -435,14 +438,24 @@ def lm_transform(M: torch.Tensor, c_d: torch.Tensor, k: int, z: torch.Tensor, *,
 
 def lm_inverse(M: torch.Tensor, c_d: torch.Tensor, k: int, d: torch.Tensor) -> torch.Tensor:
     """``z`` with ``lm_transform(M, c_d, k, z) == d`` for one vector ``d`` [P]
-    (each ``F_j`` inverted by Sherman-Morrison, last first)."""
-    v = d
-    for j in reversed(range(k)):
-        cj = float(c_d[j])
-        Mj = M[j]
-        gamma = cj * (Mj @ v) / ((1.0 - cj) + cj * (Mj @ Mj))
-        v = (v - gamma * Mj) / (1.0 - cj)
-    return v
+    (each ``F_j`` inverted by Sherman-Morrison, last first).
+
+    ``F_j^-1(v) = (v - g_j M_j) / (1 - c_j)`` with ``g_j = c_j (M_j . v) / D_j``,
+    ``D_j = 1 - c_j + c_j |M_j|^2``. Undoing the divisions, ``z = (d - sum_j e_j M_j) / P``
+    (``P = prod_j (1 - c_j)``) where the ``e_j`` solve the unit triangular system
+    ``e_j + (c_j / D_j) sum_{i > j} G_ij e_i = (c_j / D_j) (M_j . d)``: one solve, no
+    loop over the k steps.
+    """
+    if k == 0:
+        return d
+    Mk = M[:k]
+    c = c_d[:k].to(device=d.device, dtype=d.dtype)
+    G = Mk @ Mk.T
+    f = c / ((1.0 - c) + c * torch.diagonal(G))  # c_j / D_j
+    U = torch.triu(f[:, None] * G, diagonal=1)  # U[j, i] = f_j G_ji (= G_ij) for i > j
+    eye = torch.eye(k, dtype=d.dtype, device=d.device)
+    e = torch.linalg.solve_triangular(eye + U, (f * (Mk @ d))[:, None], upper=True, unitriangular=True)[:, 0]
+    return (d - e @ Mk) / torch.prod(1.0 - c)
 
 
 class LMUpdate(NamedTuple):
