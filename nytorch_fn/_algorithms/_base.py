@@ -102,8 +102,10 @@ def fill_noise(
     with ``stream_seed(base, j)``: per buffer, in order, one
     ``torch.randn(h_j, P_d)`` (``torch.rand``, U[0, 1), when ``uniform``),
     with ``h_j = r_j``, row ``q`` the noise of member ``32 j + q``; when
-    antithetic ``h_j = ceil(r_j / 2)`` and member ``32 j + 2 q`` gets row ``q``,
-    member ``32 j + 2 q + 1`` its negation (``-row q``). So any subset of
+    antithetic ``h_j = ceil(r_j / 2)``: the block's first ``h_j`` members get
+    the rows (member ``32 j + q`` row ``q``) and the rest their negations
+    (member ``32 j + h_j + q`` gets ``-row q``), as evosax's and EvoX's
+    ``concat([z, -z])`` within each block. So any subset of
     members (a rank's rows) gets the same bits as in the whole population: a
     block that the subset covers only in part is drawn whole and the rows
     needed are kept (at most two such blocks). Antithetic uniform draws are
@@ -133,32 +135,26 @@ def fill_noise(
         heads = (b1 - b0 + 1) // 2 if antithetic else b1 - b0
         for buf in bufs:
             g = gens[buf.device]
-            if whole and not antithetic:  # straight into the rows (contiguous: the same bits)
-                dst = buf[b0 - start:b1 - start]
+            if whole:  # straight into the rows (contiguous: the same bits as a fresh draw)
+                dst = buf[b0 - start:b0 - start + heads]
                 if uniform:
                     dst.uniform_(generator=g)
                 else:
                     dst.normal_(generator=g)  # the very kernel of torch.randn
+                if antithetic and b1 - b0 > heads:
+                    torch.neg(buf[b0 - start:b1 - start - heads], out=buf[b0 - start + heads:b1 - start])
                 continue
             tmp = _noise_tmp(heads, buf.shape[1], buf)
             if uniform:
                 tmp.uniform_(generator=g)
             else:
                 tmp.normal_(generator=g)
-            if not antithetic:
-                buf[lo - start:hi - start].copy_(tmp[lo - b0:hi - b0])
-                continue
-            # member m gets row (m - b0) // 2, negated when (m - b0) is odd
-            first_even = lo + (lo - b0) % 2
-            first_odd = lo + 1 - (lo - b0) % 2
-            if first_even < hi:
-                k = (hi - first_even + 1) // 2
-                q = (first_even - b0) // 2
-                buf[first_even - start:hi - start:2].copy_(tmp[q:q + k])
-            if first_odd < hi:
-                k = (hi - first_odd + 1) // 2
-                q = (first_odd - b0) // 2
-                torch.neg(tmp[q:q + k], out=buf[first_odd - start:hi - start:2])
+            # member m gets row m - b0 (m < b0 + heads), else -row (m - b0 - heads)
+            mid = b0 + heads
+            if lo < min(hi, mid):
+                buf[lo - start:min(hi, mid) - start].copy_(tmp[lo - b0:min(hi, mid) - b0])
+            if max(lo, mid) < hi:
+                torch.neg(tmp[max(lo, mid) - mid:hi - mid], out=buf[max(lo, mid) - start:hi - start])
 
 
 def _noise_buffers(template: Particle, rows: int) -> tuple[list[torch.Tensor], list[list[int]]]:
@@ -587,7 +583,7 @@ class Collective:
                 tensor (-> ``[n_local, *template.shape]`` of its dtype and device).
             base_seed: this generation's seed (``draw_seed(generator)``, the same
                 on every process).
-            antithetic: member ``2k + 1`` is the negation of member ``2k``.
+            antithetic: mirrored pairs within each block of 32 (``fill_noise``).
             uniform: U[0, 1) draws (``torch.rand`` on each block) instead of
                 standard normal ones (``torch.randn``).
             out: the result of an earlier ``noise`` call for the same template

@@ -2,8 +2,8 @@
 
 Noise: each ``ask`` draws ONE base seed ``b`` from the caller's generator
 (``draw_seed``); the members' noise comes in blocks of 32 members, each
-block from its own stream seeded ``splitmix64(b ^ GOLDEN * j)``, member
-``2k + 1`` the negation of member ``2k`` when antithetic (the exact rule is
+block from its own stream seeded ``splitmix64(b ^ GOLDEN * j)``; when
+antithetic the second half of a block negates the first (the exact rule is
 in ``nytorch_fn._algorithms._base.fill_noise``), so a rank of a sharded run
 draws only the blocks of its own members and any split gives the same
 numbers.

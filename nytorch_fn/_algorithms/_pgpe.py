@@ -1,8 +1,9 @@
 """PGPE: policy gradients with parameter-based exploration (Sehnke et al. 2010), symmetric sampling.
 
 A separable Gaussian (mean ``m`` and a standard deviation ``s`` per value,
-particles of the centre's species) sampled in antithetic pairs: member
-``2k`` is ``m + s * z_k`` and member ``2k + 1`` is ``m - s * z_k``. With
+particles of the centre's species) sampled in antithetic pairs ``m + s * z_k``
+and ``m - s * z_k`` (within each noise block of 32 members the second half
+negates the first, ``fill_noise``). With
 ``u_i`` the shaped fitness (default: centred ranks) and ``b`` their mean,
 the gradient estimates (ascent) are, with ``z_i`` member ``i``'s signed noise::
 

@@ -71,7 +71,7 @@ def base_seed(g: torch.Generator) -> int:
 def stream_noise(base: int, members, p: int, *, n: int, antithetic: bool = False, draw=torch.randn) -> torch.Tensor:
     """The documented noise blocks in plain torch: ``[len(members), p]`` float32. Block ``j`` (members
     ``[32 j, 32 j + 32)`` of ``n``) is one ``draw(h, p)`` from a generator seeded ``stream_seed(base, j)``;
-    antithetic: member ``32 j + 2 q`` is row ``q`` and member ``32 j + 2 q + 1`` its negation."""
+    antithetic: ``h = ceil(r / 2)`` rows, member ``32 j + q`` is row ``q`` and member ``32 j + h + q`` its negation."""
     assert NOISE_BLOCK == 32
     rows = {}
     for j in range((n + 31) // 32):
@@ -79,7 +79,7 @@ def stream_noise(base: int, members, p: int, *, n: int, antithetic: bool = False
         h = (b1 - b0 + 1) // 2 if antithetic else b1 - b0
         z = draw(h, p, generator=torch.Generator().manual_seed(stream_seed(base, j)))
         for q in range(b1 - b0):
-            rows[b0 + q] = (-z[q // 2] if q % 2 else z[q // 2]) if antithetic else z[q]
+            rows[b0 + q] = (z[q] if q < h else -z[q - h]) if antithetic else z[q]
     return torch.stack([rows[i] for i in members])
 
 
