@@ -493,6 +493,39 @@ def test_noise_blocks_give_any_split_of_the_members_the_same_rows(antithetic, ro
     assert torch.equal(again, want[rows[0]:rows[1]])
 
 
+class _TwoDtypes(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Parameter(torch.zeros(3))
+        self.b = nn.Parameter(torch.zeros(2, 2, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_noise_blocks_draw_each_dtype_buffer_in_turn_from_the_block_stream(antithetic):
+    # two dtype groups: per block, one draw of [h, 3] float32 then one of [h, 4] float64 from the
+    # same generator; a split that cuts blocks gets the same rows of both
+    n, base = 40, 77
+    template = nf.particle(_TwoDtypes())
+    rows: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for j in range(2):
+        b0, b1 = 32 * j, min(32 * j + 32, n)
+        h = (b1 - b0 + 1) // 2 if antithetic else b1 - b0
+        g = torch.Generator().manual_seed(stream_seed(base, j))
+        za, zb = torch.randn(h, 3, generator=g), torch.randn(h, 4, generator=g, dtype=torch.float64)
+        for q in range(b1 - b0):
+            if antithetic:
+                rows[b0 + q] = (za[q], zb[q]) if q < h else (-za[q - h], -zb[q - h])
+            else:
+                rows[b0 + q] = (za[q], zb[q])
+    for lo, hi in [(0, 40), (7, 35), (33, 40)]:
+        coll = LocalCollective(n)
+        coll.rows = range(lo, hi)
+        z = coll.noise(template, base, antithetic=antithetic)
+        assert z.params["a"].dtype == torch.float32 and z.params["b"].dtype == torch.float64
+        assert torch.equal(z.params["a"], torch.stack([rows[i][0] for i in range(lo, hi)]))
+        assert torch.equal(z.params["b"].reshape(hi - lo, 4), torch.stack([rows[i][1] for i in range(lo, hi)]))
+
+
 def test_noise_refuses_members_outside_the_population():
     coll = LocalCollective(6)
     coll.rows = range(4, 8)
