@@ -89,6 +89,12 @@ def _noise_tmp(rows: int, width: int, like: torch.Tensor) -> torch.Tensor:
     return have[:need].view(rows, width)
 
 
+def _draw(t: torch.Tensor, g: torch.Generator, uniform: bool) -> torch.Tensor:
+    """``t`` filled in place with ``torch.rand`` (``uniform``) or ``torch.randn`` draws from ``g``
+    (``uniform_``/``normal_``: the very kernels, so the bits of a fresh draw of ``t``'s shape)."""
+    return t.uniform_(generator=g) if uniform else t.normal_(generator=g)
+
+
 @torch.compiler.disable
 def fill_noise(
     bufs: Sequence[torch.Tensor], base: int, members: range, antithetic: bool, *, n: int, uniform: bool = False
@@ -136,19 +142,11 @@ def fill_noise(
         for buf in bufs:
             g = gens[buf.device]
             if whole:  # straight into the rows (contiguous: the same bits as a fresh draw)
-                dst = buf[b0 - start:b0 - start + heads]
-                if uniform:
-                    dst.uniform_(generator=g)
-                else:
-                    dst.normal_(generator=g)  # the very kernel of torch.randn
+                _draw(buf[b0 - start:b0 - start + heads], g, uniform)
                 if antithetic and b1 - b0 > heads:
                     torch.neg(buf[b0 - start:b1 - start - heads], out=buf[b0 - start + heads:b1 - start])
                 continue
-            tmp = _noise_tmp(heads, buf.shape[1], buf)
-            if uniform:
-                tmp.uniform_(generator=g)
-            else:
-                tmp.normal_(generator=g)
+            tmp = _draw(_noise_tmp(heads, buf.shape[1], buf), g, uniform)
             # member m gets row m - b0 (m < b0 + heads), else -row (m - b0 - heads)
             mid = b0 + heads
             if lo < min(hi, mid):

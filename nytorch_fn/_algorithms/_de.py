@@ -279,14 +279,13 @@ class DE(Algorithm):
         if cr > 0.0:
             z = coll.noise(pop[0], draw_seed(generator), uniform=True,
                            out=ws.get("de.noise") if ws is not None else None)
-            threshold = cr
             if ws is None:
-                masks = [t < threshold for t in operational(z)]
+                masks = [t < cr for t in operational(z)]
             else:
                 ws["de.noise"] = z
                 bufs = [scratch_tensor(ws, f"de.mask{k}", t.shape, torch.bool, t.device)
                         for k, t in enumerate(operational(z))]
-                masks = [torch.lt(t, threshold, out=m) for t, m in zip(operational(z), bufs)]
+                masks = [torch.lt(t, cr, out=m) for t, m in zip(operational(z), bufs)]
         else:
             masks = [torch.zeros_like(x, dtype=torch.bool) for x in xs]
         off = 0
