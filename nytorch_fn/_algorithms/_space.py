@@ -238,6 +238,16 @@ def _limit(v: Any, i: int, t: torch.Tensor) -> Any:
     return v
 
 
+def clip_limits(bounds: tuple[Any, Any], i: int, t: torch.Tensor) -> tuple[Any, Any]:
+    """The ``(low, high)`` that ``enforce_bounds(..., "clip")`` clamps tensor ``i`` (``t``) with:
+    two floats, or two tensors of ``t``'s dtype and device (one member's shape: they broadcast
+    over rows, so a block of rows is clamped with the same values)."""
+    lo, hi = _limit(bounds[0], i, t), _limit(bounds[1], i, t)
+    if isinstance(lo, float) and isinstance(hi, float):
+        return lo, hi
+    return (torch.as_tensor(lo, dtype=t.dtype, device=t.device), torch.as_tensor(hi, dtype=t.dtype, device=t.device))
+
+
 def _reflect(t: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
     lo_t = torch.as_tensor(lo, dtype=t.dtype, device=t.device)
     hi_t = torch.as_tensor(hi, dtype=t.dtype, device=t.device)

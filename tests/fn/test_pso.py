@@ -183,3 +183,38 @@ def test_first_move_uses_the_uniform_noise_blocks_of_the_documented_seeds():
     got = torch.cat([t.reshape(40, -1) for t in new.velocity.tensors], 1)
     assert torch.allclose(got, want, rtol=1e-6, atol=1e-7)
     assert not torch.allclose(got, (stream_noise(seeds[0], range(40), 4, n=40, draw=torch.rand) * c2) * (x[best] - x))
+
+
+@pytest.mark.parametrize("per_dimension", [True, False])
+@pytest.mark.parametrize("bounds", [None, (-0.5, 0.5), "tensors"])
+def test_cache_blocks_of_rows_do_not_change_the_bits(monkeypatch, per_dimension, bounds):
+    # the move runs in blocks of rows (row_blocks); one row per block and one block for all
+    # must give the same bits, in run (donated buffers) and in step (fresh ones)
+    from nytorch_fn._algorithms import _base
+
+    wide = nf.particle(nn.Linear(40, 30))  # a weight row of 4,800 bytes, a bias row of 120
+    if bounds == "tensors":
+        bounds = (wide * 0 - 0.4, wide * 0 + 0.6)
+
+    def final(block_bytes: int):
+        monkeypatch.setattr(_base, "ROW_BLOCK_BYTES", block_bytes)
+        algo = PSO(per_dimension=per_dimension, bounds=bounds, maximize=False)
+        pop = uniform_population(wide, 12, -1.0, 1.0, generator=gen(4))
+        state, _ = algo.run(algo.init(pop), sphere, 3, generator=gen(5))
+        state, _ = algo.step(state, sphere, generator=gen(6))
+        return [values(p) for p in (state.population, state.velocity, state.personal_best)]
+
+    one_row, three_rows, whole = final(1), final(3 * 4800), final(1 << 30)
+    for a, b, c in zip(one_row, three_rows, whole):
+        assert torch.equal(a, c) and torch.equal(b, c)
+    assert not torch.equal(whole[0], whole[2])  # the swarm moved away from its personal bests
+
+
+def test_row_blocks_cover_the_rows_in_order_within_the_byte_budget(monkeypatch):
+    from nytorch_fn._algorithms import _base
+
+    monkeypatch.setattr(_base, "ROW_BLOCK_BYTES", 100)
+    t = torch.zeros(10, 3, 2)  # rows of 24 bytes: 4 per block
+    assert _base.row_blocks(t) == [slice(0, 4), slice(4, 8), slice(8, 10)]
+    assert _base.row_blocks(torch.zeros(3, 1000)) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # a row at least
+    assert _base.row_blocks(torch.zeros(0, 5)) == []
