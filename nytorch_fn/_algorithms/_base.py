@@ -892,14 +892,20 @@ def protocol_ask(algo: Any, state: Any, generator: Any, donate: Any, factory: Co
     _check_bool(donate, where, "donate")
     n = _sizes(state, where)
     coll = factory(n)
+    pop, fields = _ask_kernel(algo, state, generator, donate, coll, where)
+    asked = probe(pop, n, coll.local_n, state.asked.device)
+    return pop, state._replace(asked=asked, **fields)
+
+
+def _ask_kernel(algo: Any, state: Any, generator: Any, donate: bool, coll: Collective, where: str) -> tuple[Particle, dict]:
+    """The kernel's population and fields, checked for what kernels may return (no ``asked``)."""
     pop, fields = algo._ask(state, generator=generator, coll=coll, donate=donate)
     if not isinstance(pop, Particle) or pop.population_size != coll.local_n:
         raise AssertionError(f"{where}: the kernel returned {describe(pop)}, expected a population of {coll.local_n}")
     bad = [k for k in fields if k in _COMMON]
     if bad:
         raise AssertionError(f"{where}: kernels never set the common fields, got {bad}")
-    asked = probe(pop, n, coll.local_n, state.asked.device)
-    return pop, state._replace(asked=asked, **fields)
+    return pop, fields
 
 
 def _check_asked(algo: Any, state: Any, population: Any, where: str, n_local: int) -> None:
@@ -968,6 +974,17 @@ def protocol_tell(
     n = _sizes(state, where)
     coll = factory(n)
     _check_asked(algo, state, population, where, coll.local_n)
+    new, f, _ = _tell_kernel(algo, state, population, fitness, generator, donate, coll, factory, n, where)
+    return new, f
+
+
+def _tell_kernel(
+    algo: Any, state: Any, population: Particle, fitness: Any, generator: Any, donate: bool, coll: Collective,
+    factory: CollectiveFactory, n: int, where: str, idle: dict | None = None,
+) -> tuple[Any, torch.Tensor, int]:
+    """``tell`` after the checks of the state and the population: the fitness checked, the best
+    recorded, the kernel run. Returns the new state, the global fitness and the next ``N``.
+    ``idle``: a cache of the "nothing asked" bookkeeping tensors by size (``run``'s own)."""
     f_local = _local_fitness(algo, fitness, coll.local_n, where)
     f = coll.gather(f_local.to(state.asked.device))
     if getattr(algo, "multi_objective", False):
@@ -995,11 +1012,16 @@ def protocol_tell(
     if isinstance(n_next, bool) or not isinstance(n_next, int) or n_next < 1:
         raise AssertionError(f"{where}: _population_after returned {n_next!r}, expected an int >= 1")
     local_next = coll.local_n if n_next == n else factory(n_next).local_n
+    key = (n_next, local_next)
+    asked = idle.get(key) if idle is not None else None
+    if asked is None:
+        asked = probe(None, n_next, local_next, state.asked.device)
+        if idle is not None:
+            idle[key] = asked  # never written: every state of the loop may share it
     new = seen._replace(
-        best=best, best_fitness=best_fitness, generation=state.generation + 1,
-        asked=probe(None, n_next, local_next, state.asked.device), **fields,
+        best=best, best_fitness=best_fitness, generation=state.generation + 1, asked=asked, **fields,
     )
-    return new, f
+    return new, f, n_next
 
 
 def _owned_copy(state: Any) -> Any:
@@ -1047,19 +1069,30 @@ def protocol_run(
     state = _owned_copy(state)  # from here on the loop owns every buffer: donate
     best, mean, sigma = [], [], []
     work: dict = {}  # the loop's scratch buffers (``workspace``), seen by its own ask and tell only
+    # the loop hands its own state and population from ask to tell: the checks of the state, the
+    # generator and the asked population are made once here, not every generation (the fitness
+    # is the caller's and is checked every time)
+    ask_where, tell_where = f"{type(algo).__name__}.ask", f"{type(algo).__name__}.tell"
+    n = _sizes(state, where)
+    coll = factory(n)
+    idle: dict = {}
     try:
         for _ in range(int(generations)):
             token = _WORKSPACE.set(work)
             try:
-                pop, state = protocol_ask(algo, state, generator, True, factory)
+                pop, fields = _ask_kernel(algo, state, generator, True, coll, ask_where)
             finally:
                 _WORKSPACE.reset(token)
+            state = state._replace(**fields)
             fitness = fitness_fn(pop)
             token = _WORKSPACE.set(work)
             try:
-                state, f = protocol_tell(algo, state, pop, fitness, generator, True, factory)
+                state, f, n_next = _tell_kernel(algo, state, pop, fitness, generator, True, coll, factory, n,
+                                                tell_where, idle)
             finally:
                 _WORKSPACE.reset(token)
+            if n_next != n:  # a restart resized the population
+                n, coll = n_next, factory(n_next)
             del pop
             best.append(state.best_fitness.detach().to("cpu", torch.float64))
             mean.append(torch.nanmean(f.detach().to("cpu", torch.float64), dim=0))

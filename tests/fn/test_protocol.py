@@ -310,3 +310,28 @@ def test_progress_bar_runs(capsys):
                               progress=True)
     assert state.generation == 2 and history.best_fitness.shape == (2,)
     assert "APSO.run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_run_checks_the_fitness_every_generation_and_the_state_once(name):
+    # run skips re-checking its own state and population between ask and tell, never the fitness
+    algo, x, ex = start(name)
+    state = algo.init(x, generator=torch.Generator().manual_seed(1))
+    snap = Snapshot(state)
+    good = fitness_fn(ex.objectives)
+    calls = []
+
+    def wrong_on_third(pop):
+        calls.append(1)
+        f = good(pop)
+        return f if len(calls) < 3 else f[:-1]
+
+    with pytest.raises(PopulationSizeError, match="fitness expects shape"):
+        algo.run(state, wrong_on_third, 5, generator=torch.Generator().manual_seed(2))
+    assert len(calls) == 3
+    with pytest.raises(TypeError, match="fitness expects a tensor"):
+        algo.run(state, lambda pop: "bad", 2)
+    other = next(n for n in NAMES if ALGORITHMS[n].State is not type(algo).State)
+    with pytest.raises(TypeError, match=f"expected a {type(algo).State.__name__}"):
+        algo.run(start(other)[0].init(start(other)[1]), good, 1)
+    assert snap.unchanged()
