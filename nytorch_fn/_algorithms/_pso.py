@@ -27,9 +27,9 @@ import attrs
 import torch
 
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed, row_blocks, scratch_like, workspace
+from ._base import Algorithm, Example, draw_seed, row_blocks, scratch_like, select_mask, select_rows, workspace
 from ._common import maximize_field, member_view, v_flag, v_nonneg
-from ._de import at_least, bounds_field, check_bounds_species, handling_field, member_mask, own_population
+from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population
 from ._space import clip_limits, enforce_bounds
 
 
@@ -170,11 +170,11 @@ class PSO(Algorithm):
         # tensor by tensor, in cache blocks of rows (``row_blocks``: the same bits as whole passes):
         #   p <- x where improved;  v <- w v + c1 r1 (p - x);  v <- v + c2 r2 (g - x);  x <- x + v (clipped)
         # the differences first: a member at its bests is not moved by them (and no cancellation)
-        m = member_mask(mine, xs)
+        m = [select_mask(mine, x) for x in xs]
         for k, x in enumerate(xs):
             for rows in row_blocks(x):
                 x_b, d_b, p_b, v_b = x[rows], diffs[k][rows], new_p[k][rows], new_v[k][rows]
-                torch.where(m[k][rows], x_b, ps[k][rows], out=p_b)
+                select_rows(m[k][rows], x_b, ps[k][rows], d_b, p_b)
                 torch.sub(p_b, x_b, out=d_b)
                 torch.mul(vs[k][rows], w, out=v_b)
                 if self.per_dimension:

@@ -218,3 +218,21 @@ def test_row_blocks_cover_the_rows_in_order_within_the_byte_budget(monkeypatch):
     assert _base.row_blocks(t) == [slice(0, 4), slice(4, 8), slice(8, 10)]
     assert _base.row_blocks(torch.zeros(3, 1000)) == [slice(0, 1), slice(1, 2), slice(2, 3)]  # a row at least
     assert _base.row_blocks(torch.zeros(0, 5)) == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+def test_select_rows_copies_the_bits_of_torch_where(dtype):
+    from nytorch_fn._algorithms._base import select_mask, select_rows
+
+    special = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 1e-40, -3.5], dtype=torch.float64)
+    g = gen(7)
+    new = torch.cat([special, torch.randn(13, generator=g, dtype=torch.float64)]).to(dtype).repeat(6, 1)
+    old = torch.cat([torch.randn(13, generator=g, dtype=torch.float64), special.flip(0)]).to(dtype).repeat(6, 1)
+    rows = torch.tensor([True, False, False, True, True, False])
+    expected = torch.where(rows.view(6, 1), new, old)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[new.element_size()]
+    out = select_rows(select_mask(rows, new), new, old, torch.empty_like(new), torch.empty_like(new))
+    assert torch.equal(out.view(bits), expected.view(bits))
+    before = new.clone()
+    select_rows(select_mask(rows, new), new, old, torch.empty_like(new), old)  # into old, as run does
+    assert torch.equal(old.view(bits), expected.view(bits)) and torch.equal(new.view(bits), before.view(bits))
