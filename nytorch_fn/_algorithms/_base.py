@@ -263,11 +263,16 @@ def row_blocks(t: torch.Tensor) -> list[slice]:
 _BITS = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def bits_dtype(t: torch.Tensor) -> torch.dtype:
+    """The signed integer dtype of ``t``'s element size (for its bit patterns: ``t.view(bits_dtype(t))``)."""
+    return _BITS[t.element_size()]
+
+
 def select_mask(rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """A ``[n]`` bool vector as the ``select_rows`` mask for ``like`` (``[n, ...]``): all bits set
     (-1) where True, 0 where False, in the integer dtype of ``like``'s element size, shaped
     ``[n, 1, ...]``."""
-    bits = _BITS[like.element_size()]
+    bits = bits_dtype(like)
     return torch.neg(rows.to(device=like.device, dtype=bits)).view(rows.shape[0], *([1] * (like.dim() - 1)))
 
 

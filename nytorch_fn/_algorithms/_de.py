@@ -28,8 +28,8 @@ import torch
 from .._checks import check_real
 from .._errors import PopulationSizeError
 from .._particle import Particle, assemble, build, lincomb, operational
-from ._base import (Algorithm, Example, draw_seed, row_blocks, scratch_like, scratch_tensor, select_mask,
-                    select_rows, workspace)
+from ._base import (Algorithm, Example, bits_dtype, draw_seed, row_blocks, scratch_like, select_mask, select_rows,
+                    workspace)
 from ._common import maximize_field, v_unit
 from ._space import BOUND_HANDLING, check_bounds, enforce_bounds
 
@@ -125,6 +125,22 @@ def replace_rows(old: list[torch.Tensor], new: list[torch.Tensor], rows: torch.T
             select_rows(mask[r], t[r], o[r], scratch[r], target[r])
         out.append(target)
     return out
+
+
+def below_mask_(u: torch.Tensor, c: float) -> torch.Tensor:
+    """``u < c`` as an integer mask of ``u``'s element size (-1 where True, else 0), written over
+    ``u``'s own buffer (a view of it in the integer dtype is returned; ``u`` then means nothing).
+
+    ``u`` holds non-negative floats (uniform draws) and ``c`` > 0: their bit patterns are ordered
+    as their values, so ``u < c`` is ``bits(u) < bits(r)`` for ``r`` = ``c`` rounded to ``u``'s
+    dtype (torch compares a tensor with a Python number in the tensor's dtype: the test checks the
+    values next to ``r``), and ``(bits(u) - bits(r)) >> (width - 1)`` is the mask: two
+    vectorised passes where ``torch.lt`` plus a conversion take three.
+    """
+    bits = bits_dtype(u)
+    r = torch.tensor(c, dtype=u.dtype, device=u.device)
+    threshold = int(r.view(bits))
+    return u.view(bits).sub_(threshold).bitwise_right_shift_(8 * u.element_size() - 1)
 
 
 def member_mask(rows: torch.Tensor, like: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -255,19 +271,32 @@ class DE(Algorithm):
             mutant = lincomb([1.0 - f, f, f, -f], [pop, best, a, b])
         xs, vs = operational(pop), operational(mutant)
         masks = self._crossover_masks(pop, n, generator, coll, ws)
-        # the mutant is this call's own buffer: the trial is written into it
-        trial = vs if masks is None else [torch.where(m, v, x, out=v) for m, v, x in zip(masks, vs, xs)]
+        # the mutant is this call's own buffer: the trial is written into it, as torch.where(mask,
+        # mutant, parent) but in bit operations (v = x ^ ((x ^ v) & mask): exact copies of either,
+        # three vectorised passes, where torch's where runs one element at a time on CPU)
+        if masks is not None:
+            for m, v, x in zip(masks, vs, xs):
+                vi, xi = v.view(m.dtype), x.view(m.dtype)
+                torch.bitwise_xor(xi, vi, out=vi)
+                vi.bitwise_and_(m)
+                vi.bitwise_xor_(xi)
+        trial = vs
         sp = pop.species
         out = build(sp, assemble(sp, pop.tensors, trial, None))
         return enforce_bounds(out, self.bounds, self.bound_handling, donate=True), {}
 
     def _crossover_masks(self, pop: Particle, n: int, generator: Any, coll: Any,
                          ws: dict | None = None) -> list[torch.Tensor] | None:
-        """Per tensor, where the trial takes the mutant's value (None: everywhere, ``CR = 1``).
+        """Per tensor, where the trial takes the mutant's value (None: everywhere, ``CR = 1``), as
+        integer masks of the tensor's element size: -1 (every bit set) there, else 0.
 
         ``u < CR`` with ``u`` uniform in [0, 1) from the members' noise blocks
-        (``coll.noise(..., uniform=True)``); ``j_rand`` comes from the generator, for all ``N``.
-        ``ws``: the run loop's workspace (the noise and the masks reuse its buffers).
+        (``coll.noise(..., uniform=True)``), compared as torch's ``u < CR`` compares (in ``u``'s
+        dtype), and computed on the bit patterns in ``u``'s own buffer: for non-negative floats
+        the patterns are ordered as the values, so ``u < CR`` is ``bits(u) < t`` for the
+        threshold pattern ``t``, and ``(bits(u) - t) >> (width - 1)`` is the mask; ``j_rand``
+        comes from the generator, for all ``N``. ``ws``: the run loop's workspace (the noise
+        reuses its buffer).
         """
         cr = self.crossover_rate
         if cr >= 1.0:
@@ -281,20 +310,16 @@ class DE(Algorithm):
         if cr > 0.0:
             z = coll.noise(pop[0], draw_seed(generator), uniform=True,
                            out=ws.get("de.noise") if ws is not None else None)
-            if ws is None:
-                masks = [t < cr for t in operational(z)]
-            else:
+            if ws is not None:
                 ws["de.noise"] = z
-                bufs = [scratch_tensor(ws, f"de.mask{k}", t.shape, torch.bool, t.device)
-                        for k, t in enumerate(operational(z))]
-                masks = [torch.lt(t, cr, out=m) for t, m in zip(operational(z), bufs)]
+            masks = [below_mask_(t, cr) for t in operational(z)]
         else:
-            masks = [torch.zeros_like(x, dtype=torch.bool) for x in xs]
+            masks = [torch.zeros(x.shape, dtype=bits_dtype(x), device=device) for x in xs]
         off = 0
         rows = torch.arange(j_rand.shape[0], device=device)
         for m, k in zip(masks, sizes):
             hit = (j_rand >= off) & (j_rand < off + k)
-            m.view(m.shape[0], -1)[rows[hit], j_rand[hit] - off] = True
+            m.view(m.shape[0], -1)[rows[hit], j_rand[hit] - off] = -1
             off += k
         return masks
 

@@ -209,3 +209,45 @@ def test_crossover_mask_is_u_below_cr_from_the_uniform_noise_blocks_plus_j_rand(
     want[torch.arange(n), j_rand] = True
     took = values(trial) != values(state.population)  # a mutant value differs from its parent's
     assert torch.equal(took, want)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("cr", [0.3, 0.9, 0.5])
+def test_trial_is_where_u_below_cr_in_the_species_dtype(dtype, cr):
+    # the crossover runs on bit patterns: it must be torch.where(u < CR, mutant, parent) exactly,
+    # u compared in its own dtype (0.3 and 0.9 round to below CR in half precision)
+    from tests.fn.test_algorithms import stream_noise
+
+    n, d = 37, 40
+    lin = nn.Linear(d, 1, bias=False)
+    base = nf.particle(lin).to(dtype)
+    pop = uniform_population(base, n, -2.0, 2.0, generator=gen(1))
+    parents = evaluated(DE(crossover_rate=cr), pop).population
+    mutant, _ = DE(crossover_rate=1.0).ask(evaluated(DE(crossover_rate=1.0), pop), generator=gen(12))
+    trial, _ = DE(crossover_rate=cr).ask(evaluated(DE(crossover_rate=cr), pop), generator=gen(12))
+    g = gen(12)
+    torch.rand(n, 3, generator=g, dtype=torch.float64)
+    j_rand = torch.randint(0, d, (n,), generator=g)
+    seed = int(torch.randint(0, 2**63 - 1, (1,), generator=g)[0])
+    u = stream_noise(seed, range(n), d, n=n, draw=lambda *s, generator: torch.rand(*s, generator=generator, dtype=dtype))
+    take = u < cr
+    take[torch.arange(n), j_rand] = True
+    want = torch.where(take, mutant.tensors[0].reshape(n, d), parents.tensors[0].reshape(n, d))
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[want.element_size()]
+    assert torch.equal(trial.tensors[0].reshape(n, d).view(bits), want.view(bits))
+    assert 0 < int(take.sum()) < n * d
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
+@pytest.mark.parametrize("c", [0.3, 0.9, 0.5, 0.1, 1e-3])
+def test_below_mask_is_torch_lt_on_the_values_next_to_the_threshold(dtype, c):
+    from nytorch_fn._algorithms._de import below_mask_
+
+    r = torch.tensor(c, dtype=dtype)
+    near = [torch.nextafter(r, torch.tensor(-1.0, dtype=dtype)), r, torch.nextafter(r, torch.tensor(2.0, dtype=dtype))]
+    u = torch.cat([torch.stack(near), torch.tensor([0.0, 0.25, 0.75, 0.99951171875], dtype=dtype),
+                   torch.rand(50, generator=gen(2), dtype=dtype)])
+    want = torch.lt(u, c)
+    got = below_mask_(u.clone(), c)
+    assert got.element_size() == u.element_size()
+    assert torch.equal(got, torch.where(want, -1, 0).to(got.dtype))
