@@ -797,19 +797,20 @@ def main() -> None:
         known = algorithms_for(problem) + (list(HEAP_ONLY) if args.heap_check else [])
         names = known if args.algorithms == "all" else [a for a in args.algorithms.split(",") if a in known]
         for a in names:
-            for lib in ALGORITHMS.get(a, ("ours",)):
-                if lib not in libs:
-                    continue
-                for heap in [h for _ in range(args.repeat) for h in heaps]:
-                    r = run_case(problem, a, lib, heap, args.quick, args.heap_check)
-                    r["when"] = time.strftime("%Y-%m-%d %H:%M")
-                    records.append(r)
-                    with raw.open("a") as fh:
-                        fh.write(json.dumps(r) + "\n")
-                    what = f"error: {r['error']}" if "error" in r else \
-                        f"{r['median_ms']:.2f} ms/gen [{r['q1_ms']:.2f}, {r['q3_ms']:.2f}]  best {r['best']:.4g}  " \
-                        f"({r['seconds']:.0f} s)"
-                    print(f"{problem:14s} {a:13s} {lib:9s} {heap:8s} {what}", flush=True)
+            # round by round, every library and heap setting in turn: this VM's speed drifts over
+            # minutes, and a side measured only after another would carry the drift in its ratio
+            cases = [(lib, heap) for _ in range(args.repeat) for lib in ALGORITHMS.get(a, ("ours",))
+                     if lib in libs for heap in heaps]
+            for lib, heap in cases:
+                r = run_case(problem, a, lib, heap, args.quick, args.heap_check)
+                r["when"] = time.strftime("%Y-%m-%d %H:%M")
+                records.append(r)
+                with raw.open("a") as fh:
+                    fh.write(json.dumps(r) + "\n")
+                what = f"error: {r['error']}" if "error" in r else \
+                    f"{r['median_ms']:.2f} ms/gen [{r['q1_ms']:.2f}, {r['q3_ms']:.2f}]  best {r['best']:.4g}  " \
+                    f"({r['seconds']:.0f} s)"
+                print(f"{problem:14s} {a:13s} {lib:9s} {heap:8s} {what}", flush=True)
     print(tables(records))
     print(heap_table(records))
 
