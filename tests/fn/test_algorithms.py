@@ -699,3 +699,17 @@ def test_hyperparameters_are_immutable_records():
     with pytest.raises(ValueError):
         attrs.evolve(apso, beta=2.0)
     assert tensor_equal(torch.zeros(1), torch.zeros(1))
+
+
+@pytest.mark.parametrize("values", [[3.0, -math.inf, 1.0, 2.0, 1.0, math.inf], [0.5], [2.0, 2.0, 2.0]])
+def test_the_protocols_shaping_of_a_score_is_centered_ranks_of_it(values):
+    # tell passes the protocol's score (float64, NaN already -inf) and skips re-checking it for
+    # the default shaping: the very ranks centered_ranks gives
+    from nytorch_fn._fitness import shape_scores
+
+    score = torch.tensor(values, dtype=torch.float64)
+    got = shape_scores(centered_ranks, score, "test")
+    assert torch.equal(got, centered_ranks(score)) and got.dtype == torch.float64
+    if len(values) == 6:  # -inf lowest, ties by position, +inf highest
+        ranks = torch.tensor([4.0, 0.0, 1.0, 3.0, 2.0, 5.0], dtype=torch.float64)  # by hand
+        assert torch.equal(got, ranks / 5 - 0.5)
