@@ -110,12 +110,6 @@ def centered_ranks(fitness: Any, *, maximize: bool = True) -> torch.Tensor:
         raise TypeError(f"centered_ranks: fitness expects a [N] tensor, got {describe(fitness)}")
     n = fitness.shape[0]
     _, score = scores(fitness, n, "centered_ranks", maximize=maximize)
-    return _ranks_of_score(score)
-
-
-def _ranks_of_score(score: torch.Tensor) -> torch.Tensor:
-    """``centered_ranks`` of a score that ``scores`` made (``[N]`` float64, higher better, no NaN)."""
-    n = score.shape[0]
     if n == 1:
         return torch.zeros(1, dtype=torch.float64, device=score.device)
     order = torch.argsort(score, stable=True)
@@ -369,13 +363,7 @@ def check_shaping(value: Any, where: str) -> Callable:
 
 
 def shape_scores(shaping: Callable, score: torch.Tensor, where: str) -> torch.Tensor:
-    """``shaping(score)`` checked: a ``[N]`` finite float64 tensor.
-
-    ``score`` is the protocol's (``scores``: float64, higher better, NaN already ``-inf``), so
-    ``centered_ranks`` (the default) is computed without checking it again: the same ranks,
-    finite by construction."""
-    if shaping is centered_ranks:
-        return _ranks_of_score(score)
+    """``shaping(score)`` checked: a ``[N]`` finite float64 tensor."""
     out = shaping(score)
     if not isinstance(out, torch.Tensor) or out.shape != score.shape:
         raise ValueError(f"{where}: shaping expected to return a tensor of shape {tuple(score.shape)}, got {describe(out)}")

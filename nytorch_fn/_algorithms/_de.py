@@ -271,15 +271,11 @@ class DE(Algorithm):
             mutant = lincomb([1.0 - f, f, f, -f], [pop, best, a, b])
         xs, vs = operational(pop), operational(mutant)
         masks = self._crossover_masks(pop, n, generator, coll, ws)
-        # the mutant is this call's own buffer: the trial is written into it, as torch.where(mask,
-        # mutant, parent) but in bit operations (v = x ^ ((x ^ v) & mask): exact copies of either,
-        # three vectorised passes, where torch's where runs one element at a time on CPU)
+        # the mutant is this call's own buffer: the trial torch.where(mask, mutant, parent) is
+        # written into it as an exact bit select (select_rows, with a per-value mask)
         if masks is not None:
             for m, v, x in zip(masks, vs, xs):
-                vi, xi = v.view(m.dtype), x.view(m.dtype)
-                torch.bitwise_xor(xi, vi, out=vi)
-                vi.bitwise_and_(m)
-                vi.bitwise_xor_(xi)
+                select_rows(m, v, x, v, v)  # the mutant's buffer as the scratch and the result
         trial = vs
         sp = pop.species
         out = build(sp, assemble(sp, pop.tensors, trial, None))

@@ -30,7 +30,7 @@ from .._particle import Particle, assemble, build, operational
 from ._base import Algorithm, Example, draw_seed, row_blocks, scratch_like, select_mask, select_rows, workspace
 from ._common import maximize_field, member_view, v_flag, v_nonneg
 from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population
-from ._space import clip_limits, enforce_bounds
+from ._space import clip, clip_limits, enforce_bounds
 
 
 class PSOState(NamedTuple):
@@ -210,8 +210,4 @@ def _social(v: torch.Tensor, coef: torch.Tensor, g: torch.Tensor, x: torch.Tenso
     v.addcmul_(coef, torch.sub(g, x, out=diff))  # c2 r2 (g - x)
     torch.add(x, v, out=out)
     if limits is not None:
-        lo, hi = limits
-        if isinstance(lo, float) and isinstance(hi, float):
-            out.clamp_(lo, hi)
-        else:
-            torch.clamp(out, lo, hi, out=out)
+        clip(out, limits, out=out)  # enforce_bounds' clip, block by block

@@ -248,6 +248,16 @@ def clip_limits(bounds: tuple[Any, Any], i: int, t: torch.Tensor) -> tuple[Any, 
     return (torch.as_tensor(lo, dtype=t.dtype, device=t.device), torch.as_tensor(hi, dtype=t.dtype, device=t.device))
 
 
+def clip(t: torch.Tensor, limits: tuple[Any, Any], *, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``t`` clamped to ``limits`` (from ``clip_limits``), into ``out`` when given (``out`` may be ``t``)."""
+    lo, hi = limits
+    if isinstance(lo, float) and isinstance(hi, float):
+        if out is t:
+            return t.clamp_(lo, hi)
+        return t.clamp(lo, hi) if out is None else torch.clamp(t, lo, hi, out=out)
+    return torch.clamp(t, lo, hi) if out is None else torch.clamp(t, lo, hi, out=out)
+
+
 def _reflect(t: torch.Tensor, lo: Any, hi: Any) -> torch.Tensor:
     lo_t = torch.as_tensor(lo, dtype=t.dtype, device=t.device)
     hi_t = torch.as_tensor(hi, dtype=t.dtype, device=t.device)
@@ -322,29 +332,24 @@ def enforce_bounds(
         if not t.is_floating_point():
             results.append(t)
             continue
-        lo, hi = _limit(low, i, t), _limit(high, i, t)
         if handling == "clip":
-            if isinstance(lo, float) and isinstance(hi, float):
-                results.append(t.clamp_(lo, hi) if in_place else t.clamp(lo, hi))
-            else:
-                lo_t = torch.as_tensor(lo, dtype=t.dtype, device=t.device)
-                hi_t = torch.as_tensor(hi, dtype=t.dtype, device=t.device)
-                results.append(torch.clamp(t, lo_t, hi_t, out=t) if in_place else torch.clamp(t, lo_t, hi_t))
+            results.append(clip(t, clip_limits(bounds, i, t), out=t if in_place else None))
+            continue
+        lo, hi = _limit(low, i, t), _limit(high, i, t)
+        if isinstance(lo, float) and isinstance(hi, float) and not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError(f"bound_handling='reflect' expects finite bounds, got ({lo}, {hi}); use 'clip'")
+        if isinstance(lo, torch.Tensor) and not bool(torch.isfinite(lo).all()) or (
+            isinstance(hi, torch.Tensor) and not bool(torch.isfinite(hi).all())
+        ):
+            raise ValueError("bound_handling='reflect' expects finite bounds; use 'clip'")
+        if in_place and t.is_contiguous():
+            masks = None
+            if ws is not None:
+                masks = (scratch_tensor(ws, f"bounds.below{i}", t.shape, torch.bool, t.device),
+                         scratch_tensor(ws, f"bounds.above{i}", t.shape, torch.bool, t.device))
+            results.append(_reflect_in_place(t, lo, hi, masks))
         else:
-            if isinstance(lo, float) and isinstance(hi, float) and not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ValueError(f"bound_handling='reflect' expects finite bounds, got ({lo}, {hi}); use 'clip'")
-            if isinstance(lo, torch.Tensor) and not bool(torch.isfinite(lo).all()) or (
-                isinstance(hi, torch.Tensor) and not bool(torch.isfinite(hi).all())
-            ):
-                raise ValueError("bound_handling='reflect' expects finite bounds; use 'clip'")
-            if in_place and t.is_contiguous():
-                masks = None
-                if ws is not None:
-                    masks = (scratch_tensor(ws, f"bounds.below{i}", t.shape, torch.bool, t.device),
-                             scratch_tensor(ws, f"bounds.above{i}", t.shape, torch.bool, t.device))
-                results.append(_reflect_in_place(t, lo, hi, masks))
-            else:
-                results.append(_reflect(t, lo, hi))
+            results.append(_reflect(t, lo, hi))
     return build(sp, assemble(sp, leaves, results, None))
 
 

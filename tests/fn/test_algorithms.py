@@ -703,8 +703,8 @@ def test_hyperparameters_are_immutable_records():
 
 @pytest.mark.parametrize("values", [[3.0, -math.inf, 1.0, 2.0, 1.0, math.inf], [0.5], [2.0, 2.0, 2.0]])
 def test_the_protocols_shaping_of_a_score_is_centered_ranks_of_it(values):
-    # tell passes the protocol's score (float64, NaN already -inf) and skips re-checking it for
-    # the default shaping: the very ranks centered_ranks gives
+    # tell passes the protocol's score (float64, NaN already -inf) to the shaping: the default
+    # shaping of it is the very ranks centered_ranks gives
     from nytorch_fn._fitness import shape_scores
 
     score = torch.tensor(values, dtype=torch.float64)
