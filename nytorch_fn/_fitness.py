@@ -113,9 +113,24 @@ def centered_ranks(fitness: Any, *, maximize: bool = True) -> torch.Tensor:
     if n == 1:
         return torch.zeros(1, dtype=torch.float64, device=score.device)
     order = torch.argsort(score, stable=True)
-    ranks = torch.empty(n, dtype=torch.float64, device=score.device)
-    ranks[order] = torch.arange(n, dtype=torch.float64, device=score.device)
-    return ranks / (n - 1) - 0.5
+    table = _rank_table(n, score.device)  # table[r] = r / (n - 1) - 0.5, elementwise: the same bits
+    return torch.empty_like(table).index_put_((order,), table)
+
+
+_RANK_TABLES: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _rank_table(n: int, device: torch.device) -> torch.Tensor:
+    """``arange(n) / (n - 1) - 0.5`` in float64 (the centred rank of each position), made once per
+    ``(n, device)`` and never handed out (callers scatter from it into a fresh tensor)."""
+    key = (n, device)
+    table = _RANK_TABLES.get(key)
+    if table is None:
+        if len(_RANK_TABLES) >= 64:  # a bound on what the cache holds (sizes that changed over a run)
+            _RANK_TABLES.clear()
+        table = torch.arange(n, dtype=torch.float64, device=device) / (n - 1) - 0.5
+        _RANK_TABLES[key] = table
+    return table
 
 
 # ---------------------------------------------------------------------------

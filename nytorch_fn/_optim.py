@@ -20,9 +20,11 @@ values are the same bits with or without donation.
 
 Numerics: ``adam`` computes what ``torch.optim.Adam`` (single-tensor
 implementation) computes, operation for operation (``lerp`` for the first
-moment, ``mul`` + ``addcmul`` for the second, float64 bias corrections,
-``(-step_size * mu) / denom`` then ``params + updates`` as ``addcdiv`` does),
-so on float32/float64 CPU tensors its steps equal torch's bit for bit.
+moment, ``mul`` + ``addcmul`` for the second, the bias corrections as the
+Python floats torch forms, ``(-step_size * mu) / denom`` then ``params +
+updates`` as ``addcdiv`` does), so on float32/float64 CPU tensors its steps
+equal torch's bit for bit (under ``torch.compile`` the bias corrections are
+float64 tensors: see ``_adam_scalars``).
 ``sgd`` forms ``-lr * g`` and adds it, where ``torch.optim.SGD`` fuses the
 multiply into the add (``add_(g, alpha=-lr)``): the two can differ in the
 last bit.
@@ -38,7 +40,18 @@ import torch
 
 from ._checks import require_floating
 from ._errors import describe
-from ._particle import Particle, assemble, build, check_donation, lerp, lincomb, operational, writable
+from ._particle import (
+    Particle,
+    _foreach_ok,
+    assemble,
+    build,
+    check_donation,
+    lerp,
+    lincomb,
+    operational,
+    transforms_active,
+    writable,
+)
 
 
 class GradientTransformation(NamedTuple):
@@ -157,6 +170,32 @@ def _gradient(grads: Any, state: Any, state_type: type, params: Any, weight_deca
     if params is None:
         raise ValueError(f"{where}: weight_decay needs params")
     return _per_tensor(lambda g, p: g.add(p, alpha=weight_decay), grads, params)
+
+
+def _adam_scalars(count: torch.Tensor, lr: Any, b1: float, b2: float) -> tuple[Any, Any]:
+    """``(step_size, sqrt(1 - b2**t))`` for step ``t = count``, as ``torch.optim.Adam`` forms them.
+
+    Eagerly, with the count on the CPU, these are Python floats computed as
+    torch's Adam computes them (``step = count.item()``, ``1 - b**step``,
+    ``lr / bc1``, ``bc2 ** 0.5``): the same bits, and no tensor operation per
+    step. Under ``torch.compile`` or a ``torch.func`` transform, or with the
+    count on an accelerator, they are 0-d float64 tensors (``torch.pow``,
+    ``sqrt``: no host synchronisation, no graph break). The powers agree bit
+    for bit; the square root can differ from ``** 0.5`` in the last bit of the
+    float64 scalar (about 1 step in 1,000), which float32 parameters, rounding
+    the scalar to float32, practically never see.
+    """
+    if count.device.type == "cpu" and not torch.compiler.is_compiling() and not transforms_active():
+        step = float(int(count))
+        bc1 = 1 - b1 ** step
+        bc2_sqrt = (1 - b2 ** step) ** 0.5
+        if isinstance(lr, torch.Tensor):
+            return torch.div(lr.to(torch.float64), bc1), bc2_sqrt
+        return float(lr) / bc1, bc2_sqrt
+    t = count.to(torch.float64)
+    bc1_t = 1 - torch.pow(b1, t)
+    rate = lr.to(torch.float64) if isinstance(lr, torch.Tensor) else torch.tensor(lr, dtype=torch.float64)
+    return torch.div(rate.to(t.device), bc1_t), (1 - torch.pow(b2, t)).sqrt()
 
 
 def _zeros_like(p: Particle) -> Particle:
@@ -284,14 +323,33 @@ def adam(
         _check_donate(donate, "adam.update")
         g = _gradient(grads, state, AdamState, params, weight_decay, "adam.update")
         count = state.count + 1
-        t = count.to(torch.float64)
-        bc1 = 1 - torch.pow(b1, t)
-        bc2_sqrt = (1 - torch.pow(b2, t)).sqrt()
-        rate = lr.to(torch.float64) if isinstance(lr, torch.Tensor) else torch.tensor(lr, dtype=torch.float64)
-        step_size = torch.div(rate.to(t.device), bc1)
+        step_size, bc2_sqrt = _adam_scalars(count, lr, b1, b2)
         in_place = _in_place(state.mu, [g, state.nu], donate, "adam.update") and _in_place(
             state.nu, [g, state.mu], donate, "adam.update"
         )
+        sp = state.mu.species
+        if (
+            isinstance(step_size, float) and g.species is sp and state.nu.species is sp
+            and g.population_size == state.mu.population_size
+        ):
+            # the same operations per tensor, without a particle per intermediate
+            ms, vs, gs = operational(state.mu), operational(state.nu), operational(g)
+            if in_place:
+                if _foreach_ok(ms):
+                    torch._foreach_lerp_(ms, gs, 1 - b1)
+                else:
+                    for m, gg in zip(ms, gs):
+                        m.lerp_(gg, 1 - b1)
+                for v, gg in zip(vs, gs):
+                    v.mul_(b2).addcmul_(gg, gg, value=1 - b2)
+                mus, nus = ms, vs
+            else:
+                mus = [torch.lerp(m, gg, 1 - b1) for m, gg in zip(ms, gs)]
+                nus = [torch.addcmul(v * b2, gg, gg, value=1 - b2) for v, gg in zip(vs, gs)]
+            ups = [torch.div(m * (-step_size), (v.sqrt() / bc2_sqrt).add_(eps)) for m, v in zip(mus, nus)]
+            mu = build(sp, assemble(sp, state.mu.tensors, mus, None))
+            nu = build(sp, assemble(sp, state.nu.tensors, nus, None))
+            return build(sp, assemble(sp, state.mu.tensors, ups, None)), AdamState(count, mu, nu)
         mu = lerp(state.mu, g, 1 - b1, donate=in_place)
         if in_place:
             nu = _per_tensor(lambda v, gg: v.mul_(b2).addcmul_(gg, gg, value=1 - b2), state.nu, g)

@@ -131,10 +131,25 @@ def fill_noise(
         if b.device not in devices:
             devices.append(b.device)
     gens = {d: torch.Generator(device=d) for d in devices}
+    # the full blocks that lie wholly inside the range: drawn straight into their rows, and when
+    # antithetic their second halves negated in one strided op for all of them (the same bits
+    # as a negation per block: neg is exact)
+    full = range(-(-start // B), min(stop // B, n // B))
+    views: list[list[torch.Tensor]] = []
+    if len(full):
+        r0, r1 = full.start * B - start, full.stop * B - start
+        for buf in bufs:
+            v = buf[r0:r1].view(len(full), 2, B // 2, buf.shape[1]) if antithetic else buf[r0:r1].view(
+                len(full), B, buf.shape[1])
+            views.append(list((v[:, 0] if antithetic else v).unbind(0)))  # contiguous [rows, P] each
     for j in blocks:
         seed = stream_seed(base, j)
         for g in gens.values():
             g.manual_seed(seed)
+        if j in full:
+            for buf, heads_of in zip(bufs, views):
+                _draw(heads_of[j - full.start], gens[buf.device], uniform)
+            continue
         b0, b1 = j * B, min(j * B + B, n)
         lo, hi = max(start, b0), min(stop, b1)  # the global members kept from this block
         whole = lo == b0 and hi == b1
@@ -153,6 +168,10 @@ def fill_noise(
                 buf[lo - start:min(hi, mid) - start].copy_(tmp[lo - b0:min(hi, mid) - b0])
             if max(lo, mid) < hi:
                 torch.neg(tmp[max(lo, mid) - mid:hi - mid], out=buf[max(lo, mid) - start:hi - start])
+    if antithetic and len(full):
+        for buf in bufs:
+            v = buf[full.start * B - start:full.stop * B - start].view(len(full), 2, B // 2, buf.shape[1])
+            torch.neg(v[:, 0], out=v[:, 1])
 
 
 def _noise_buffers(template: Particle, rows: int) -> tuple[list[torch.Tensor], list[list[int]]]:
