@@ -312,6 +312,27 @@ def select_rows(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor, scratc
     return out
 
 
+
+def copy_rows_(target: torch.Tensor, source: torch.Tensor, rows: torch.Tensor,
+               scratch: torch.Tensor | None = None) -> torch.Tensor:
+    """``target[rows] = source[rows]`` in place, for a ``[n]`` bool ``rows``: exact copies.
+
+    Eagerly only the selected rows move (``index_copy_`` of ``source.index_select``: the cost
+    follows the number of rows replaced, so a population where few members change pays little);
+    under ``torch.compile`` (where a data-dependent row count breaks the graph) a ``select_rows``
+    pass over every row, in cache blocks, with ``scratch`` (``source``'s shape) or a fresh
+    buffer. Either way each value is a bit copy of ``source``'s or ``target``'s."""
+    if torch.compiler.is_compiling():
+        mask = select_mask(rows, target)
+        buf = scratch if scratch is not None else torch.empty_like(source, memory_format=torch.contiguous_format)
+        for r in row_blocks(target):
+            select_rows(mask[r], source[r], target[r], buf[r], target[r])
+        return target
+    idx = torch.nonzero(rows.to(target.device)).reshape(-1)
+    if idx.numel():
+        target.index_copy_(0, idx, source.index_select(0, idx))
+    return target
+
 def workspace(donate: bool) -> dict | None:
     """The scratch buffers of the ``run`` loop in progress in this context, when ``donate``
     (None outside ``run``, or for a call that does not donate).

@@ -28,7 +28,7 @@ import torch
 from .._checks import check_real
 from .._errors import PopulationSizeError
 from .._particle import Particle, assemble, build, lincomb, operational
-from ._base import (Algorithm, Example, bits_dtype, draw_seed, row_blocks, scratch_like, select_mask, select_rows,
+from ._base import (Algorithm, Example, bits_dtype, copy_rows_, draw_seed, scratch_like, select_rows,
                     workspace)
 from ._common import maximize_field, v_unit
 from ._space import BOUND_HANDLING, check_bounds, enforce_bounds
@@ -111,19 +111,15 @@ def distinct_others(n: int, k: int, generator: Any, device: Any) -> torch.Tensor
 def replace_rows(old: list[torch.Tensor], new: list[torch.Tensor], rows: torch.Tensor, in_place: bool,
                  buffers: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
     """Per tensor, ``old`` with the members where ``rows`` (``[n]`` bool) is True taken from
-    ``new`` (exact copies of either's values: ``select_rows``, in cache blocks of rows), into
-    ``old`` when ``in_place``.
+    ``new`` (exact copies of either's values: ``copy_rows_``, which moves the replaced rows
+    only), into ``old`` when ``in_place``, else into a copy of it.
 
     ``buffers``: per tensor, a contiguous scratch tensor of ``new``'s shape (sharing storage
-    with neither ``old`` nor ``new``), instead of a fresh one (the same values)."""
+    with neither ``old`` nor ``new``) for ``copy_rows_`` under ``torch.compile`` (the same values)."""
     out = []
     for k, (o, t) in enumerate(zip(old, new)):
-        scratch = buffers[k] if buffers is not None else torch.empty_like(t, memory_format=torch.contiguous_format)
-        target = o if in_place else torch.empty_like(o, memory_format=torch.contiguous_format)
-        mask = select_mask(rows, t)
-        for r in row_blocks(t):
-            select_rows(mask[r], t[r], o[r], scratch[r], target[r])
-        out.append(target)
+        target = o if in_place else o.clone(memory_format=torch.contiguous_format)
+        out.append(copy_rows_(target, t, rows, buffers[k] if buffers is not None else None))
     return out
 
 

@@ -27,7 +27,7 @@ import attrs
 import torch
 
 from .._particle import Particle, assemble, build, operational
-from ._base import Algorithm, Example, draw_seed, row_blocks, scratch_like, select_mask, select_rows, workspace
+from ._base import Algorithm, Example, copy_rows_, draw_seed, row_blocks, scratch_like, workspace
 from ._common import maximize_field, member_view, v_flag, v_nonneg
 from ._de import at_least, bounds_field, check_bounds_species, handling_field, own_population
 from ._space import clip, clip_limits, enforce_bounds
@@ -147,8 +147,11 @@ class PSO(Algorithm):
         if donate:  # the loop owns these buffers: the new values are written over the old
             new_p, new_v, new_x = ps, vs, xs
         else:
-            new_p, new_v, new_x = ([torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts]
-                                   for ts in (ps, vs, xs))
+            new_p = [t.clone(memory_format=torch.contiguous_format) for t in ps]
+            new_v, new_x = ([torch.empty_like(t, memory_format=torch.contiguous_format) for t in ts] for ts in (vs, xs))
+        # p <- x where improved: the improved rows only (exact copies), before the move reads p
+        for k, x in enumerate(xs):
+            copy_rows_(new_p[k], x, mine, diffs[k])
         clip = self.bounds is not None and self.bound_handling == "clip"
         limits = [clip_limits(self.bounds, j, x) if clip else None for j, x in zip(sp.layout().op, xs)]
         if self.per_dimension:
@@ -168,13 +171,11 @@ class PSO(Algorithm):
             a = [member_view(c1 * r[:, 0], x) for x in xs]
             b = [member_view(c2 * r[:, 1], x) for x in xs]
         # tensor by tensor, in cache blocks of rows (``row_blocks``: the same bits as whole passes):
-        #   p <- x where improved;  v <- w v + c1 r1 (p - x);  v <- v + c2 r2 (g - x);  x <- x + v (clipped)
+        #   v <- w v + c1 r1 (p - x);  v <- v + c2 r2 (g - x);  x <- x + v (clipped)
         # the differences first: a member at its bests is not moved by them (and no cancellation)
-        m = [select_mask(mine, x) for x in xs]
         for k, x in enumerate(xs):
             for rows in row_blocks(x):
                 x_b, d_b, p_b, v_b = x[rows], diffs[k][rows], new_p[k][rows], new_v[k][rows]
-                select_rows(m[k][rows], x_b, ps[k][rows], d_b, p_b)
                 torch.sub(p_b, x_b, out=d_b)
                 torch.mul(vs[k][rows], w, out=v_b)
                 if self.per_dimension:

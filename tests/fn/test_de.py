@@ -251,3 +251,23 @@ def test_below_mask_is_torch_lt_on_the_values_next_to_the_threshold(dtype, c):
     got = below_mask_(u.clone(), c)
     assert got.element_size() == u.element_size()
     assert torch.equal(got, torch.where(want, -1, 0).to(got.dtype))
+
+
+def test_copy_rows_copies_exactly_the_selected_rows_bit_for_bit():
+    from nytorch_fn._algorithms._base import copy_rows_
+
+    g = torch.Generator().manual_seed(0)
+    for dtype, bits in ((torch.float32, torch.int32), (torch.float64, torch.int64)):
+        src = torch.randn(40, 7, generator=g, dtype=dtype)
+        src[0, 0], src[1, 1] = -0.0, float("inf")
+        src.view(bits)[2, 2] = 0x7FC00123 if dtype == torch.float32 else 0x7FF8000000000123  # a NaN payload
+        dst = torch.randn(40, 7, generator=g, dtype=dtype)
+        for rows in (torch.rand(40, generator=g) < 0.5, torch.zeros(40, dtype=torch.bool), torch.ones(40, dtype=torch.bool)):
+            rows = rows.clone()
+            rows[:3] = bool(rows.any())
+            out = dst.clone()
+            src_before = src.clone()
+            assert copy_rows_(out, src, rows) is out
+            expected = torch.where(rows[:, None], src.view(bits), dst.view(bits))
+            assert torch.equal(out.view(bits), expected)
+            assert torch.equal(src.view(bits), src_before.view(bits))  # the source is untouched
