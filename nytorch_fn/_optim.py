@@ -324,6 +324,17 @@ def adam(
         g = _gradient(grads, state, AdamState, params, weight_decay, "adam.update")
         count = state.count + 1
         step_size, bc2_sqrt = _adam_scalars(count, lr, b1, b2)
+
+        # torch.optim.Adam's second moment (in place, or into a new tensor) and denominator
+        def second_(v: torch.Tensor, gg: torch.Tensor) -> torch.Tensor:
+            return v.mul_(b2).addcmul_(gg, gg, value=1 - b2)
+
+        def second(v: torch.Tensor, gg: torch.Tensor) -> torch.Tensor:
+            return torch.addcmul(v * b2, gg, gg, value=1 - b2)
+
+        def denom_of(v: torch.Tensor) -> torch.Tensor:
+            return (v.sqrt() / bc2_sqrt).add_(eps)
+
         in_place = _in_place(state.mu, [g, state.nu], donate, "adam.update") and _in_place(
             state.nu, [g, state.mu], donate, "adam.update"
         )
@@ -340,22 +351,18 @@ def adam(
                 else:
                     for m, gg in zip(ms, gs):
                         m.lerp_(gg, 1 - b1)
-                for v, gg in zip(vs, gs):
-                    v.mul_(b2).addcmul_(gg, gg, value=1 - b2)
-                mus, nus = ms, vs
+                nus = [second_(v, gg) for v, gg in zip(vs, gs)]
+                mus = ms
             else:
                 mus = [torch.lerp(m, gg, 1 - b1) for m, gg in zip(ms, gs)]
-                nus = [torch.addcmul(v * b2, gg, gg, value=1 - b2) for v, gg in zip(vs, gs)]
-            ups = [torch.div(m * (-step_size), (v.sqrt() / bc2_sqrt).add_(eps)) for m, v in zip(mus, nus)]
+                nus = [second(v, gg) for v, gg in zip(vs, gs)]
+            ups = [torch.div(m * (-step_size), denom_of(v)) for m, v in zip(mus, nus)]
             mu = build(sp, assemble(sp, state.mu.tensors, mus, None))
             nu = build(sp, assemble(sp, state.nu.tensors, nus, None))
             return build(sp, assemble(sp, state.mu.tensors, ups, None)), AdamState(count, mu, nu)
         mu = lerp(state.mu, g, 1 - b1, donate=in_place)
-        if in_place:
-            nu = _per_tensor(lambda v, gg: v.mul_(b2).addcmul_(gg, gg, value=1 - b2), state.nu, g)
-        else:
-            nu = _per_tensor(lambda v, gg: torch.addcmul(v * b2, gg, gg, value=1 - b2), state.nu, g)
-        denom = nu.map(lambda v, cfg: (v.sqrt() / bc2_sqrt).add_(eps) if cfg.operational else v)
+        nu = _per_tensor(second_ if in_place else second, state.nu, g)
+        denom = nu.map(lambda v, cfg: denom_of(v) if cfg.operational else v)
         updates = _per_tensor(torch.div, mu * (-step_size), denom)
         return updates, AdamState(count, mu, nu)
 

@@ -312,7 +312,6 @@ def select_rows(mask: torch.Tensor, new: torch.Tensor, old: torch.Tensor, scratc
     return out
 
 
-
 def copy_rows_(target: torch.Tensor, source: torch.Tensor, rows: torch.Tensor,
                scratch: torch.Tensor | None = None) -> torch.Tensor:
     """``target[rows] = source[rows]`` in place, for a ``[n]`` bool ``rows``: exact copies.
@@ -332,6 +331,7 @@ def copy_rows_(target: torch.Tensor, source: torch.Tensor, rows: torch.Tensor,
     if idx.numel():
         target.index_copy_(0, idx, source.index_select(0, idx))
     return target
+
 
 def workspace(donate: bool) -> dict | None:
     """The scratch buffers of the ``run`` loop in progress in this context, when ``donate``
